@@ -1,0 +1,51 @@
+"""The `ehrjepa` command: one subcommand per stage of the pipeline.
+
+Each subcommand lives in its own module, which provides `configure(parser)` (adds its options)
+and `main(args) -> int` (runs it). Modules keep heavy imports (torch) inside `main`, so that
+`ehrjepa --help` and `ehrjepa synth` start fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+SUBCOMMANDS = {
+    "synth": ("ehrjepa.synth", "write synthetic data in the MIMIC-IV v2.2 schema"),
+    "preprocess": ("ehrjepa.data.preprocess", "turn MIMIC-IV tables into hourly per-stay arrays"),
+    "train": ("ehrjepa.train.cli", "JEPA pretraining on processed data"),
+    "probe": ("ehrjepa.probe.cli", "downstream probes of a pretrained encoder against baselines"),
+    "demo": ("ehrjepa.demo", "synth + preprocess + micro pretraining + probe, on CPU"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ehrjepa", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:  # a stage not installed in this build: say so when it is used
+            p.set_defaults(_missing=f"{module}: {e}")
+            continue
+        mod.configure(p)
+        p.set_defaults(_main=mod.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if getattr(args, "_missing", None):
+        print(f"ehrjepa {args.command}: not available ({args._missing})", file=sys.stderr)
+        return 2
+    return int(args._main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""ehrjepa: JEPA pretraining of patient representations from ICU time series (MIMIC-IV)."""
+from setuptools import setup
+
+setup(
+    name="ehrjepa",
+    version="0.1.0",
+    description="Joint-Embedding Predictive Architecture pretraining on hourly MIMIC-IV ICU series",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # kernels/ is installed as ehrjepa.kernels so that no generic top-level `kernels` lands in
+    # site-packages.
+    packages=["ehrjepa", "ehrjepa.data", "ehrjepa.models", "ehrjepa.train", "ehrjepa.probe",
+              "ehrjepa.kernels"],
+    package_dir={"ehrjepa": "ehrjepa", "ehrjepa.kernels": "kernels"},
+    install_requires=[
+        "torch>=2.5",
+        "numpy>=1.24",
+        "numba>=0.59",
+        "pyarrow>=14",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+        "isal>=1.6",
+        "scikit-learn>=1.3",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "duckdb>=1.0", "polars>=1.0",
+                "pandas>=2.0", "psutil>=5", "tensorboard>=2.14"],
+        "gpu": ["triton>=3.0"],
+        "tensorboard": ["tensorboard>=2.14"],
+    },
+    entry_points={"console_scripts": ["ehrjepa=ehrjepa.cli:main"]},
+)
