@@ -1,0 +1,341 @@
+"""Kernel benchmark: masked gather-attention and the fused EMA against what users would pick instead.
+
+    python -m bench kernels [--quick] [--json PATH] [--png PATH]
+
+Everything is measured in the same run, on the same device:
+- ceilings: device copy bandwidth and bf16 matmul rate;
+- attention, forward + backward including the gather and the QKV projection, H=6, D=64, bf16,
+  kept counts drawn from 60-85 % of T per sample: gather + SDPA with a key mask; gather +
+  FlexAttention (compiled, block mask from the lengths); truncation of every sample to the
+  smallest count + SDPA (I-JEPA's way, drops context); ours on the gathered (left-packed) tokens;
+  ours with the gather fused (projection of all T tokens, kernel reads rows through the index).
+  ms, and TFLOP/s counted on valid tokens (4 L^2 D per head forward, x3.5 for forward+backward);
+- EMA of fp32 target parameters with ViT-like shapes (21.3 M: 384 wide x 12 deep; 302 M: 1024 x
+  24): per-parameter loop (I-JEPA), foreach mul+add, foreach lerp, one lerp on a flat buffer, ours.
+  us and GB/s at 12 bytes per parameter.
+With --quick (or without CUDA) the shapes are tiny so that every code path runs in well under a
+minute on a CPU; on CPU the Triton kernels run in the interpreter (TRITON_INTERPRET=1).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+
+ATTN_CASES = [(512, 20), (128, 256), (32, 1024), (8, 4096)]
+ATTN_CASES_QUICK = [(2, 20), (1, 40)]
+EMA_MODELS = [("21.3M (384x12)", 384, 12), ("302M (1024x24)", 1024, 24)]
+EMA_MODELS_QUICK = [("tiny (32x1)", 32, 1)]
+ATTN_COLUMNS = ["gather_sdpa_mask", "gather_flex", "truncate_sdpa", "ours", "ours_fused_gather"]
+EMA_COLUMNS = ["loop", "foreach_mul_add", "foreach_lerp", "flat_lerp", "ours"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="tiny shapes (CPU smoke run)")
+    parser.add_argument("--json", type=str, default=None, help="write results as JSON here")
+    parser.add_argument("--png", type=str, default=None, help="write a plot here")
+    parser.add_argument("--rep", type=int, default=None, help="timed repetitions per variant")
+
+
+def bench(fn, device, warmup=3, rep=20):
+    """Median milliseconds of fn() (CUDA events on GPU, wall clock on CPU)."""
+    import torch
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device == "cuda":
+        torch.cuda.synchronize()
+        for _ in range(rep):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(rep):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def ceilings(device, quick, rep):
+    import torch
+    n = (1 << 28) if device == "cuda" and not quick else (1 << 20)
+    a = torch.randn(n, device=device)
+    b = torch.empty_like(a)
+    ms = bench(lambda: b.copy_(a), device, rep=rep)
+    m = 8192 if device == "cuda" and not quick else 256
+    x = torch.randn(m, m, device=device, dtype=torch.bfloat16)
+    y = torch.randn(m, m, device=device, dtype=torch.bfloat16)
+    ms2 = bench(lambda: x @ y, device, rep=rep)
+    return {"copy_GBps": 2 * n * 4 / ms / 1e6, "bf16_matmul_TFLOPs": 2 * m ** 3 / ms2 / 1e9}
+
+
+def attention_case(B, T, device, dtype, rep, H=6, D=64, seed=0):
+    """One B x T row of the attention table: {variant: ms} plus TFLOP/s and a correctness check."""
+    import torch
+    import torch.nn.functional as F
+    from ehrjepa.kernels import masked_gather_attention
+
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.randint(int(0.6 * T), int(0.85 * T) + 1, (B,), generator=g)
+    L = int(keep.max())
+    index = torch.zeros(B, L, dtype=torch.long)
+    for b in range(B):
+        index[b, :keep[b]] = torch.randperm(T, generator=g)[:keep[b]].sort().values
+    index, keep_d = index.to(device), keep.to(device)
+    valid = torch.arange(L, device=device)[None, :] < keep_d[:, None]
+    x = torch.randn(B, T, H * D, device=device, dtype=dtype, requires_grad=True)
+    wqkv = torch.randn(H * D, 3 * H * D, device=device, dtype=dtype) * 0.02
+    packed = torch.arange(L, device=device).expand(B, L).contiguous()
+    flops = sum(4 * int(k) ** 2 * D * H for k in keep) * 3.5
+
+    def proj(xc):
+        qkv = (xc @ wqkv).view(B, xc.shape[1], 3, H, D).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]
+
+    def gathered():
+        return torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[-1]))
+
+    def sdpa_mask():
+        q, k, v = proj(gathered())
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :])
+
+    def truncate():
+        n = int(keep.min())
+        q, k, v = proj(torch.gather(x, 1, index[:, :n, None].expand(-1, -1, x.shape[-1])))
+        return F.scaled_dot_product_attention(q, k, v)
+
+    def ours():
+        q, k, v = proj(gathered())
+        return masked_gather_attention(q, k, v, packed, keep_d, backend="triton")
+
+    def ours_fused():
+        q, k, v = proj(x)
+        return masked_gather_attention(q, k, v, index, keep_d, backend="triton")
+
+    variants = {"gather_sdpa_mask": sdpa_mask, "truncate_sdpa": truncate, "ours": ours,
+                "ours_fused_gather": ours_fused}
+    row = {"B": B, "T": T, "H": H, "D": D, "max_keep": L, "min_keep": int(keep.min()),
+           "dtype": str(dtype).replace("torch.", ""), "GFLOP": flops / 1e9}
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        flex = torch.compile(flex_attention)
+        block_mask = create_block_mask(lambda b, h, qi, ki: ki < keep_d[b], B, None, L, L,
+                                       device=device)
+
+        def run_flex():
+            q, k, v = proj(gathered())
+            return flex(q, k, v, block_mask=block_mask)
+        run_flex().float().sum().backward()  # compile (or fail) here, outside the timing
+        variants["gather_flex"] = run_flex
+    except Exception as e:  # e.g. no FlexAttention backward on CPU
+        row["gather_flex_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+
+    # correctness: ours against SDPA with the key mask on the valid rows
+    with torch.no_grad():
+        want, got, got_fused = sdpa_mask(), ours(), ours_fused()
+        rows = valid[:, None, :, None]
+        row["max_abs_diff_vs_sdpa"] = float(((got - want).abs() * rows).max())
+        row["max_abs_diff_fused_vs_sdpa"] = float(((got_fused - want).abs() * rows).max())
+
+    for name in ATTN_COLUMNS:
+        fn = variants.get(name)
+        if fn is None:
+            continue
+
+        def step(fn=fn):
+            x.grad = None
+            fn().float().sum().backward()
+        ms = bench(step, device, warmup=1 if device == "cpu" else 3, rep=rep)
+        row[name + "_ms"] = ms
+        row[name + "_TFLOPs"] = flops / ms / 1e9
+    return row
+
+
+def vit_shapes(dim, depth, mlp=4):
+    shapes = []
+    for _ in range(depth):
+        shapes += [(dim,), (dim,), (3 * dim, dim), (3 * dim,), (dim, dim), (dim,), (dim,), (dim,),
+                   (mlp * dim, dim), (mlp * dim,), (dim, mlp * dim), (dim,)]
+    return shapes
+
+
+def ema_case(name, dim, depth, device, rep):
+    import torch
+    from ehrjepa.kernels import ema_update_
+
+    shapes = vit_shapes(dim, depth)
+    online = [torch.randn(s, device=device) for s in shapes]
+    targets = [torch.randn(s, device=device) for s in shapes]
+    n = sum(p.numel() for p in online)
+    flat_o, flat_t = torch.randn(n, device=device), torch.randn(n, device=device)
+    m = 0.996
+
+    def loop():
+        with torch.no_grad():
+            for o, t in zip(online, targets):
+                t.mul_(m).add_((1.0 - m) * o.detach())
+
+    variants = {
+        "loop": loop,
+        "foreach_mul_add": lambda: (torch._foreach_mul_(targets, m),
+                                    torch._foreach_add_(targets, online, alpha=1 - m)),
+        "foreach_lerp": lambda: torch._foreach_lerp_(targets, online, 1 - m),
+        "flat_lerp": lambda: flat_t.lerp_(flat_o, 1 - m),
+        "ours": lambda: ema_update_(targets, online, m, backend="triton"),
+    }
+    row = {"model": name, "params_M": n / 1e6}
+    check = [t.clone() for t in targets]
+    torch._foreach_lerp_(check, online, 1 - m)
+    ours_t = [t.clone() for t in targets]
+    ema_update_(ours_t, online, m, backend="triton")
+    row["max_ulp_vs_foreach_lerp"] = max(
+        int((a.view(torch.int32).long() - b.view(torch.int32).long()).abs().max())
+        for a, b in zip(ours_t, check))
+    del check, ours_t
+    for key, fn in variants.items():
+        ms = bench(fn, device, warmup=1 if device == "cpu" else 3, rep=rep)
+        row[key + "_us"] = ms * 1e3
+        row[key + "_GBps"] = 12 * n / ms / 1e6
+    return row
+
+
+def fmt(v, digits=2):
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def markdown(res):
+    lines = [f"device: {res['device']}; torch {res['torch']}; triton {res['triton']}; "
+             f"{res['date']}", ""]
+    c = res.get("ceilings", {})
+    lines += [f"ceilings: copy {fmt(c.get('copy_GBps'), 0)} GB/s, bf16 matmul "
+              f"{fmt(c.get('bf16_matmul_TFLOPs'), 1)} TFLOP/s", ""]
+    if res.get("attention"):
+        lines += ["attention fwd+bwd, ms (TFLOP/s on valid tokens)", "",
+                  "| B x T | " + " | ".join(ATTN_COLUMNS) + " | max abs diff vs SDPA |",
+                  "|---" * (len(ATTN_COLUMNS) + 2) + "|"]
+        for r in res["attention"]:
+            cells = []
+            for col in ATTN_COLUMNS:
+                ms = r.get(col + "_ms")
+                cells.append("n/a" if ms is None else f"{ms:.3f} ({r[col + '_TFLOPs']:.1f})")
+            lines.append(f"| {r['B']} x {r['T']} | " + " | ".join(cells) +
+                         f" | {r['max_abs_diff_vs_sdpa']:.2e} |")
+        for r in res["attention"]:
+            if "gather_flex_error" in r:
+                lines.append(f"\nFlexAttention n/a at {r['B']} x {r['T']}: {r['gather_flex_error']}")
+                break
+        lines.append("")
+    if res.get("ema"):
+        lines += ["EMA of fp32 targets, us (GB/s at 12 bytes/param)", "",
+                  "| model | " + " | ".join(EMA_COLUMNS) + " | max ulp vs foreach lerp |",
+                  "|---" * (len(EMA_COLUMNS) + 2) + "|"]
+        for r in res["ema"]:
+            cells = [f"{r[c + '_us']:,.1f} ({r[c + '_GBps']:,.0f})" for c in EMA_COLUMNS]
+            lines.append(f"| {r['model']} | " + " | ".join(cells) +
+                         f" | {r['max_ulp_vs_foreach_lerp']} |")
+    for section, err in res.get("errors", {}).items():
+        lines.append(f"\n{section} failed: {err}")
+    return "\n".join(lines)
+
+
+def plot(res, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    att = res.get("attention") or []
+    ax = axes[0]
+    width = 0.8 / len(ATTN_COLUMNS)
+    for i, col in enumerate(ATTN_COLUMNS):
+        ys = [r.get(col + "_ms", math.nan) for r in att]
+        ax.bar([j + i * width for j in range(len(att))], ys, width, label=col)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(att))])
+    ax.set_xticklabels([f"{r['B']}x{r['T']}" for r in att])
+    ax.set_ylabel("ms, forward + backward (lower is better)")
+    ax.set_title(f"masked attention, H={att[0]['H']}, D={att[0]['D']}" if att else "masked attention")
+    ax.legend(fontsize=8)
+    ema = res.get("ema") or []
+    ax = axes[1]
+    width = 0.8 / len(EMA_COLUMNS)
+    for i, col in enumerate(EMA_COLUMNS):
+        ax.bar([j + i * width for j in range(len(ema))], [r[col + "_GBps"] for r in ema], width,
+               label=col)
+    copy = res.get("ceilings", {}).get("copy_GBps")
+    if copy:
+        ax.axhline(copy, color="k", linestyle="--", linewidth=1, label="copy ceiling")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(ema))])
+    ax.set_xticklabels([r["model"] for r in ema])
+    ax.set_ylabel("GB/s at 12 bytes/param (higher is better)")
+    ax.set_title("EMA update of fp32 targets")
+    ax.legend(fontsize=8)
+    fig.suptitle(f"{res['device']}, torch {res['torch']}, triton {res['triton']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    if isinstance(argv, argparse.Namespace):
+        args = argv
+    else:
+        parser = argparse.ArgumentParser(prog="python -m bench kernels", description=__doc__.split("\n")[0])
+        configure(parser)
+        args = parser.parse_args(argv)
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    quick = args.quick or device == "cpu"
+    if device == "cpu":  # the Triton paths run in the interpreter (read at first Triton use)
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "absent"
+    rep = args.rep or (2 if device == "cpu" else 20)
+    res = {"device": torch.cuda.get_device_name() if device == "cuda" else
+           f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} threads)",
+           "torch": torch.__version__, "triton": triton_version, "quick": quick,
+           "date": time.strftime("%Y-%m-%d"), "errors": {}}
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    sections = [
+        ("ceilings", lambda: ceilings(device, quick, rep)),
+        ("attention", lambda: [attention_case(B, T, device, dtype, rep, H=2 if quick and device == "cpu" else 6)
+                               for B, T in (ATTN_CASES_QUICK if quick else ATTN_CASES)]),
+        ("ema", lambda: [ema_case(n, d, depth, device, rep)
+                         for n, d, depth in (EMA_MODELS_QUICK if quick else EMA_MODELS)]),
+    ]
+    for name, fn in sections:
+        t = time.time()
+        try:
+            res[name] = fn()
+        except Exception as e:  # one failing section must not cost the others
+            res["errors"][name] = f"{type(e).__name__}: {e}"[:400]
+        print(f"[{name}: {time.time() - t:.1f} s]", flush=True)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    table = markdown(res)
+    print(table)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=1)
+    if args.png:
+        plot(res, args.png)
+    return 1 if res["errors"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
