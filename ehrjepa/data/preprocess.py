@@ -1,0 +1,524 @@
+"""`ehrjepa preprocess`: MIMIC-IV tables -> hourly per-stay arrays (format in processed.py).
+
+Rules (docs/DESIGN.md, issue 2):
+- One series per ICU stay (icu/icustays). n_hours = ceil((outtime - intime) / 1 h); hour h holds
+  events with intime + h <= charttime < intime + h + 1 h. Events in [intime - 6 h, intime) count
+  in hour 0; earlier events and events at or after outtime are dropped as outside the stay.
+- chartevents belong to their stay_id. labevents belong to the ICU stay of the same subject whose
+  window [intime - 6 h, outtime) holds charttime, whatever hadm_id says; where two windows hold
+  it, a stay whose [intime, outtime) holds it wins, then the earlier intime.
+- Values are converted (catalog `convert`), then dropped outside the feature's valid range;
+  empty or non-numeric values and itemids outside the catalog are dropped.
+- Per hour and feature: mean and count of the kept events.
+Every input row is either kept or dropped for a named reason in OUT/manifest.json.
+
+Speed: stays are known up front, so the [total_hours, F] sum/count arrays are preallocated (as
+memory maps of the output files) and each streamed block of events is folded into them by one
+numba loop: itemid -> feature through a dense array, stay_id -> stay row by binary search with a
+last-hit cache (events come sorted by stay), hour by integer arithmetic. Memory stays bounded:
+the input is read in 64 MB blocks and the pages of the output maps are released after each block.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import sys
+import time
+from pathlib import Path
+
+import numba as nb
+import numpy as np
+
+from .catalog import Catalog, load_catalog
+from .processed import FRACTIONS, SPLITS, split_of_subjects
+from .tables import (BAD, KIND_FLOAT, KIND_INT, KIND_TIME, MISSING, TableStats, find_table,
+                     iter_table, read_table)
+
+HOUR = 3600
+LOOKBACK = 6 * HOUR
+COUNT_MAX = 65535
+# drop reasons of the event tables, in kernel code order
+REASONS = ("unknown_itemid", "no_value", "out_of_range", "bad_timestamp", "unknown_stay",
+           "no_stay_for_subject", "outside_stay", "count_saturated")
+(R_ITEMID, R_VALUE, R_RANGE, R_TIME, R_STAY, R_SUBJECT, R_OUTSIDE, R_SATURATED) = range(len(REASONS))
+CHART_REASONS = ("unknown_itemid", "no_value", "out_of_range", "bad_timestamp", "unknown_stay",
+                 "outside_stay", "count_saturated")
+LAB_REASONS = ("unknown_itemid", "no_value", "out_of_range", "bad_timestamp",
+               "no_stay_for_subject", "outside_stay", "count_saturated")
+RELEASE_BYTES = 64 << 20  # release output-map pages after each block once the maps are this big
+
+TABLES = {  # name -> (module, {column: kind}) of what is read
+    "patients": ("hosp", {"subject_id": KIND_INT}),
+    "admissions": ("hosp", {"hadm_id": KIND_INT, "hospital_expire_flag": KIND_INT}),
+    "icustays": ("icu", {"subject_id": KIND_INT, "hadm_id": KIND_INT, "stay_id": KIND_INT,
+                         "intime": KIND_TIME, "outtime": KIND_TIME}),
+    "labevents": ("hosp", {"subject_id": KIND_INT, "itemid": KIND_INT, "charttime": KIND_TIME,
+                           "valuenum": KIND_FLOAT}),
+    "chartevents": ("icu", {"stay_id": KIND_INT, "itemid": KIND_INT, "charttime": KIND_TIME,
+                            "valuenum": KIND_FLOAT}),
+}
+
+
+# -------------------------------------------------------------------------------------------------
+# numba kernels
+
+
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def _feature_value(itemid, value, feat, add, mul, low, high):
+    """(feature column, converted value), or (-1 - reason, 0) for a dropped event."""
+    if itemid < 0 or itemid >= feat.shape[0]:
+        return -1 - R_ITEMID, 0.0
+    f = feat[itemid]
+    if f < 0:
+        return -1 - R_ITEMID, 0.0
+    if value != value:
+        return -1 - R_VALUE, 0.0
+    v = (value + add[itemid]) * mul[itemid]
+    if not (v >= low[f] and v <= high[f]):
+        return -1 - R_RANGE, 0.0
+    return f, v
+
+
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def _hour(t, t_in, t_out, n_hours):
+    """Hour of the stay that holds time t, or -1 when t is outside [t_in - 6 h, t_out)."""
+    if t >= t_in:
+        if t < t_out:
+            return (t - t_in) // HOUR
+        return -1
+    if t >= t_in - LOOKBACK and n_hours > 0:
+        return 0
+    return -1
+
+
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def _add(sums, counts, row, f, v, dropped):
+    c = counts[row, f]
+    if c >= COUNT_MAX:
+        dropped[R_SATURATED] += 1
+        return 0
+    counts[row, f] = c + 1
+    sums[row, f] += v
+    return 1
+
+
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def _find(sorted_ids, x):
+    """Index of x in sorted_ids, or -1."""
+    lo = 0
+    hi = sorted_ids.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if sorted_ids[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < sorted_ids.shape[0] and sorted_ids[lo] == x:
+        return lo
+    return -1
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def aggregate_chartevents(stay_id, charttime, itemid, value, stay_ids, intime, outtime, offset,
+                          n_hours, feat, add, mul, low, high, sums, counts, dropped):
+    """Fold chartevents rows into sums/counts [total_hours, F]; stays sorted by stay_id.
+
+    Returns the number of rows kept; dropped[reason] counts the others."""
+    kept = 0
+    last_id = MISSING
+    row = -1
+    for r in range(stay_id.shape[0]):
+        f, v = _feature_value(itemid[r], value[r], feat, add, mul, low, high)
+        if f < 0:
+            dropped[-1 - f] += 1
+            continue
+        t = charttime[r]
+        if t == MISSING or t == BAD:
+            dropped[R_TIME] += 1
+            continue
+        sid = stay_id[r]
+        if sid != last_id:
+            last_id = sid
+            row = _find(stay_ids, sid) if sid != MISSING and sid != BAD else -1
+        if row < 0:
+            dropped[R_STAY] += 1
+            continue
+        h = _hour(t, intime[row], outtime[row], n_hours[row])
+        if h < 0:
+            dropped[R_OUTSIDE] += 1
+            continue
+        kept += _add(sums, counts, offset[row] + h, f, v, dropped)
+    return kept
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def aggregate_labevents(subject_id, charttime, itemid, value, subjects, subj_start, subj_end,
+                        by_subject, intime, outtime, offset, n_hours, feat, add, mul, low, high,
+                        sums, counts, dropped):
+    """Fold labevents rows into sums/counts, each to the stay of its subject that holds it.
+
+    by_subject[subj_start[k]:subj_end[k]] are subject k's stay rows ordered by intime: a stay whose
+    [intime, outtime) holds t wins, else the first whose [intime - 6 h, intime) does."""
+    kept = 0
+    last_subject = MISSING
+    k = -1
+    for r in range(subject_id.shape[0]):
+        f, v = _feature_value(itemid[r], value[r], feat, add, mul, low, high)
+        if f < 0:
+            dropped[-1 - f] += 1
+            continue
+        t = charttime[r]
+        if t == MISSING or t == BAD:
+            dropped[R_TIME] += 1
+            continue
+        s = subject_id[r]
+        if s != last_subject:
+            last_subject = s
+            k = _find(subjects, s) if s != MISSING and s != BAD else -1
+        if k < 0:
+            dropped[R_SUBJECT] += 1
+            continue
+        core = -1
+        look = -1
+        for j in range(subj_start[k], subj_end[k]):
+            st = by_subject[j]
+            if t >= intime[st]:
+                if t < outtime[st]:
+                    core = st
+                    break
+            elif look < 0 and n_hours[st] > 0 and t >= intime[st] - LOOKBACK:
+                look = st
+        st = core if core >= 0 else look
+        if st < 0:
+            dropped[R_OUTSIDE] += 1
+            continue
+        h = (t - intime[st]) // HOUR if core >= 0 else 0
+        kept += _add(sums, counts, offset[st] + h, f, v, dropped)
+    return kept
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def finalize_hours(sums, counts, row0, row1, hour_train, stats):
+    """In place: sums -> means (NaN where count is 0) for rows [row0, row1); accumulate the train
+    rows' per-feature n, sum and sum of squares of hourly means into stats [3, F]."""
+    n_features = sums.shape[1]
+    for r in range(row0, row1):
+        train = hour_train[r]
+        for f in range(n_features):
+            c = counts[r, f]
+            if c == 0:
+                sums[r, f] = np.nan
+            else:
+                m = np.float32(sums[r, f] / np.float32(c))
+                sums[r, f] = m
+                if train:
+                    x = np.float64(m)
+                    stats[0, f] += 1.0
+                    stats[1, f] += x
+                    stats[2, f] += x * x
+
+
+# -------------------------------------------------------------------------------------------------
+# stays
+
+
+class Stays:
+    """ICU stays sorted by stay_id, with their hour rows and lookup arrays for the kernels."""
+
+    def __init__(self, cols: dict[str, np.ndarray], stats: TableStats, dropped: dict):
+        ok = np.ones(len(cols["stay_id"]), bool)
+        for name in ("stay_id", "subject_id"):
+            bad = ok & ((cols[name] == MISSING) | (cols[name] == BAD))
+            dropped["bad_id"] += int(bad.sum())
+            ok &= ~bad
+        for name in ("intime", "outtime"):
+            bad = ok & ((cols[name] == MISSING) | (cols[name] == BAD))
+            dropped["bad_timestamp"] += int(bad.sum())
+            ok &= ~bad
+        bad = ok & (cols["outtime"] < cols["intime"])
+        dropped["outtime_before_intime"] += int(bad.sum())
+        ok &= ~bad
+        idx = np.flatnonzero(ok)
+        order = idx[np.argsort(cols["stay_id"][idx], kind="stable")]
+        sid = cols["stay_id"][order]
+        first = np.ones(len(sid), bool)
+        first[1:] = sid[1:] != sid[:-1]
+        dropped["duplicate_stay"] += int((~first).sum())
+        order = order[first]
+        self.stay_id = cols["stay_id"][order]
+        self.subject_id = cols["subject_id"][order]
+        self.hadm_id = cols["hadm_id"][order]
+        self.intime = cols["intime"][order]
+        self.outtime = cols["outtime"][order]
+        self.n_hours = ((self.outtime - self.intime + HOUR - 1) // HOUR).astype(np.int64)
+        self.offset = np.zeros(len(order), np.int64)
+        if len(order):
+            self.offset[1:] = np.cumsum(self.n_hours)[:-1]
+        self.total_hours = int(self.n_hours.sum())
+        # per subject: stay rows ordered by (intime, stay_id)
+        by = np.lexsort((self.stay_id, self.intime, self.subject_id))
+        self.by_subject = by.astype(np.int64)
+        subj_sorted = self.subject_id[by]
+        self.subjects, self.subj_start = np.unique(subj_sorted, return_index=True)
+        self.subj_start = self.subj_start.astype(np.int64)
+        self.subj_end = np.append(self.subj_start[1:], len(by)).astype(np.int64)
+        stats.extra["kept"] = len(order)
+
+    def __len__(self) -> int:
+        return len(self.stay_id)
+
+
+# -------------------------------------------------------------------------------------------------
+# the pipeline
+
+
+def _table_entry(path, stats: TableStats, kept: int, dropped: dict) -> dict:
+    dropped = {k: int(v) for k, v in dropped.items()}
+    if stats.bad_line or "bad_line" in dropped:
+        dropped["bad_line"] = dropped.get("bad_line", 0) + stats.bad_line
+    entry = {"path": str(path), "rows_read": int(stats.rows_read), "rows_kept": int(kept),
+             "dropped": dropped}
+    if kept + sum(dropped.values()) != stats.rows_read:  # an accounting bug, never bad input
+        raise AssertionError(f"{path}: rows kept {kept} + dropped {dropped} != read {stats.rows_read}")
+    return entry
+
+
+def _require(mimic_dir: Path, name: str) -> Path:
+    module = TABLES[name][0]
+    p = find_table(mimic_dir, module, name)
+    if p is None:
+        raise FileNotFoundError(f"{mimic_dir}/{module}/{name}.csv.gz (or .csv, .parquet) not found")
+    return p
+
+
+def _release(*arrays) -> None:
+    """Drop the pages of memory-mapped outputs from this process (they stay in the page cache)."""
+    for a in arrays:
+        mm = getattr(a, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                mm.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):
+                pass
+
+
+def _open_output(path: Path, shape: tuple[int, int], dtype) -> np.ndarray:
+    """A zero-filled .npy file opened as a writable memory map (plain array when empty)."""
+    if shape[0] * shape[1] == 0:
+        return np.zeros(shape, dtype)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+
+def preprocess(mimic_dir: str | Path, out: str | Path, config: str | Path | Catalog | None = None,
+               on_bad_lines: str = "error", progress: bool = True, seed: int = 0) -> Path:
+    """Turn MIMIC_DIR/{hosp,icu} tables into OUT (see processed.py); returns OUT."""
+    if on_bad_lines not in ("error", "skip"):
+        raise ValueError(f"on_bad_lines must be 'error' or 'skip', not {on_bad_lines!r}")
+    t_start = time.perf_counter()
+    mimic_dir, out = Path(mimic_dir), Path(out)
+    if not mimic_dir.is_dir():
+        raise FileNotFoundError(f"MIMIC-IV directory not found: {mimic_dir}")
+    catalog = config if isinstance(config, Catalog) else load_catalog(config)
+    names = catalog.names
+    n_features = len(names)
+    paths = {name: _require(mimic_dir, name) for name in ("patients", "admissions", "icustays",
+                                                            "labevents")}
+    paths["chartevents"] = find_table(mimic_dir, "icu", "chartevents")
+    warnings: list[str] = []
+    if paths["chartevents"] is None:
+        msg = (f"{mimic_dir}/icu/chartevents.csv.gz (or .csv, .parquet) not found: "
+               "no vital signs, labs only")
+        warnings.append(msg)
+        print(f"ehrjepa preprocess: warning: {msg}", file=sys.stderr)
+        del paths["chartevents"]
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_tables: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
+
+    # ---- stays
+    t0 = time.perf_counter()
+    st = TableStats(str(paths["icustays"]))
+    cols = read_table(paths["icustays"], TABLES["icustays"][1], on_bad_lines, st)
+    stay_drops = {"bad_id": 0, "bad_timestamp": 0, "outtime_before_intime": 0, "duplicate_stay": 0}
+    stays = Stays(cols, st, stay_drops)
+    manifest_tables["icustays"] = _table_entry(paths["icustays"], st, len(stays), stay_drops)
+    seconds["icustays"] = time.perf_counter() - t0
+
+    # ---- admissions: in-hospital death of each stay's admission
+    t0 = time.perf_counter()
+    st = TableStats(str(paths["admissions"]))
+    adm = read_table(paths["admissions"], TABLES["admissions"][1], on_bad_lines, st)
+    order = np.argsort(adm["hadm_id"], kind="stable")
+    hadm_sorted = adm["hadm_id"][order]
+    pos = np.clip(np.searchsorted(hadm_sorted, stays.hadm_id), 0, max(len(order) - 1, 0))
+    found = (len(order) > 0) & (hadm_sorted[pos] == stays.hadm_id) if len(order) else \
+        np.zeros(len(stays), bool)
+    flag = adm["hospital_expire_flag"][order][pos] if len(order) else np.zeros(len(stays), np.int64)
+    death = np.where(found & (flag >= 0) & (flag <= 1), flag, -1).astype(np.int8)
+    n_unknown = int((death < 0).sum())
+    if n_unknown:
+        warnings.append(f"{n_unknown} stays have no admission with a 0/1 hospital_expire_flag "
+                        "in admissions: death_hosp = -1 (unknown)")
+    used = np.isin(adm["hadm_id"], stays.hadm_id)
+    manifest_tables["admissions"] = _table_entry(paths["admissions"], st, int(used.sum()),
+                                                 {"no_icu_stay": int((~used).sum())})
+    seconds["admissions"] = time.perf_counter() - t0
+
+    # ---- patients: count who has an ICU stay; warn about stays of unknown subjects
+    st = TableStats(str(paths["patients"]))
+    pat = read_table(paths["patients"], TABLES["patients"][1], on_bad_lines, st)
+    used = np.isin(pat["subject_id"], stays.subject_id)
+    manifest_tables["patients"] = _table_entry(paths["patients"], st, int(used.sum()),
+                                               {"no_icu_stay": int((~used).sum())})
+    n_orphans = int((~np.isin(stays.subject_id, pat["subject_id"])).sum())
+    if n_orphans:
+        warnings.append(f"{n_orphans} stays belong to subjects missing from patients")
+
+    # ---- events
+    sums = _open_output(out / "mean.npy", (stays.total_hours, n_features), np.float32)
+    counts = _open_output(out / "count.npy", (stays.total_hours, n_features), np.uint16)
+    big = sums.nbytes + counts.nbytes >= RELEASE_BYTES
+    for name in ("chartevents", "labevents"):
+        if name not in paths:
+            continue
+        t0 = time.perf_counter()
+        path = paths[name]
+        lk = catalog.lookup(name)
+        st = TableStats(str(path))
+        dropped = np.zeros(len(REASONS), np.int64)
+        kept = 0
+        for block in iter_table(path, TABLES[name][1], on_bad_lines, st, progress=progress,
+                                desc=name):
+            if name == "chartevents":
+                kept += aggregate_chartevents(
+                    block["stay_id"], block["charttime"], block["itemid"], block["valuenum"],
+                    stays.stay_id, stays.intime, stays.outtime, stays.offset, stays.n_hours,
+                    lk.feature, lk.add, lk.mul, lk.low, lk.high, sums, counts, dropped)
+            else:
+                kept += aggregate_labevents(
+                    block["subject_id"], block["charttime"], block["itemid"], block["valuenum"],
+                    stays.subjects, stays.subj_start, stays.subj_end, stays.by_subject,
+                    stays.intime, stays.outtime, stays.offset, stays.n_hours,
+                    lk.feature, lk.add, lk.mul, lk.low, lk.high, sums, counts, dropped)
+            if big:
+                _release(sums, counts)
+        reasons = CHART_REASONS if name == "chartevents" else LAB_REASONS
+        manifest_tables[name] = _table_entry(path, st, kept,
+                                             {r: int(dropped[REASONS.index(r)]) for r in reasons})
+        seconds[name] = time.perf_counter() - t0
+
+    # ---- split, means, train-only normalisation
+    t0 = time.perf_counter()
+    split = split_of_subjects(stays.subject_id, seed)
+    hour_train = np.repeat(split == 0, stays.n_hours).astype(np.uint8)
+    stats = np.zeros((3, n_features), np.float64)
+    step = max(1, (16 << 20) // max(1, n_features * 6))
+    for r0 in range(0, stays.total_hours, step):
+        finalize_hours(sums, counts, r0, min(r0 + step, stays.total_hours), hour_train, stats)
+        if big:
+            _release(sums, counts)
+    n, s1, s2 = stats
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm_mean = np.where(n > 0, s1 / np.maximum(n, 1), 0.0)
+        var = np.where(n > 0, s2 / np.maximum(n, 1) - norm_mean ** 2, 0.0)
+    norm_std = np.sqrt(np.maximum(var, 0.0))
+    norm_std = np.where((norm_std > 1e-12) & np.isfinite(norm_std), norm_std, 1.0)
+    _save_array(out / "mean.npy", sums)
+    _save_array(out / "count.npy", counts)
+    del sums, counts
+    seconds["finalize"] = time.perf_counter() - t0
+
+    # ---- stays.parquet, features.json, manifest.json
+    _write_stays(out / "stays.parquet", stays, split, death)
+    meta = {"features": names,
+            "norm": {"mean": [float(x) for x in norm_mean], "std": [float(x) for x in norm_std]},
+            "split": {"seed": int(seed), "fractions": list(FRACTIONS)}}
+    (out / "features.json").write_text(json.dumps(meta, indent=1))
+    manifest = {"tables": manifest_tables, "warnings": warnings, "n_stays": len(stays),
+                "total_hours": stays.total_hours,
+                "config": str(catalog.path) if catalog.path else None,
+                "seconds": {k: round(v, 3) for k, v in seconds.items()}
+                | {"total": round(time.perf_counter() - t_start, 3)}}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return out
+
+
+def _save_array(path: Path, arr: np.ndarray) -> None:
+    if isinstance(arr, np.memmap):
+        arr.flush()
+    else:  # empty outputs are plain arrays
+        np.save(path, arr)
+
+
+def _write_stays(path: Path, stays: Stays, split: np.ndarray, death: np.ndarray) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    hadm = pa.array(stays.hadm_id, pa.int64(), mask=(stays.hadm_id == MISSING) | (stays.hadm_id == BAD))
+    table = pa.table({
+        "stay_id": pa.array(stays.stay_id, pa.int64()),
+        "subject_id": pa.array(stays.subject_id, pa.int64()),
+        "hadm_id": hadm,
+        "intime": pa.array(stays.intime.astype("datetime64[s]"), pa.timestamp("s")),
+        "outtime": pa.array(stays.outtime.astype("datetime64[s]"), pa.timestamp("s")),
+        "n_hours": pa.array(stays.n_hours.astype(np.int32), pa.int32()),
+        "offset": pa.array(stays.offset, pa.int64()),
+        "split": pa.array(np.asarray(SPLITS, dtype=object)[split] if len(split) else [], pa.string()),
+        "death_hosp": pa.array(death, pa.int8()),
+        "los_days": pa.array((stays.outtime - stays.intime) / 86400.0, pa.float64()),
+    })
+    pq.write_table(table, path)
+
+
+def compile_kernels() -> None:
+    """Compile (or load from numba's cache) every kernel preprocessing uses."""
+    from .tables import compile_kernels as compile_tables
+
+    compile_tables()
+    i64 = np.zeros(1, np.int64)
+    f64 = np.zeros(1, np.float64)
+    feat = np.zeros(1, np.int32)
+    sums = np.zeros((1, 1), np.float32)
+    counts = np.zeros((1, 1), np.uint16)
+    dropped = np.zeros(len(REASONS), np.int64)
+    aggregate_chartevents(i64, i64, i64, f64, i64, i64, i64, i64, i64, feat, f64, f64, f64, f64,
+                          sums, counts, dropped)
+    aggregate_labevents(i64, i64, i64, f64, i64, i64, i64, i64, i64, i64, i64, i64, feat, f64,
+                        f64, f64, f64, sums, counts, dropped)
+    finalize_hours(sums, counts, 0, 0, np.zeros(1, np.uint8), np.zeros((3, 1)))
+
+
+# -------------------------------------------------------------------------------------------------
+# CLI
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mimic-dir", required=True, help="MIMIC-IV directory holding hosp/ and icu/")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--config", default=None,
+                        help="feature catalog (default: the repository's configs/features.yaml)")
+    parser.add_argument("--on-bad-lines", choices=("error", "skip"), default="error",
+                        help="malformed CSV rows: stop with the line number, or skip and count them")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subject-level split")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        out = preprocess(args.mimic_dir, args.out, config=args.config,
+                         on_bad_lines=args.on_bad_lines, progress=not args.no_progress,
+                         seed=args.seed)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"ehrjepa preprocess: error: {e}", file=sys.stderr)
+        return 1
+    m = json.loads((out / "manifest.json").read_text())
+    print(f"{out}: {m['n_stays']} stays, {m['total_hours']} hours, "
+          f"{m['seconds']['total']:.2f} s")
+    for name, t in m["tables"].items():
+        drops = ", ".join(f"{k} {v}" for k, v in t["dropped"].items() if v) or "none"
+        print(f"  {name:12s} read {t['rows_read']:>12,d}  kept {t['rows_kept']:>12,d}  dropped: {drops}")
+    for w in m["warnings"]:
+        print(f"  warning: {w}")
+    return 0
+

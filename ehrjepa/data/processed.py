@@ -1,0 +1,117 @@
+"""The processed-data format written by `ehrjepa preprocess` (see docs/DESIGN.md).
+
+    OUT/stays.parquet   one row per stay, in offset order
+    OUT/mean.npy        float32 [total_hours, F], NaN where a feature was not observed that hour
+    OUT/count.npy       uint16  [total_hours, F], events averaged into that hour (saturating)
+    OUT/features.json   feature names, train-only normalisation, split seed and fractions
+    OUT/manifest.json   per input table: rows read, kept, dropped by reason; warnings
+
+`open_processed(OUT)` memory-maps the arrays, so opening is cheap whatever their size.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+FRACTIONS = (0.8, 0.1, 0.1)
+STAY_COLUMNS = ("stay_id", "subject_id", "hadm_id", "intime", "outtime", "n_hours", "offset",
+                "split", "death_hosp", "los_days")
+
+
+@dataclass
+class Processed:
+    path: Path
+    features: list[str]
+    stays: "pyarrow.Table"  # noqa: F821
+    mean: np.ndarray  # float32 [total_hours, F], memory-mapped
+    count: np.ndarray  # uint16 [total_hours, F], memory-mapped
+    norm_mean: np.ndarray  # float32 [F]
+    norm_std: np.ndarray  # float32 [F]
+    manifest: dict
+    split_seed: int = 0
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    @property
+    def n_stays(self) -> int:
+        return self.stays.num_rows
+
+    @property
+    def offset(self) -> np.ndarray:
+        return self.stays.column("offset").to_numpy()
+
+    @property
+    def n_hours(self) -> np.ndarray:
+        return self.stays.column("n_hours").to_numpy()
+
+    def split_indices(self, split: str) -> np.ndarray:
+        """Row indices (into .stays) of the stays in `split` (train, val or test)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+        col = self.stays.column("split").to_numpy(zero_copy_only=False)
+        return np.flatnonzero(col == split).astype(np.int64)
+
+    def stay_hours(self, i: int) -> slice:
+        """The rows of mean/count that hold stay i's hours."""
+        off = int(self.stays.column("offset")[i].as_py())
+        return slice(off, off + int(self.stays.column("n_hours")[i].as_py()))
+
+
+def _load_array(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r")
+    except ValueError:  # zero-size arrays cannot be memory-mapped
+        return np.load(path)
+
+
+def open_processed(out: str | Path) -> Processed:
+    """Open a preprocessed directory; arrays are memory-mapped, not loaded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    for name in ("stays.parquet", "mean.npy", "count.npy", "features.json", "manifest.json"):
+        if not (out / name).exists():
+            raise FileNotFoundError(f"{out / name} not found: is {out} the --out of `ehrjepa preprocess`?")
+    meta = json.loads((out / "features.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    stays = pq.read_table(out / "stays.parquet")
+    for name in ("intime", "outtime"):  # parquet has no second unit: it comes back as ms
+        i = stays.schema.get_field_index(name)
+        if i >= 0 and stays.schema.field(i).type != pa.timestamp("s"):
+            stays = stays.set_column(i, name, stays.column(i).cast(pa.timestamp("s")))
+    mean = _load_array(out / "mean.npy")
+    count = _load_array(out / "count.npy")
+    names = list(meta["features"])
+    if mean.shape != count.shape or mean.ndim != 2 or mean.shape[1] != len(names):
+        raise ValueError(f"{out}: mean {mean.shape} / count {count.shape} do not match "
+                         f"{len(names)} features")
+    return Processed(path=out, features=names, stays=stays, mean=mean, count=count,
+                     norm_mean=np.asarray(meta["norm"]["mean"], np.float32),
+                     norm_std=np.asarray(meta["norm"]["std"], np.float32),
+                     manifest=manifest, split_seed=int(meta["split"]["seed"]))
+
+
+def split_of_subjects(subject_id: np.ndarray, seed: int,
+                      fractions: tuple[float, float, float] = FRACTIONS) -> np.ndarray:
+    """Deterministic train/val/test split by subject: a splitmix64 hash of (subject_id, seed).
+
+    Returns int8 codes (0 train, 1 val, 2 test); every stay of a subject lands in the same split.
+    """
+    mask = (1 << 64) - 1
+    x = subject_id.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & mask)
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    u = (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    cut = np.cumsum(fractions)
+    return np.where(u < cut[0], 0, np.where(u < cut[1], 1, 2)).astype(np.int8)

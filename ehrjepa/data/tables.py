@@ -1,0 +1,749 @@
+"""Reading MIMIC-IV tables (csv, csv.gz, parquet) as streamed blocks of typed numpy columns.
+
+Only the columns a caller asks for are parsed. CSV goes through a numba tokenizer that works on
+raw byte blocks (64 MB by default): it follows RFC 4180 quoting (quoted fields may hold commas,
+newlines and doubled quotes), splits blocks at row ends, counts physical lines for error messages,
+and converts the wanted fields straight to int64 / float64 / int64 seconds (timestamps) without
+building Python strings. csv.gz is inflated by ISA-L in a background thread (`isal.igzip_threaded`)
+so inflating overlaps parsing. Parquet goes through pyarrow's `iter_batches` with the needed
+columns only.
+
+Every block is a dict {column name: numpy array}, the same for all three formats:
+- KIND_INT columns: int64, MISSING where the field is empty, BAD where it is not an integer;
+- KIND_FLOAT columns: float64, NaN where the field is empty or not a number;
+- KIND_TIME columns: int64 seconds since 1970-01-01, MISSING where empty, BAD where unparseable.
+The arrays of one block are only valid until the next block is requested (buffers are reused).
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numba as nb
+import numpy as np
+
+KIND_INT, KIND_FLOAT, KIND_TIME = 0, 1, 2
+MISSING = np.iinfo(np.int64).min  # empty field
+BAD = MISSING + 1  # field present but not parseable
+FORMATS = (".csv.gz", ".csv", ".parquet")  # searched in this order
+BLOCK_BYTES = 64 << 20
+BLOCK_ROWS = 1 << 20  # rows per parsed block (bounds the column arrays)
+PARALLEL_BYTES = 1 << 20  # blocks at least this big are parsed by two threads
+
+# parse status codes returned by the kernel
+OK, NEED_MORE, BAD_ROW = 0, 1, 2
+
+
+# -------------------------------------------------------------------------------------------------
+# finding and opening tables
+
+
+def find_table(mimic_dir: str | Path, module: str, name: str) -> Path | None:
+    """MIMIC_DIR/module/name.{csv.gz,csv,parquet}, the first that exists, else None."""
+    for ext in FORMATS:
+        p = Path(mimic_dir) / module / f"{name}{ext}"
+        if p.exists():
+            return p
+    return None
+
+
+def table_format(path: Path) -> str:
+    name = path.name
+    for ext in FORMATS:
+        if name.endswith(ext):
+            return ext[1:]
+    raise ValueError(f"{path}: unknown table format (expected one of {', '.join(FORMATS)})")
+
+
+@dataclass
+class TableStats:
+    """What reading a table saw: data rows (bad lines included) and bad lines skipped."""
+    path: str
+    rows_read: int = 0
+    bad_line: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+# -------------------------------------------------------------------------------------------------
+# numba field converters
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _days_from_civil(y, m, d):
+    """Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's public algorithm)."""
+    if m <= 2:
+        y -= 1
+    era = (y if y >= 0 else y - 399) // 400
+    yoe = y - era * 400
+    mp = m - 3 if m > 2 else m + 9
+    doy = (153 * mp + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _digits(buf, i, n):
+    """Value of n ASCII digits at buf[i:i+n], or -1 if any is not a digit."""
+    v = 0
+    for k in range(n):
+        c = buf[i + k] - 48
+        if c < 0 or c > 9:
+            return -1
+        v = v * 10 + c
+    return v
+
+
+@nb.njit(cache=True, error_model="numpy")
+def parse_int(buf, s, e):
+    """int64 of buf[s:e]: optional sign and digits; MISSING if empty, BAD otherwise."""
+    if s >= e:
+        return MISSING
+    neg = False
+    if buf[s] == 45 or buf[s] == 43:  # - +
+        neg = buf[s] == 45
+        s += 1
+        if s >= e or e - s > 18:
+            return BAD
+    elif e - s > 18:
+        return BAD
+    v = 0
+    for i in range(s, e):
+        c = buf[i] - 48
+        if c < 0 or c > 9:
+            return BAD
+        v = v * 10 + c
+    return -v if neg else v
+
+
+_POW10 = np.array([10.0 ** k for k in range(23)])
+
+
+@nb.njit(cache=True, error_model="numpy")
+def parse_float(buf, s, e):
+    """float64 of buf[s:e] ([+-]digits[.digits][(e|E)[+-]digits]); NaN if empty or not a number.
+
+    Correctly rounded for up to 15-16 significant digits with small exponents (the mantissa and the
+    power of ten are exact, so one multiply or divide rounds once); longer inputs are truncated to
+    18 significant digits.
+    """
+    if s >= e:
+        return np.nan
+    neg = False
+    if buf[s] == 45 or buf[s] == 43:
+        neg = buf[s] == 45
+        s += 1
+    mant = 0
+    exp10 = 0
+    nd = 0  # significant digits taken
+    seen = 0  # digits seen at all
+    i = s
+    while i < e:
+        c = buf[i] - 48
+        if c < 0 or c > 9:
+            break
+        seen += 1
+        if nd < 18:
+            if mant != 0 or c != 0:
+                nd += 1
+            mant = mant * 10 + c
+        else:
+            exp10 += 1
+        i += 1
+    if i < e and buf[i] == 46:  # .
+        i += 1
+        while i < e:
+            c = buf[i] - 48
+            if c < 0 or c > 9:
+                break
+            seen += 1
+            if nd < 18:
+                if mant != 0 or c != 0:
+                    nd += 1
+                mant = mant * 10 + c
+                exp10 -= 1
+            i += 1
+    if seen == 0:
+        return np.nan
+    if i < e and (buf[i] == 101 or buf[i] == 69):  # e E
+        i += 1
+        eneg = False
+        if i < e and (buf[i] == 45 or buf[i] == 43):
+            eneg = buf[i] == 45
+            i += 1
+        if i >= e:
+            return np.nan
+        ev = 0
+        while i < e:
+            c = buf[i] - 48
+            if c < 0 or c > 9:
+                return np.nan
+            if ev < 100000:
+                ev = ev * 10 + c
+            i += 1
+        exp10 += -ev if eneg else ev
+    if i != e:
+        return np.nan
+    v = float(mant)
+    if exp10 == 0:
+        pass
+    elif 0 < exp10 <= 22:
+        v = v * _POW10[exp10]
+    elif -22 <= exp10 < 0:
+        v = v / _POW10[-exp10]
+    elif mant == 0:
+        v = 0.0
+    else:  # rare: scale to one digit before the point so the power of ten stays finite
+        p = exp10 + nd - 1
+        v = v / 10.0 ** (nd - 1)
+        if p > 308:
+            v = np.inf
+        elif p < -340:
+            v = 0.0
+        elif p < -300:
+            v = v * 10.0 ** (p + 300) * 1e-300
+        elif p > 300:
+            v = v * 10.0 ** (p - 300) * 1e300
+        else:
+            v = v * 10.0 ** p
+    return -v if neg else v
+
+
+@nb.njit(cache=True, error_model="numpy")
+def parse_time(buf, s, e):
+    """Seconds since 1970 of 'YYYY-MM-DD[( |T)HH:MM[:SS[.fff]]]'; MISSING if empty, BAD otherwise.
+
+    Fractional seconds are truncated (the data are in whole seconds).
+    """
+    n = e - s
+    if n <= 0:
+        return MISSING
+    if n < 10 or buf[s + 4] != 45 or buf[s + 7] != 45:
+        return BAD
+    y = _digits(buf, s, 4)
+    mo = _digits(buf, s + 5, 2)
+    d = _digits(buf, s + 8, 2)
+    if y < 0 or mo < 1 or mo > 12 or d < 1:
+        return BAD
+    mdays = 31
+    if mo == 4 or mo == 6 or mo == 9 or mo == 11:
+        mdays = 30
+    elif mo == 2:
+        mdays = 29 if (y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)) else 28
+    if d > mdays:
+        return BAD
+    hh = 0
+    mi = 0
+    ss = 0
+    if n > 10:
+        if n < 16 or (buf[s + 10] != 32 and buf[s + 10] != 84) or buf[s + 13] != 58:
+            return BAD
+        hh = _digits(buf, s + 11, 2)
+        mi = _digits(buf, s + 14, 2)
+        if hh < 0 or hh > 23 or mi < 0 or mi > 59:
+            return BAD
+        if n > 16:
+            if n < 19 or buf[s + 16] != 58:
+                return BAD
+            ss = _digits(buf, s + 17, 2)
+            if ss < 0 or ss > 59:
+                return BAD
+            if n > 19:
+                if buf[s + 19] != 46 or n == 20:
+                    return BAD
+                if _digits(buf, s + 20, n - 20) < 0:
+                    return BAD
+    return _days_from_civil(y, mo, d) * 86400 + hh * 3600 + mi * 60 + ss
+
+
+# -------------------------------------------------------------------------------------------------
+# the tokenizer
+
+
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def _store_field(buf, fs, fe, quoted, nf, ncols, rows, col_slot, col_kind, ints, floats):
+    """Convert field nf of the current row (bytes buf[fs:fe], quotes still on) if it is wanted.
+
+    Returns False for a quoting error (a quoted field that does not end with its quote)."""
+    if quoted:
+        if fe - fs < 2 or buf[fe - 1] != 34:
+            return False
+        fs += 1
+        fe -= 1
+    if nf < ncols:
+        slot = col_slot[nf]
+        if slot >= 0:
+            k = col_kind[nf]
+            if k == 0:
+                ints[slot, rows] = parse_int(buf, fs, fe)
+            elif k == 1:
+                floats[slot, rows] = parse_float(buf, fs, fe)
+            else:
+                ints[slot, rows] = parse_time(buf, fs, fe)
+    return True
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def parse_block(buf, pos, end, final, ncols, col_slot, col_kind, ints, floats, skip_bad, bad_info):
+    """Parse CSV rows of buf[pos:end] into typed columns.
+
+    col_slot[c] is the output row (of `ints` for KIND_INT/KIND_TIME, of `floats` for KIND_FLOAT)
+    for file column c, or -1 to skip it. Rows go to columns [0, n_rows) of ints/floats; parsing
+    stops when they are full. A row with a field count other than ncols, an unterminated quote at
+    the end of the input, or a quoted field with text after its closing quote is a bad row: skipped
+    and counted in bad_info[0] when skip_bad, else parsing stops with status BAD_ROW. Empty lines
+    are ignored. Without `final`, a row not ended by a newline is left for the next call.
+
+    One pass over the bytes with a small state machine: bytes above ',' (digits, letters, '-', ':',
+    '.') cannot end a field, so they cost one compare.
+
+    Returns (status, new_pos, n_rows, n_lines): new_pos is the start of the first row not parsed,
+    n_lines the newlines before new_pos (before the bad row on BAD_ROW; then bad_info[1] holds the
+    bad row's field count, -1 for a quoting error).
+    """
+    cap = ints.shape[1]
+    rows = 0
+    lines = 0
+    row_start = pos
+    row_lines = 0  # newlines inside quoted fields of the current row
+    fs = pos  # current field start
+    nf = 0  # fields finished in the current row
+    inq = False  # inside a quoted field
+    quoted = False  # the current field started with a quote
+    bad = False  # quoting error in the current row
+    if rows >= cap:
+        return OK, pos, 0, 0
+    for i in range(pos, end):
+        c = buf[i]
+        if c > 44:
+            continue
+        if inq:
+            if c == 34:
+                inq = False
+            elif c == 10:
+                row_lines += 1
+            continue
+        if c == 34:
+            if i == fs:
+                quoted = True
+                inq = True
+            elif quoted and buf[i - 1] == 34:
+                inq = True  # a doubled quote inside a quoted field
+            else:
+                bad = True  # a quote inside an unquoted field
+            continue
+        if c == 44:
+            if nf < ncols and col_slot[nf] >= 0:
+                if not _store_field(buf, fs, i, quoted, nf, ncols, rows, col_slot, col_kind, ints,
+                                    floats):
+                    bad = True
+            elif quoted and (i - fs < 2 or buf[i - 1] != 34):
+                bad = True
+            nf += 1
+            fs = i + 1
+            quoted = False
+            continue
+        if c == 10:
+            fe = i
+            if fe > fs and buf[fe - 1] == 13:
+                fe -= 1
+            if nf == 0 and fe == fs and not quoted:  # empty line
+                lines += 1
+                row_start = i + 1
+                fs = i + 1
+                continue
+            if not _store_field(buf, fs, fe, quoted, nf, ncols, rows, col_slot, col_kind, ints,
+                                floats):
+                bad = True
+            nf += 1
+            if nf != ncols or bad:
+                if not skip_bad:
+                    bad_info[1] = -1 if bad else nf
+                    return BAD_ROW, row_start, rows, lines
+                bad_info[0] += 1
+            else:
+                rows += 1
+            lines += row_lines + 1
+            row_lines = 0
+            row_start = i + 1
+            fs = i + 1
+            nf = 0
+            quoted = False
+            bad = False
+            if rows >= cap:
+                return OK, row_start, rows, lines
+    if not final or row_start >= end:
+        return (NEED_MORE if row_start < end else OK), row_start, rows, lines
+    # the last row of the input has no newline
+    fe = end
+    if fe > fs and buf[fe - 1] == 13:
+        fe -= 1
+    if inq:
+        bad = True
+    elif not _store_field(buf, fs, fe, quoted, nf, ncols, rows, col_slot, col_kind, ints, floats):
+        bad = True
+    nf += 1
+    if nf == 1 and fe == fs and not quoted:
+        return OK, end, rows, lines
+    if nf != ncols or bad:
+        if not skip_bad:
+            bad_info[1] = -1 if bad else nf
+            return BAD_ROW, row_start, rows, lines
+        bad_info[0] += 1
+    else:
+        rows += 1
+    lines += row_lines
+    return OK, end, rows, lines
+
+
+# -------------------------------------------------------------------------------------------------
+# streaming a CSV file block by block
+
+
+def _open_bytes(path: Path):
+    """(reader of the CSV bytes, raw file): .gz is inflated by ISA-L in a background thread."""
+    raw = open(path, "rb", buffering=0)
+    if path.name.endswith(".gz"):
+        from isal import igzip_threaded
+
+        return igzip_threaded.open(raw, "rb", threads=1, block_size=4 << 20), raw
+    return raw, raw
+
+
+def _read_header(f, path: Path) -> tuple[list[str], bytes]:
+    """Column names of the first line, and the bytes read past it."""
+    head = b""
+    while b"\n" not in head:
+        chunk = f.read(1 << 16)
+        if not chunk:
+            break
+        head += chunk
+    line, _, rest = head.partition(b"\n")
+    text = line.decode("utf-8", "replace").rstrip("\r").lstrip("\ufeff")
+    names = next(csv.reader([text]), [])
+    if not names or names == [""]:
+        raise ValueError(f"{path}: no header line (empty file?)")
+    return [n.strip() for n in names], rest
+
+
+def _column_plan(names: list[str], columns: dict[str, int], path: Path):
+    """Per file column: output slot and kind; raises naming the first missing column."""
+    for col in columns:
+        if col not in names:
+            raise ValueError(f"{path}: missing required column {col!r} "
+                             f"(columns: {', '.join(names)})")
+    col_slot = np.full(len(names), -1, np.int64)
+    col_kind = np.zeros(len(names), np.int64)
+    n_int = n_float = 0
+    slots = {}
+    for c, name in enumerate(names):
+        if name in columns and name not in slots:
+            kind = columns[name]
+            col_kind[c] = kind
+            if kind == KIND_FLOAT:
+                col_slot[c] = n_float
+                slots[name] = ("f", n_float)
+                n_float += 1
+            else:
+                col_slot[c] = n_int
+                slots[name] = ("i", n_int)
+                n_int += 1
+    return col_slot, col_kind, n_int, n_float, slots
+
+
+def iter_csv(path: Path, columns: dict[str, int], on_bad_lines: str = "error",
+             stats: TableStats | None = None, block_bytes: int = BLOCK_BYTES,
+             block_rows: int = BLOCK_ROWS, progress=None, parallel: bool | None = None
+             ) -> Iterator[dict[str, np.ndarray]]:
+    """Yield blocks {column: array} of a CSV/CSV.GZ table; see the module docstring.
+
+    parallel: parse each half of a block in its own thread (default: when 2+ CPUs)."""
+    if parallel is None:
+        parallel = (os.cpu_count() or 1) > 1
+    path = Path(path)
+    stats = stats if stats is not None else TableStats(str(path))
+    skip_bad = on_bad_lines == "skip"
+    f, raw = _open_bytes(path)
+    pool = None
+    try:
+        names, rest = _read_header(f, path)
+        col_slot, col_kind, n_int, n_float, slots = _column_plan(names, columns, path)
+        ints = np.empty((n_int, block_rows), np.int64)
+        floats = np.empty((n_float, block_rows), np.float64)
+        bad_info = np.zeros(2, np.int64)
+        if parallel:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(1)
+            ints2, floats2 = np.empty_like(ints), np.empty_like(floats)
+            bad2 = np.zeros(2, np.int64)
+        buf = np.empty(max(block_bytes, 2 * len(rest) + 1), np.uint8)
+        buf[:len(rest)] = np.frombuffer(rest, np.uint8)
+        filled = len(rest)
+        line = 2  # line number (1-based) of buf[0]
+        eof = False
+        while True:
+            # fill the buffer behind the carried-over bytes
+            while not eof and filled < len(buf):
+                n = f.readinto(memoryview(buf)[filled:])
+                if not n:
+                    eof = True
+                    break
+                filled += n
+            if progress is not None:
+                progress.update_to(raw.tell())
+            pos = 0
+            split_ok = True
+            while True:
+                if pool is not None and split_ok and filled - pos >= PARALLEL_BYTES:
+                    # two threads: the second half starts at a newline after the middle; its rows
+                    # are used only if the first half ends exactly there (no quoted newline across)
+                    split = _next_newline(buf, pos + (filled - pos) // 2, filled) + 1
+                    if 0 < split < filled:
+                        bad2[:] = 0
+                        fut = pool.submit(parse_block, buf, split, filled, eof, len(names),
+                                          col_slot, col_kind, ints2, floats2, skip_bad, bad2)
+                        a = parse_block(buf, pos, split, False, len(names), col_slot, col_kind,
+                                        ints, floats, skip_bad, bad_info)
+                        b = fut.result()
+                        _raise_bad(a, line, path, len(names), bad_info)
+                        line += a[3]
+                        stats.rows_read += a[2]
+                        if a[2]:
+                            yield _block(slots, ints, floats, a[2])
+                        if a[1] != split:  # stopped early: parse the rest sequentially
+                            pos = a[1]
+                            split_ok = False
+                            continue
+                        _raise_bad(b, line, path, len(names), bad2)
+                        bad_info[0] += bad2[0]
+                        line += b[3]
+                        stats.rows_read += b[2]
+                        if b[2]:
+                            yield _block(slots, ints2, floats2, b[2])
+                        status, pos = b[0], b[1]
+                        if status == NEED_MORE or pos >= filled:
+                            break
+                        continue
+                res = parse_block(buf, pos, filled, eof, len(names), col_slot, col_kind, ints,
+                                  floats, skip_bad, bad_info)
+                _raise_bad(res, line, path, len(names), bad_info)
+                status, pos, n_rows, n_lines = res
+                line += n_lines
+                stats.rows_read += n_rows
+                if n_rows:
+                    yield _block(slots, ints, floats, n_rows)
+                if status == NEED_MORE or pos >= filled:
+                    break
+            if eof and pos >= filled:
+                break
+            # carry the unfinished row over; grow the buffer if one row fills it
+            left = filled - pos
+            if left:
+                buf[:left] = buf[pos:filled]
+            filled = left
+            if left == len(buf):
+                if eof:
+                    raise AssertionError("parser made no progress at end of input")
+                bigger = np.empty(2 * len(buf), np.uint8)
+                bigger[:left] = buf[:left]
+                buf = bigger
+        stats.bad_line += int(bad_info[0])
+        stats.rows_read += int(bad_info[0])
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        f.close()
+        raw.close()
+
+
+def _block(slots, ints, floats, n_rows):
+    return {name: (ints[s, :n_rows] if k == "i" else floats[s, :n_rows])
+            for name, (k, s) in slots.items()}
+
+
+def _raise_bad(res, line, path, ncols, bad_info):
+    if res[0] == BAD_ROW:
+        got = int(bad_info[1])
+        what = "malformed quoting" if got < 0 else f"{got} fields, expected {ncols}"
+        raise ValueError(f"{path}: line {line + res[3]}: malformed CSV row ({what}); "
+                         "use --on-bad-lines skip to skip and count such rows")
+
+
+@nb.njit(cache=True, nogil=True)
+def _next_newline(buf, i, end):
+    while i < end and buf[i] != 10:
+        i += 1
+    return i
+
+
+# -------------------------------------------------------------------------------------------------
+# parquet
+
+
+def _arrow_column(arr, kind: int, path: Path, name: str) -> np.ndarray:
+    """A pyarrow array as a numpy column with the CSV kernel's conventions."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    t = arr.type
+    if kind == KIND_FLOAT:
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            out = np.array([_py_float(v) for v in arr.to_pylist()], np.float64)
+            return out
+        return arr.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    if kind == KIND_INT:
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            return np.array([_py_int(v) for v in arr.to_pylist()], np.int64)
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+            raise ValueError(f"{path}: column {name!r} has type {t}, expected an integer")
+        vals = pc.fill_null(arr.cast(pa.int64(), safe=False), MISSING)
+        return vals.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    # timestamps
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        out = np.empty(len(arr), np.int64)
+        for j, v in enumerate(arr.to_pylist()):
+            if v is None or v == "":
+                out[j] = MISSING
+            else:
+                b = np.frombuffer(v.encode(), np.uint8)
+                out[j] = parse_time(b, 0, len(b))
+        return out
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        if pa.types.is_date(t):
+            arr = arr.cast(pa.timestamp("s"))
+        ts = arr.cast(pa.int64())
+        unit = {"s": 1, "ms": 1000, "us": 1_000_000, "ns": 1_000_000_000}[arr.type.unit]
+        v = pc.fill_null(ts, MISSING).to_numpy(zero_copy_only=False).astype(np.int64)
+        if unit != 1:
+            ok = v != MISSING
+            v[ok] = np.floor_divide(v[ok], unit)
+        return v
+    raise ValueError(f"{path}: column {name!r} has type {t}, expected a timestamp")
+
+
+def _py_int(v) -> int:
+    if v is None or v == "":
+        return MISSING
+    try:
+        return int(v)
+    except ValueError:
+        return BAD
+
+
+def _py_float(v) -> float:
+    if v is None or v == "":
+        return np.nan
+    b = np.frombuffer(str(v).encode(), np.uint8)
+    return parse_float(b, 0, len(b))
+
+
+def iter_parquet(path: Path, columns: dict[str, int], stats: TableStats | None = None,
+                 block_rows: int = BLOCK_ROWS, progress=None) -> Iterator[dict[str, np.ndarray]]:
+    """Yield blocks {column: array} of a parquet table (needed columns only)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    stats = stats if stats is not None else TableStats(str(path))
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    for col in columns:
+        if col not in names:
+            raise ValueError(f"{path}: missing required column {col!r} (columns: {', '.join(names)})")
+    done = 0
+    for batch in pf.iter_batches(batch_size=block_rows, columns=list(columns), use_threads=True):
+        stats.rows_read += batch.num_rows
+        done += batch.num_rows
+        if progress is not None:
+            progress.update_to(done)
+        if batch.num_rows:
+            yield {name: _arrow_column(batch.column(name), kind, path, name)
+                   for name, kind in columns.items()}
+
+
+def parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+# -------------------------------------------------------------------------------------------------
+# one entry point
+
+
+def iter_table(path: Path, columns: dict[str, int], on_bad_lines: str = "error",
+               stats: TableStats | None = None, progress: bool = False, desc: str | None = None,
+               block_bytes: int = BLOCK_BYTES, block_rows: int = BLOCK_ROWS
+               ) -> Iterator[dict[str, np.ndarray]]:
+    """Blocks of the wanted columns of a csv / csv.gz / parquet table.
+
+    progress: show a tqdm bar (bytes for csv, rows for parquet) when the table takes a while.
+    """
+    if on_bad_lines not in ("error", "skip"):
+        raise ValueError(f"on_bad_lines must be 'error' or 'skip', not {on_bad_lines!r}")
+    path = Path(path)
+    fmt = table_format(path)
+    bar = _Progress(path, fmt, desc) if progress else None
+    try:
+        if fmt == "parquet":
+            yield from iter_parquet(path, columns, stats, block_rows, bar)
+        else:
+            yield from iter_csv(path, columns, on_bad_lines, stats, block_bytes, block_rows, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def read_table(path: Path, columns: dict[str, int], on_bad_lines: str = "error",
+               stats: TableStats | None = None) -> dict[str, np.ndarray]:
+    """A whole (small) table's wanted columns, concatenated."""
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    for block in iter_table(path, columns, on_bad_lines, stats, block_rows=1 << 18):
+        for c in columns:
+            parts[c].append(block[c].copy())
+    out = {}
+    for c, kind in columns.items():
+        dtype = np.float64 if kind == KIND_FLOAT else np.int64
+        out[c] = np.concatenate(parts[c]) if parts[c] else np.empty(0, dtype)
+    return out
+
+
+class _Progress:
+    """A tqdm bar that only appears when a table takes more than half a second."""
+
+    def __init__(self, path: Path, fmt: str, desc: str | None):
+        from tqdm.auto import tqdm
+
+        if fmt == "parquet":
+            total, unit, scale = parquet_rows(path), "rows", False
+        else:  # bytes of the file as stored (compressed for csv.gz)
+            total, unit, scale = path.stat().st_size, "B", True
+        self.bar = tqdm(total=total, unit=unit, unit_scale=scale, delay=0.5, leave=False,
+                        desc=desc or path.name)
+        self.done = 0
+
+    def update_to(self, n: int) -> None:
+        if n > self.done:
+            self.bar.update(n - self.done)
+            self.done = n
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def compile_kernels() -> None:
+    """Compile (or load from the cache) the tokenizer, so that timings exclude compilation."""
+    b = np.frombuffer(b"1,2.5,2000-01-01 00:00:00\n", np.uint8).copy()
+    parse_block(b, 0, len(b), True, 3, np.array([0, 0, 1]), np.array([0, 1, 2]),
+                np.empty((2, 4), np.int64), np.empty((1, 4), np.float64), False,
+                np.zeros(2, np.int64))
+    _next_newline(b, 0, len(b))
+
+
+__all__ = ["KIND_INT", "KIND_FLOAT", "KIND_TIME", "MISSING", "BAD", "TableStats", "find_table",
+           "table_format", "iter_table", "iter_csv", "iter_parquet", "read_table", "parse_block",
+           "parse_int", "parse_float", "parse_time", "compile_kernels"]
