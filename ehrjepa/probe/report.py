@@ -1,0 +1,247 @@
+"""The probe report: REPORT/report.json, REPORT/report.md and PNG plots (matplotlib, Agg).
+
+Plots: `roc_{task}.png` (test ROC curves of every method), `pca.png` (2-D PCA of the stay
+embeddings coloured by outcome, jepa beside random_init), `training_curves.png` (loss,
+val_loss and RankMe from RUN/metrics.csv).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+# Below these, the markdown says plainly that the test split is tiny (the numbers cannot rank the
+# methods) or small (read the intervals, not the point estimates).
+TINY_N, TINY_POSITIVES = 100, 10
+SMALL_N, SMALL_POSITIVES = 500, 50
+
+
+def _fmt(x: float) -> str:
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def results_table(report: dict) -> str:
+    """The markdown table of every probed task and method."""
+    lines = ["| task | method | AUROC [95% CI] | AUPRC [95% CI] | n | positives |",
+             "|---|---|---|---|---|---|"]
+    for task, methods in report["tasks"].items():
+        for method, r in methods.items():
+            lines.append(f"| {task} | {method} | {_fmt(r['auroc'])} [{_fmt(r['auroc_ci'][0])}, "
+                         f"{_fmt(r['auroc_ci'][1])}] | {_fmt(r['auprc'])} [{_fmt(r['auprc_ci'][0])}, "
+                         f"{_fmt(r['auprc_ci'][1])}] | {r['n']} | {r['positives']} |")
+    for task, reason in report.get("skipped", {}).items():
+        lines.append(f"| {task} | (skipped) | {reason} | | | |")
+    return "\n".join(lines)
+
+
+def tiny_notes(report: dict) -> list[str]:
+    """Plain-language warnings for tasks whose test split is too small to compare methods."""
+    notes = []
+    for task, methods in report["tasks"].items():
+        r = next(iter(methods.values()))
+        size = f"the test split has n = {r['n']} stays with {r['positives']} positives"
+        if r["n"] < TINY_N or r["positives"] < TINY_POSITIVES:
+            notes.append(f"**n is tiny for {task}**: {size}. The 95 % intervals are very wide; these "
+                         f"numbers cannot rank the methods.")
+        elif r["n"] < SMALL_N or r["positives"] < SMALL_POSITIVES:
+            notes.append(f"**n is small for {task}**: {size}. Read the 95 % intervals, not the point "
+                         f"estimates.")
+    return notes
+
+
+def comparison_lines(report: dict) -> list[str]:
+    lines = []
+    for task, comps in report.get("comparisons", {}).items():
+        for name, c in comps.items():
+            lo, hi = c["auroc_diff_ci"]
+            verdict = ("interval excludes 0" if (lo > 0 or hi < 0) else "interval includes 0")
+            lines.append(f"- {task}, {name}: AUROC difference {c['auroc_diff']:+.3f} "
+                         f"[{_fmt(lo)}, {_fmt(hi)}] (paired bootstrap, {verdict})")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    """The human-readable summary."""
+    c_grid = report.get("c_grid") or [float("nan")]
+    out = ["# Probe report", "",
+           f"- checkpoint: `{report.get('checkpoint')}` (step {report.get('step')})",
+           f"- data: `{report.get('data')}`",
+           f"- embeddings: {report['pooling']}",
+           f"- probe: standardised logistic regression, C from {c_grid[0]:g} to "
+           f"{c_grid[-1]:g} chosen by validation AUROC; metrics on the test split "
+           f"with 95 % percentile bootstrap intervals ({report.get('n_bootstrap')} resamples, seed "
+           f"{report.get('seed')}); subject-level splits from preprocessing",
+           f"- cohort: stays with at least {report['hours']} hours; " + ", ".join(
+               f"{s} {c['with_hours']} of {c['stays']}" for s, c in report.get("cohort", {}).items()),
+           "", "## Results", "", results_table(report), ""]
+    notes = tiny_notes(report) + list(report.get("notes", []))
+    if report.get("skipped"):
+        notes += [f"{task} was skipped: {reason}." for task, reason in report["skipped"].items()]
+    if notes:
+        out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    comps = comparison_lines(report)
+    if comps:
+        out += ["## Paired differences", ""] + comps + [""]
+    plots = report.get("plots", [])
+    if plots:
+        out += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(out)
+
+
+# --- plots -----------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc(task: str, curves: dict[str, tuple[np.ndarray, np.ndarray]], results: dict, path: Path) -> None:
+    """Test ROC curves of every method of one task."""
+    from sklearn.metrics import roc_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for method, (y, score) in curves.items():
+        fpr, tpr, _ = roc_curve(y, score)
+        ax.plot(fpr, tpr, label=f"{method} (AUROC {results[method]['auroc']:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    n, pos = next(iter(results.values()))["n"], next(iter(results.values()))["positives"]
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{task} (test n={n}, {pos} pos)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_pca(embeddings: dict[str, np.ndarray], labels: dict[str, np.ndarray], path: Path) -> None:
+    """2-D PCA of each method's stay embeddings (rows), coloured by each task's outcome (columns)."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    plt = _pyplot()
+    tasks = list(labels)
+    fig, axes = plt.subplots(len(embeddings), len(tasks), figsize=(3.6 * len(tasks), 3.4 * len(embeddings)),
+                             squeeze=False)
+    for i, (method, emb) in enumerate(embeddings.items()):
+        xy = np.zeros((len(emb), 2))
+        explained = [0.0, 0.0]
+        if len(emb) >= 2 and emb.shape[1] >= 2:
+            pca = PCA(n_components=2, random_state=0).fit(StandardScaler().fit_transform(emb))
+            xy = pca.transform(StandardScaler().fit_transform(emb))
+            explained = pca.explained_variance_ratio_
+        for j, task in enumerate(tasks):
+            ax = axes[i, j]
+            y = labels[task]
+            for value, color, name in ((0, "tab:blue", "0"), (1, "tab:red", "1")):
+                sel = y == value
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=4, alpha=0.5, c=color, label=f"{name} (n={sel.sum()})",
+                           rasterized=True)
+            ax.set_title(f"{method}: {task}", fontsize=9)
+            ax.set_xlabel(f"PC1 ({explained[0]:.0%})", fontsize=8)
+            ax.set_ylabel(f"PC2 ({explained[1]:.0%})", fontsize=8)
+            ax.legend(fontsize=7, markerscale=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def read_metrics(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{column: (steps, values)} of every numeric column of RUN/metrics.csv, blanks dropped."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "step" not in reader.fieldnames:
+            raise ValueError(f"{path}: no 'step' column in the header")
+        rows = list(reader)
+    series = {}
+    for col in reader.fieldnames:
+        if col == "step":
+            continue
+        steps, values = [], []
+        for line, row in enumerate(rows, start=2):
+            v = row.get(col)
+            if v in (None, ""):
+                continue
+            try:
+                steps.append(float(row["step"]))
+                values.append(float(v))
+            except ValueError:
+                continue  # a non-numeric column (e.g. a phase name): not a curve
+        if values:
+            series[col] = (np.asarray(steps), np.asarray(values))
+    return series
+
+
+def plot_training_curves(metrics_csv: Path, path: Path) -> bool:
+    """Loss and val_loss (left) and RankMe (right) against step; False when there is nothing to plot."""
+    series = read_metrics(metrics_csv)
+    if not any(k in series for k in ("loss", "val_loss", "rankme")):
+        return False
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for col, style in (("loss", dict(lw=0.8, alpha=0.8)), ("val_loss", dict(marker="o", ms=3))):
+        if col in series:
+            ax1.plot(*series[col], label=col, **style)
+    ax1.set(xlabel="step", ylabel="loss", title="JEPA loss")
+    if all(series[c][1].min() > 0 for c in ("loss", "val_loss") if c in series):
+        ax1.set_yscale("log")  # the loss falls by orders of magnitude early on
+    ax1.legend(fontsize=8)
+    if "rankme" in series:
+        ax2.plot(*series["rankme"], marker="o", ms=3, color="tab:green")
+    ax2.set(xlabel="step", ylabel="RankMe", title="RankMe of validation embeddings")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _plain(x):
+    """JSON-safe copy: numpy scalars to Python numbers, NaN to null (strict JSON has no NaN)."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _plain(x.tolist())
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return None if math.isnan(x) else float(x)
+    return x
+
+
+def write_report(report: dict, out_dir: Path, curves: dict | None = None, embeddings: dict | None = None,
+                 labels: dict | None = None, metrics_csv: Path | None = None) -> dict:
+    """Write the plots, then report.json and report.md, into `out_dir`; returns `report` with `plots` added."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = []
+    for task, task_curves in (curves or {}).items():
+        name = f"roc_{task}.png"
+        plot_roc(task, task_curves, report["tasks"][task], out_dir / name)
+        plots.append(name)
+    if embeddings and labels:
+        plot_pca(embeddings, labels, out_dir / "pca.png")
+        plots.append("pca.png")
+    notes = report.setdefault("notes", [])
+    if metrics_csv is not None:
+        if Path(metrics_csv).is_file():
+            if plot_training_curves(Path(metrics_csv), out_dir / "training_curves.png"):
+                plots.append("training_curves.png")
+            else:
+                notes.append(f"{metrics_csv} has no loss, val_loss or rankme values: no training curves")
+        else:
+            notes.append(f"{metrics_csv} not found: no training curves")
+    report["plots"] = plots
+    with open(out_dir / "report.json", "w") as f:
+        json.dump(_plain(report), f, indent=2, allow_nan=False)
+    (out_dir / "report.md").write_text(markdown(report))
+    return report

@@ -1,0 +1,62 @@
+"""Downstream tasks: labels from the processed stays.
+
+Every task uses the same cohort: the stays with at least `hours` hours of data, which the probe
+embeds over hours [0, hours). With the default 24 hours, `mortality_hosp` is in-hospital death for
+stays of 24 h or more, so that a death during the observed hours cannot leak into the label.
+
+- `mortality_hosp`: `death_hosp` (hospital_expire_flag of the stay's admission) is 1.
+- `los_gt_3d`, `los_gt_7d`: ICU length of stay `los_days` is over 3 or 7 days.
+
+A label is NaN where its source column is null; such stays are left out of that task and counted.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+TASKS = ("mortality_hosp", "los_gt_3d", "los_gt_7d")
+SPLITS = ("train", "val", "test")
+
+# A task is skipped when a split has fewer positives (or negatives) than this: logistic regression
+# needs a few of each class to fit, and AUROC needs both classes to exist.
+MIN_CLASS_COUNT = {"train": 5, "val": 2, "test": 2}
+
+
+def _float_column(stays: pa.Table, name: str) -> np.ndarray:
+    if name not in stays.column_names:
+        raise KeyError(f"stays.parquet has no column {name!r} (columns: {stays.column_names})")
+    col = pc.cast(stays.column(name), pa.float64())
+    return col.to_numpy(zero_copy_only=False).astype(np.float64)  # nulls become NaN
+
+
+def task_labels(stays: pa.Table, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Labels of stay rows `rows` for every task: float64 arrays of 0/1, NaN where unknown."""
+    rows = np.asarray(rows, dtype=np.int64)
+    death = _float_column(stays, "death_hosp")[rows]
+    los = _float_column(stays, "los_days")[rows]
+    labels = {
+        "mortality_hosp": np.where(np.isnan(death), np.nan, (death > 0).astype(np.float64)),
+        "los_gt_3d": np.where(np.isnan(los), np.nan, (los > 3.0).astype(np.float64)),
+        "los_gt_7d": np.where(np.isnan(los), np.nan, (los > 7.0).astype(np.float64)),
+    }
+    return labels
+
+
+def class_counts(y: np.ndarray) -> tuple[int, int, int]:
+    """(n known, positives, unknown) of a label array."""
+    known = ~np.isnan(y)
+    return int(known.sum()), int((y[known] == 1).sum()), int((~known).sum())
+
+
+def skip_reason(y_by_split: dict[str, np.ndarray], min_count: dict[str, int] = MIN_CLASS_COUNT) -> str | None:
+    """Why a task cannot be probed (too few positives or negatives in some split), else None."""
+    problems = []
+    for split in SPLITS:
+        n, pos, _ = class_counts(y_by_split[split])
+        need = min_count[split]
+        if pos < need:
+            problems.append(f"{split} has {pos} positives (need >= {need})")
+        if n - pos < need:
+            problems.append(f"{split} has {n - pos} negatives (need >= {need})")
+    return "; ".join(problems) if problems else None
