@@ -1,0 +1,308 @@
+"""Sequences/s and MFU of a full JEPA train step: forward, backward, AdamW step, EMA update.
+
+    python -m bench train_step                       # every case and mode that applies here
+    python -m bench train_step --quick               # CPU: small at 8 x 20, a few steps
+    python -m bench train_step --case small-64x256 --mode compile_bf16_ro --mode ours --json out.json
+
+Cases (future masks, 25 features): small 256 x 20 (15 context + 5 target hours), small 64 x 256
+(192 + 64), base 64 x 256 (192 + 64). Modes:
+- eager_fp32, eager_bf16 (autocast): the model as is;
+- compile_bf16: torch.compile of the model's forward (loss included), default mode;
+- compile_bf16_ro: the same with mode="reduce-overhead" (CUDA graphs): the rival to beat;
+- ours (CUDA only): bf16 autocast + torch.compile + fused capturable AdamW + attention backend
+  "triton" + the ehrjepa.kernels EMA, with the whole step (forward, backward, AdamW, EMA)
+  captured in one CUDA graph; falls back to no graph, and says so, if the capture fails.
+On CUDA every mode uses fused AdamW (as the rival's anchor run did); on CPU the foreach AdamW.
+
+MFU counts matmul FLOPs of the linear layers only (attention score/value products left out, as in
+../shared/anchors): 2 x weights x tokens for the target encoder's forward over all T hours, and
+6 x weights x tokens for the encoder (context tokens) and predictor (context + target tokens).
+It is given against --peak-tflops (default 989, the H100/H200 dense bf16 peak; on CPU the
+measured bf16 matmul) and against a matmul measured in the same run, in the mode's dtype.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+CASES = {  # name -> (size, batch, hours, context hours, target hours)
+    "small-256x20": ("small", 256, 20, 15, 5),
+    "small-64x256": ("small", 64, 256, 192, 64),
+    "base-64x256": ("base", 64, 256, 192, 64),
+}
+MODES = ["eager_fp32", "eager_bf16", "compile_bf16", "compile_bf16_ro", "ours"]
+CUDA_ONLY = {"compile_bf16_ro", "ours"}
+RIVAL = "compile_bf16_ro"
+N_FEATURES = 25
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--case", action="append", choices=list(CASES),
+                        help="repeatable; default: all on CUDA, small-256x20 on CPU")
+    parser.add_argument("--mode", action="append", choices=MODES,
+                        help="repeatable; default: all that apply (CPU: eager_fp32, eager_bf16)")
+    parser.add_argument("--batch", type=int, help="override the batch size of every case")
+    parser.add_argument("--size", choices=["micro", "tiny", "small", "base", "large"],
+                        help="override the model size of every case (micro: a quick smoke run)")
+    parser.add_argument("--quick", action="store_true",
+                        help="few steps; on CPU also batch 8 (unless --batch)")
+    parser.add_argument("--steps", type=int,
+                        help="timed steps (default: 30 on CUDA, 10 on CPU; CPU reports the median step)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default: 5 on CUDA, 3 on CPU)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="MFU denominator (default 989 on CUDA, measured bf16 matmul on CPU)")
+    parser.add_argument("--threads", type=int, help="CPU: torch threads (default: torch's choice)")
+    parser.add_argument("--json", help="also write the results here")
+
+
+def make_batch(B, T, C, P, device):
+    import torch
+
+    from ehrjepa.masks import MaskConfig, sample_masks
+
+    g = torch.Generator().manual_seed(0)
+    observed = (torch.rand(B, T, N_FEATURES, generator=g) < 0.3).float()
+    batch = {"values": torch.randn(B, T, N_FEATURES, generator=g), "mask": observed,
+             "delta": torch.rand(B, T, N_FEATURES, generator=g) * 48 * (1 - observed)}
+    batch.update(sample_masks(MaskConfig(kind="future", context_hours=C, target_hours=P), T, B))
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def matmul_flops(model, B, T, C, P) -> float:
+    """Linear-layer matmul FLOPs of one train step (see the module docstring)."""
+    def weights(module):
+        return sum(m.weight.numel() for m in module.modules() if type(m).__name__ == "Linear")
+
+    enc = weights(model.encoder)
+    pred = model.predictor
+    pred_in, pred_out = pred.embed.weight.numel(), pred.out.weight.numel()
+    pred_body = weights(pred.transformer)
+    forward_enc = 2 * enc * B * T  # target encoder, no backward
+    train = 6 * (enc * B * C + pred_in * B * C + pred_body * B * (C + P) + pred_out * B * P)
+    return float(forward_enc + train)
+
+
+def measured_matmul_tflops(device, dtype) -> float:
+    import torch
+
+    n, reps = (8192, 20) if device.type == "cuda" else (1024, 5)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(reps):  # the best repetition: a peak, robust to a busy machine
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e12
+
+
+def sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_step(mode, model, batch, device):
+    """Returns (step function, note). The step runs forward, backward, AdamW and the EMA."""
+    import contextlib
+
+    import torch
+
+    from ehrjepa.models import param_groups
+
+    cuda = device.type == "cuda"
+    bf16 = mode != "eager_fp32"
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    forward = model
+    if mode == "compile_bf16" or mode == "ours":
+        forward = torch.compile(model)
+    elif mode == "compile_bf16_ro":
+        forward = torch.compile(model, mode="reduce-overhead")
+    groups = param_groups(model, 0.05)
+    if mode == "ours":
+        lr = torch.tensor(1e-4, device=device)
+        opt = torch.optim.AdamW(groups, lr=lr, fused=True, capturable=True)
+        momentum = torch.tensor(0.996, device=device)
+    else:
+        opt = torch.optim.AdamW(groups, lr=1e-4, fused=cuda)
+        momentum = 0.996
+
+    def step():
+        with autocast():
+            loss, _ = forward(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        model.momentum_update(momentum)
+        return loss
+
+    if mode != "ours":
+        return step, ""
+    # Warm up on a side stream (compiles, allocates optimizer state), then capture one step.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    try:
+        graph = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            with autocast():
+                loss, _ = forward(batch)
+            loss.backward()
+            opt.step()
+            model.momentum_update(momentum)
+        return graph.replay, "whole step in one CUDA graph"
+    except Exception as e:  # noqa: BLE001 - report and measure without the graph
+        torch.cuda.synchronize()
+        return step, f"CUDA graph capture failed, no graph: {type(e).__name__}: {str(e)[:120]}"
+
+
+def run_one(case, mode, device, args) -> dict:
+    import torch
+
+    from ehrjepa.models import JEPA, ModelConfig
+
+    size, B, T, C, P = CASES[case]
+    size = args.size or size
+    if args.batch:
+        B = args.batch
+    elif args.quick and device.type == "cpu":
+        B = 8
+    row = {"case": case, "size": size, "batch": B, "hours": T, "context": C, "target": P, "mode": mode}
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    try:
+        cfg = ModelConfig(size=size, attention="triton" if mode == "ours" else "sdpa")
+        model = JEPA(cfg, N_FEATURES, T).to(device)
+        batch = make_batch(B, T, C, P, device)
+        t0 = time.perf_counter()
+        step, note = build_step(mode, model, batch, device)
+        for _ in range(args.warmup):
+            step()
+        sync(device)
+        row["warmup_s"] = round(time.perf_counter() - t0, 2)
+        if device.type == "cuda":  # steps queue up asynchronously: time them together
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            sync(device)
+            ms = (time.perf_counter() - t0) / args.steps * 1e3
+        else:  # a shared CPU is noisy: the median step
+            times = []
+            for _ in range(args.steps):
+                t0 = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t0)
+            ms = sorted(times)[len(times) // 2] * 1e3
+            row["ms_min"] = round(min(times) * 1e3, 3)
+    except Exception as e:  # noqa: BLE001 - one failing mode must not hide the others
+        row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        return row
+    flops = matmul_flops(model, B, T, C, P)
+    row.update(ms=round(ms, 3), seq_s=round(B / ms * 1e3, 1), matmul_gflop=round(flops / 1e9, 3),
+               tflops=flops / ms / 1e9, note=note)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench train_step", description=__doc__.splitlines()[0])
+    configure(parser)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            print("train_step: --device cuda but no CUDA device is available", file=sys.stderr)
+            return 2
+    cuda = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cases = args.case or (list(CASES) if cuda else ["small-256x20"])
+    modes = args.mode or [m for m in MODES if cuda or m not in CUDA_ONLY and m != "compile_bf16"]
+    skipped = [m for m in modes if m in CUDA_ONLY and not cuda]
+    modes = [m for m in modes if m not in skipped]
+    if skipped:
+        print(f"train_step: {', '.join(skipped)} need CUDA; skipped on CPU", file=sys.stderr)
+    if args.steps is None:
+        args.steps = (10 if args.quick else 30) if cuda else (5 if args.quick else 10)
+    if args.warmup is None:
+        args.warmup = (3 if args.quick else 5) if cuda else (2 if args.quick else 3)
+
+    if cuda:
+        name = torch.cuda.get_device_name()
+    else:  # a shared CPU: say how busy it was
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        name = (f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+                f"load average {load:.1f} at start)")
+
+    def ceilings():
+        return {"bf16": measured_matmul_tflops(device, torch.bfloat16),
+                "fp32": measured_matmul_tflops(device, torch.float32)}
+
+    measured = ceilings()
+    print(f"# train step on {name}, torch {torch.__version__}", flush=True)
+    rows = []
+    for case in cases:
+        for mode in modes:
+            row = run_one(case, mode, device, args)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    # The matmul ceilings again after the steps (a shared machine's load changes): keep the best.
+    measured = {k: max(v, w) for (k, v), w in zip(measured.items(), ceilings().values())}
+    peak = args.peak_tflops or (989.0 if cuda else measured["bf16"])
+    print(f"# measured matmul TFLOP/s (best of before and after): bf16 {measured['bf16']:.3f}, "
+          f"fp32 {measured['fp32']:.3f}; MFU against {peak:.3f} TFLOP/s")
+    for row in rows:
+        if "ms" in row:
+            mm = measured["fp32" if row["mode"] == "eager_fp32" else "bf16"]
+            row["mfu_pct"] = round(100 * row["tflops"] / peak, 2)
+            row["mfu_measured_pct"] = round(100 * row["tflops"] / mm, 2)
+            row["tflops"] = round(row["tflops"], 4)
+    for row in rows:  # speed-up against the rival measured in this run
+        rival = next((r for r in rows if r["case"] == row["case"] and r["mode"] == RIVAL and "ms" in r), None)
+        if rival and "ms" in row:
+            row["vs_rival"] = round(row["seq_s"] / rival["seq_s"], 2)
+
+    if not cuda:
+        print("\nCPU: ms/step is the median step, the best one in brackets.")
+    print("\n| case | B x T (context + target) | mode | ms/step | seq/s | MFU % | MFU % of measured matmul "
+          "| vs reduce-overhead |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        shape = f"{r['batch']} x {r['hours']} ({r['context']} + {r['target']})"
+        if "error" in r:
+            print(f"| {r['case']} | {shape} | {r['mode']} | failed: {r['error'][:80]} | | | | |")
+            continue
+        ms = f"{r['ms']:.2f}" + (f" (best {r['ms_min']:.2f})" if "ms_min" in r else "")
+        print(f"| {r['case']} | {shape} | {r['mode']} | {ms} | {r['seq_s']:,.1f} | {r['mfu_pct']:.1f} "
+              f"| {r['mfu_measured_pct']:.1f} | {r.get('vs_rival', '')} |")
+        if r.get("note"):
+            print(f"<!-- {r['case']} {r['mode']}: {r['note']} -->")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "torch": torch.__version__, "peak_tflops": peak,
+                       "measured_matmul_tflops": measured, "steps": args.steps, "warmup": args.warmup,
+                       "results": rows}, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

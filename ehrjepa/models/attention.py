@@ -1,0 +1,54 @@
+"""`attention()`: the one function every attention layer of the model goes through.
+
+Sequences are left-packed: tokens [0, lengths[b]) of sample b are valid, the rest is padding.
+Padding keys are ignored and padding query rows come back as zeros, so whatever sits in the
+padding never reaches a valid output. The backend switch lets kernels be swapped in without
+touching the model.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, backend: str = "sdpa",
+              scale: float | None = None) -> Tensor:
+    """Softmax attention over the valid tokens of each sample.
+
+    q, k, v: [B, H, L, D]; lengths: int64 [B] (0 allowed: that sample's output is all zeros).
+    Returns [B, H, L, D].
+    """
+    if backend == "sdpa":
+        B, H, L, D = q.shape
+        valid = torch.arange(L, device=q.device)[None, :] < lengths[:, None]  # [B, L]
+        # A sample with no valid key would softmax over nothing (NaN, also in the gradient):
+        # let it attend to everything instead; its rows are zeroed below anyway.
+        keys = valid | (lengths == 0)[:, None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys[:, None, None, :], scale=scale)
+        return out * valid[:, None, :, None].to(out.dtype)
+    if backend == "triton":
+        try:
+            from ehrjepa.kernels import masked_gather_attention
+        except ImportError as e:
+            raise RuntimeError(
+                "attention backend 'triton' needs ehrjepa.kernels.masked_gather_attention "
+                f"(the kernels/ package), which could not be imported: {e}; "
+                "use model.attention=sdpa") from e
+        # Every position is a key (and, by default, a query); rows past lengths[b] come back 0.
+        B, L = q.shape[0], q.shape[2]
+        kv_index = torch.arange(L, device=q.device).expand(B, L)
+        return masked_gather_attention(q, k, v, kv_index, lengths, scale=scale)
+    raise ValueError(f"unknown attention backend {backend!r}; choose 'sdpa' or 'triton'")
+
+
+def reference_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor,
+                        scale: float | None = None) -> Tensor:
+    """Plain loop-free math version of `attention` (any dtype, e.g. float64) for tests."""
+    L, D = q.shape[2], q.shape[3]
+    scale = D ** -0.5 if scale is None else scale
+    valid = torch.arange(L, device=q.device)[None, :] < lengths[:, None]
+    scores = (q @ k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no valid key -> 0
+    return (weights @ v) * valid[:, None, :, None].to(v.dtype)

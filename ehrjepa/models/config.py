@@ -1,0 +1,73 @@
+"""`ModelConfig`: the `model:` section of a run config (field names are the YAML keys)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+# size name -> (width, depth, heads) of the encoder; predictor defaults beside them.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "micro": (64, 2, 2),  # CPU tests and the demo
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+}
+# size name -> (predictor width, depth, heads)
+PREDICTOR_SIZES: dict[str, tuple[int, int, int]] = {
+    "micro": (32, 2, 2),
+    "tiny": (192, 4, 6),
+    "small": (192, 4, 6),
+    "base": (192, 4, 6),
+    "large": (192, 4, 6),
+}
+ATTENTION_BACKENDS = ("sdpa", "triton")
+LOSSES = ("smooth_l1", "l1")
+
+
+@dataclass
+class ModelConfig:
+    """Encoder and predictor shapes. `width`/`depth`/`heads` (and the `predictor_*` fields) left
+    as None take the values of `size`; set explicitly they override it."""
+
+    size: str = "small"  # micro | tiny | small | base | large
+    width: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    mlp_ratio: float = 4.0
+    predictor_width: int | None = None
+    predictor_depth: int | None = None
+    predictor_heads: int | None = None
+    dropout: float = 0.0  # on the residual branches (attention output and MLP)
+    attention: str = "sdpa"  # sdpa | triton: the backend of ehrjepa.models.attention.attention
+    loss: str = "smooth_l1"  # smooth_l1 | l1, between predictions and layer-normed targets
+
+    def __post_init__(self):
+        if self.size not in SIZES:
+            raise ValueError(f"model.size: unknown size {self.size!r}; choose one of {sorted(SIZES)}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"model.attention: unknown backend {self.attention!r}; "
+                             f"choose one of {list(ATTENTION_BACKENDS)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"model.loss: unknown loss {self.loss!r}; choose one of {list(LOSSES)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    def resolved(self) -> "ModelConfig":
+        """A copy with every shape filled in from `size`, checked (width divisible by heads)."""
+        w, d, h = SIZES[self.size]
+        pw, pd, ph = PREDICTOR_SIZES[self.size]
+        cfg = replace(
+            self,
+            width=self.width or w, depth=self.depth or d, heads=self.heads or h,
+            predictor_width=self.predictor_width or pw,
+            predictor_depth=self.predictor_depth or pd,
+            predictor_heads=self.predictor_heads or ph,
+        )
+        for name, width, heads in [("", cfg.width, cfg.heads),
+                                   ("predictor_", cfg.predictor_width, cfg.predictor_heads)]:
+            if width % heads:
+                raise ValueError(f"model.{name}width ({width}) must be divisible by "
+                                 f"model.{name}heads ({heads})")
+        for key in ("width", "depth", "heads", "predictor_width", "predictor_depth", "predictor_heads"):
+            if getattr(cfg, key) < 1:
+                raise ValueError(f"model.{key} must be >= 1, got {getattr(cfg, key)}")
+        return cfg

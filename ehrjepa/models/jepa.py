@@ -1,0 +1,154 @@
+"""`JEPA`: context encoder, predictor and EMA target encoder, with the latent-space loss."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import ModelConfig
+from .embedding import gather_hours
+from .transformer import Encoder, Predictor
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class JEPA(nn.Module):
+    """I-JEPA-style pretraining on hourly windows.
+
+    forward(batch) -> (loss, stats): the context encoder sees the context hours; the predictor
+    predicts, for every target hour, the target encoder's layer-normed feature of that hour,
+    where the target encoder (an EMA copy of the encoder, no gradients) sees all hours.
+    The loss is averaged over the valid target tokens only (padding excluded).
+    No .item() and no data-dependent Python branches: the step compiles into one graph.
+    """
+
+    def __init__(self, cfg: ModelConfig, n_features: int, max_hours: int):
+        super().__init__()
+        cfg = cfg.resolved()
+        self.cfg = cfg
+        self.n_features = n_features
+        self.max_hours = max_hours
+        if cfg.attention == "triton":  # fail at build time, not inside a compiled step
+            try:
+                import ehrjepa.kernels  # noqa: F401
+                from ehrjepa.kernels import masked_gather_attention  # noqa: F401
+            except ImportError as e:
+                raise RuntimeError("model.attention=triton needs ehrjepa.kernels.masked_gather_attention, "
+                                   f"which could not be imported: {e}; use model.attention=sdpa") from e
+        self.encoder = Encoder(n_features, max_hours, cfg.width, cfg.depth, cfg.heads,
+                               cfg.mlp_ratio, cfg.dropout, cfg.attention)
+        self.predictor = Predictor(cfg.width, max_hours, cfg.predictor_width, cfg.predictor_depth,
+                                   cfg.predictor_heads, cfg.mlp_ratio, cfg.dropout, cfg.attention)
+        self.apply(_init_weights)
+        nn.init.normal_(self.predictor.mask_token, std=0.02)
+        self.target_encoder = copy.deepcopy(self.encoder)
+        for p in self.target_encoder.parameters():
+            p.requires_grad_(False)
+        # (target, online) parameter pairs for the EMA, in matching order.
+        self._ema_target = list(self.target_encoder.parameters())
+        self._ema_online = list(self.encoder.parameters())
+        self._ema_kernel = None  # resolved on the first CUDA momentum_update
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        values, mask, delta = batch["values"], batch["mask"], batch["delta"]
+        context_index, context_lengths = batch["context_index"], batch["context_lengths"]
+        target_index, target_lengths = batch["target_index"], batch["target_lengths"]
+
+        with torch.no_grad():
+            h = self.target_encoder(values, mask, delta)  # [B, T, D], every hour
+            h = F.layer_norm(h.float(), h.shape[-1:])
+            target = gather_hours(h, target_index)  # [B, Lt, D]
+
+        z = self.encoder(values, mask, delta, context_index, context_lengths)
+        pred = self.predictor(z, context_index, context_lengths, target_index, target_lengths)
+
+        if self.cfg.loss == "smooth_l1":
+            err = F.smooth_l1_loss(pred.float(), target, reduction="none")
+        else:
+            err = F.l1_loss(pred.float(), target, reduction="none")
+        valid = torch.arange(target_index.shape[1], device=err.device)[None, :] < target_lengths[:, None]
+        n_targets = valid.sum()
+        loss = (err.mean(-1) * valid).sum() / n_targets.clamp(min=1)
+        stats = {"n_targets": n_targets.detach(), "n_context": context_lengths.sum().detach()}
+        return loss, stats
+
+    def embed(self, values: Tensor, mask: Tensor, delta: Tensor, encoder: str = "target") -> Tensor:
+        """Features of every hour, all hours as context: [B, T, D]. For probes and validation."""
+        if encoder not in ("target", "context"):
+            raise ValueError(f"embed: encoder must be 'target' or 'context', got {encoder!r}")
+        module = self.target_encoder if encoder == "target" else self.encoder
+        return module(values, mask, delta)
+
+    @torch.no_grad()
+    def momentum_update(self, momentum: float | Tensor) -> None:
+        """target = momentum * target + (1 - momentum) * online, for every encoder parameter.
+
+        Uses ehrjepa.kernels.ema_update_ on CUDA when it is importable, else one foreach lerp.
+        `momentum` may be a float or a 0-d tensor (on the parameters' device, e.g. for a CUDA
+        graph replayed with a changing momentum)."""
+        if self._ema_target[0].is_cuda:
+            if self._ema_kernel is None:
+                try:
+                    from ehrjepa.kernels import ema_update_
+                except ImportError:
+                    ema_update_ = False
+                self._ema_kernel = ema_update_
+            if self._ema_kernel:
+                self._ema_kernel(self._ema_target, self._ema_online, momentum)
+                return
+        torch._foreach_lerp_(self._ema_target, self._ema_online, 1.0 - momentum)
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (elements) of a module."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def parameter_counts(model: JEPA) -> dict[str, int]:
+    """Parameter counts by part. `encoder` includes its hour-embedding MLP, `encoder_blocks` is the
+    transformer alone (blocks + final norm); the target encoder has as many as the encoder."""
+    return {
+        "hour_embedding": count_parameters(model.encoder.embed),
+        "encoder_blocks": count_parameters(model.encoder.transformer),
+        "encoder": count_parameters(model.encoder),
+        "predictor": count_parameters(model.predictor),
+        "target_encoder": count_parameters(model.target_encoder),
+        "trainable": count_parameters(model, trainable_only=True),
+    }
+
+
+def describe(model: JEPA) -> str:
+    """One line of shapes and parameter counts, for logs."""
+    c, n = model.cfg, parameter_counts(model)
+    return (f"JEPA {c.size}: encoder {c.width}x{c.depth}x{c.heads} "
+            f"{n['encoder'] / 1e6:.2f} M ({n['encoder_blocks'] / 1e6:.2f} M blocks + "
+            f"{n['hour_embedding'] / 1e6:.2f} M hour embedding), predictor {c.predictor_width}x"
+            f"{c.predictor_depth}x{c.predictor_heads} {n['predictor'] / 1e6:.2f} M, "
+            f"trainable {n['trainable'] / 1e6:.2f} M, attention {c.attention}")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on matrices only; none on biases, norms, the mask
+    token or any other 1-D parameter. Frozen parameters (the target encoder) are left out.
+    Each group carries a "name" ("decay" / "no_decay") so schedules can find it."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or name.endswith(".bias") or ".norm" in name or "mask_token" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]

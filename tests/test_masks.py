@@ -1,0 +1,129 @@
+"""Mask invariants, the collate function and seeding across DataLoader workers."""
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ehrjepa.masks import MaskCollator, MaskConfig, sample_masks
+
+
+def check_invariants(m: dict, length: int, batch_size: int, pad_multiple: int | None = None):
+    ci, cl, ti, tl = m["context_index"], m["context_lengths"], m["target_index"], m["target_lengths"]
+    for t in (ci, cl, ti, tl):
+        assert t.dtype == torch.int64
+    assert ci.shape[0] == ti.shape[0] == cl.shape[0] == tl.shape[0] == batch_size
+    assert int(cl.max()) <= ci.shape[1] <= length and int(tl.max()) <= ti.shape[1] <= length
+    if pad_multiple is not None:
+        for idx in (ci, ti):
+            assert idx.shape[1] % pad_multiple == 0 or idx.shape[1] == length
+    for b in range(batch_size):
+        nc, nt = int(cl[b]), int(tl[b])
+        assert nc >= 1 and nt >= 1
+        c, t = ci[b, :nc], ti[b, :nt]
+        for hours in (c, t):
+            assert int(hours.min()) >= 0 and int(hours.max()) < length  # within the window
+            assert bool((hours[1:] > hours[:-1]).all())  # strictly ascending
+        assert not set(c.tolist()) & set(t.tolist())  # disjoint
+        assert bool((ci[b, nc:] == 0).all()) and bool((ti[b, nt:] == 0).all())  # padding is 0
+
+
+def test_future_masks():
+    cfg = MaskConfig(kind="future", context_hours=15, target_hours=5)
+    m = sample_masks(cfg, 20, 3)
+    check_invariants(m, 20, 3)
+    assert m["context_index"].tolist() == [list(range(15))] * 3
+    assert m["target_index"].tolist() == [list(range(15, 20))] * 3
+    assert m["context_lengths"].tolist() == [15] * 3 and m["target_lengths"].tolist() == [5] * 3
+
+
+@pytest.mark.parametrize("length", [5, 20, 64, 256])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_multiblock_invariants(length, seed):
+    cfg = MaskConfig(kind="multiblock", n_targets=4, target_scale=(0.1, 0.4),
+                     context_scale=(0.5, 1.0), min_context=2)
+    m = sample_masks(cfg, length, 32, np.random.default_rng(seed))
+    check_invariants(m, length, 32, cfg.pad_multiple)
+    assert int(m["context_lengths"].min()) >= 2
+
+
+def test_multiblock_large_targets_keep_min_context():
+    # Four blocks of up to 80 % of the window would cover it: blocks are dropped to keep context.
+    cfg = MaskConfig(kind="multiblock", n_targets=4, target_scale=(0.5, 0.8), min_context=3)
+    m = sample_masks(cfg, 20, 64, np.random.default_rng(0))
+    check_invariants(m, 20, 64)
+    assert int(m["context_lengths"].min()) >= 3
+
+
+def test_multiblock_lengths_differ_per_sample():
+    cfg = MaskConfig(kind="multiblock")
+    m = sample_masks(cfg, 64, 16, np.random.default_rng(0))
+    assert len(set(m["context_lengths"].tolist())) > 1
+    assert len(set(m["target_lengths"].tolist())) > 1
+    # Not truncated to the batch minimum: the index width fits the longest sample.
+    assert m["context_index"].shape[1] >= int(m["context_lengths"].max())
+
+
+def test_multiblock_full_context_block_is_the_rest():
+    cfg = MaskConfig(kind="multiblock", context_scale=(1.0, 1.0))
+    m = sample_masks(cfg, 30, 8, np.random.default_rng(0))
+    assert (m["context_lengths"] + m["target_lengths"]).tolist() == [30] * 8
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="mask.kind"):
+        MaskConfig(kind="random")
+    with pytest.raises(ValueError, match="target_scale"):
+        MaskConfig(target_scale=(0.5, 0.2))
+    with pytest.raises(ValueError, match="exceeds the window length 10"):
+        MaskCollator(MaskConfig(context_hours=8, target_hours=5), length=10)
+    with pytest.raises(ValueError, match="min_context"):
+        MaskCollator(MaskConfig(kind="multiblock", target_scale=(0.5, 1.0)), length=10)
+    assert MaskConfig(target_scale=[0.1, 0.2]).target_scale == (0.1, 0.2)  # YAML lists
+
+
+class FakeWindows(Dataset):
+    """Stand-in for WindowDataset: dicts of tensors with stay and start."""
+
+    def __init__(self, n=40, length=24, n_features=3):
+        g = torch.Generator().manual_seed(0)
+        self.values = torch.randn(n, length, n_features, generator=g)
+        self.length = length
+
+    def __len__(self):
+        return len(self.values)
+
+    def __getitem__(self, i):
+        v = self.values[i]
+        return {"values": v, "mask": (v > 0).float(), "delta": v.abs(),
+                "stay": torch.tensor(i // 4), "start": torch.tensor(i % 4)}
+
+
+def _masks(num_workers, epoch=0, seed=7):
+    ds = FakeWindows()
+    collator = MaskCollator(MaskConfig(kind="multiblock"), length=ds.length, seed=seed)
+    collator.set_epoch(epoch)
+    loader = DataLoader(ds, batch_size=8, shuffle=False, num_workers=num_workers, collate_fn=collator)
+    return [b for b in loader]
+
+
+def test_collate_stacks_items_and_adds_masks():
+    batches = _masks(0)
+    b = batches[0]
+    assert b["values"].shape == (8, 24, 3) and b["stay"].shape == (8,)
+    assert torch.equal(b["values"], FakeWindows().values[:8])
+    check_invariants(b, 24, 8)
+
+
+def test_same_seed_same_masks_any_number_of_workers():
+    keys = ["context_index", "context_lengths", "target_index", "target_lengths"]
+    single = _masks(0)
+    multi = _masks(2)
+    assert len(single) == len(multi) == 5
+    for a, b in zip(single, multi):
+        for k in keys:
+            assert torch.equal(a[k], b[k]), k
+    # Batches differ from each other, and the epoch and the seed change the masks.
+    assert not torch.equal(single[0]["target_index"], single[1]["target_index"])
+    other_epoch, other_seed = _masks(0, epoch=1), _masks(0, seed=8)
+    assert any(not torch.equal(a["target_index"], b["target_index"]) for a, b in zip(single, other_epoch))
+    assert any(not torch.equal(a["target_index"], b["target_index"]) for a, b in zip(single, other_seed))
