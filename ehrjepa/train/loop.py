@@ -1,0 +1,454 @@
+"""JEPA pretraining, top to bottom: processes, data, model, optimizer, resume, the step loop.
+
+One process, or one per device under `torchrun --nproc_per_node N -m ehrjepa train ...` (DDP:
+gloo on CPU, nccl on CUDA; rank 0 alone logs, validates and saves). CUDA runs bf16 autocast,
+torch.compile and fused AdamW; CPU runs the same code eager in fp32 (deterministic for a seed).
+
+Exact resume: a checkpoint holds the model (encoder, predictor, target encoder), the optimizer,
+the step (the schedules are pure functions of it), the RNG states and the data position (epoch
+and batches consumed). The sampler's order and the masks depend only on (seed, epoch, batch), so
+a resumed run skips to the next batch and sees the same windows with the same masks.
+
+The loss of every step is kept on the device and read back once per log interval (one host
+sync), where NaN/inf is checked before anything is logged, validated or saved: a diverged run
+stops with the step named and never overwrites a good checkpoint.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from ehrjepa.config import Config, config_to_dict, save_config
+from ehrjepa.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ehrjepa.train.metrics import MetricsLog, collapse_warning, rankme, target_std
+from ehrjepa.train.schedules import cosine, linear, lr_at
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN or inf; the message names the step."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the parts the loop is built from (tests swap these for small stand-ins)
+
+
+def open_data(cfg: Config):
+    """(train windows, validation windows, number of features) from the processed data."""
+    from ehrjepa.data import WindowDataset, open_processed
+
+    if not cfg.data.path:
+        raise ValueError("data.path is not set: pass --data OUT (the folder `ehrjepa preprocess` wrote)")
+    processed = open_processed(cfg.data.path)
+    d = cfg.data
+    train_set = WindowDataset(processed, "train", d.length, d.stride, d.max_delta)
+    val_set = WindowDataset(processed, "val", d.length, d.stride, d.max_delta)
+    return train_set, val_set, train_set.n_features
+
+
+def build_model(cfg: Config, n_features: int, max_hours: int) -> torch.nn.Module:
+    from ehrjepa.models import JEPA
+
+    return JEPA(cfg.model, n_features=n_features, max_hours=max_hours)
+
+
+def make_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    from ehrjepa.models import param_groups
+
+    return param_groups(model, weight_decay)
+
+
+def make_collator(cfg: Config, seed: int):
+    from ehrjepa.masks import MaskCollator
+
+    return MaskCollator(cfg.mask, cfg.data.length, seed)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (shuffled by seed + epoch, this rank's share, drop_last) that can start
+    part-way into an epoch: `set_position(epoch, skip)` skips this rank's first `skip` windows."""
+
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
+                         drop_last=True)
+        self.skip = 0
+
+    def set_position(self, epoch: int, skip: int) -> None:
+        self.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.skip)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cuda' -> this process's GPU under torchrun."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"train.device={name} but CUDA is not available "
+                               "(use train.device=cpu or auto)")
+        if name == "cuda":
+            name = f"cuda:{local_rank}"
+    return torch.device(name)
+
+
+def count_parameters(module: torch.nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()}
+
+
+def _publish(src: Path, dst: Path) -> None:
+    """Make `dst` the same checkpoint as `src` atomically (hard link, else copy; then rename)."""
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Pretrain a JEPA as `cfg` says, writing checkpoints and logs under `run_dir`.
+
+    Returns a summary dict (steps, final_loss, best_val_loss, checkpoint paths, warnings).
+    Raises TrainingDiverged when the loss becomes NaN/inf (the last good checkpoint stays).
+    """
+    t, d = cfg.train, cfg.data
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    last_path = ckpt_dir / "last.pt"
+
+    # ---- processes: one, or one per device under torchrun -----------------------------------
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    ddp = world > 1
+    master = rank == 0
+    device = resolve_device(t.device, local_rank)
+    cuda = device.type == "cuda"
+    if d.batch_size % world:
+        raise ValueError(f"data.batch_size ({d.batch_size}) must be divisible by the number of "
+                         f"processes ({world})")
+    local_batch = d.batch_size // world
+    if resume and not last_path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
+    if not resume and last_path.is_file():
+        raise FileExistsError(f"{run_dir} already holds a run ({last_path}); pass --resume to "
+                              "continue it or choose another --run-dir")
+
+    def say(msg: str) -> None:
+        if master:
+            tqdm.write(msg)
+
+    metrics = None
+    own_group = False
+    threads = torch.get_num_threads()
+    if not cuda and t.cpu_threads > 0:
+        torch.set_num_threads(t.cpu_threads)
+    try:
+        if ddp and not dist.is_initialized():
+            if cuda:
+                torch.cuda.set_device(device)
+            dist.init_process_group(backend="nccl" if cuda else "gloo")
+            own_group = True
+
+        # ---- seeds: the same on every rank, so every replica starts identical ---------------
+        torch.manual_seed(t.seed)
+        np.random.seed(t.seed)
+        random.seed(t.seed)
+        if cuda:
+            torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
+
+        # ---- data ---------------------------------------------------------------------------
+        train_set, val_set, n_features = open_data(cfg)
+        if len(train_set) < d.batch_size:
+            raise ValueError(f"the train split has {len(train_set)} windows of {d.length} hours, "
+                             f"fewer than one batch (data.batch_size={d.batch_size})")
+        sampler = ResumableSampler(train_set, world, rank, seed=t.seed)
+        steps_per_epoch = sampler.num_samples // local_batch
+        collator = make_collator(cfg, seed=t.seed)
+        loader_gen = torch.Generator()  # keeps the DataLoader off the global RNG
+        loader = DataLoader(train_set, batch_size=local_batch, sampler=sampler,
+                            collate_fn=collator, num_workers=d.num_workers, drop_last=True,
+                            pin_memory=cuda, generator=loader_gen)
+
+        # ---- model and optimizer ------------------------------------------------------------
+        model = build_model(cfg, n_features, d.max_hours).to(device)
+        model.train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        groups = make_param_groups(model, t.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, fused=True if cuda else None)
+        # which groups follow the weight decay schedule (biases and norms get none)
+        decays = [g.get("name", "decay" if g["weight_decay"] > 0 else "no_decay") == "decay"
+                  for g in optimizer.param_groups]
+
+        counts = {name: count_parameters(getattr(model, name, None))
+                  for name in ("encoder", "predictor", "target_encoder")}
+        say(f"parameters: encoder {counts['encoder'] / 1e6:.2f} M, predictor "
+            f"{counts['predictor'] / 1e6:.2f} M, target encoder {counts['target_encoder'] / 1e6:.2f} M "
+            f"(trained: {sum(p.numel() for p in trainable) / 1e6:.2f} M)")
+        say(f"data: {len(train_set)} train windows ({steps_per_epoch} batches of {d.batch_size} per "
+            f"epoch), {len(val_set)} validation windows, {n_features} features")
+
+        # ---- resume -------------------------------------------------------------------------
+        step, epoch, consumed, best_val = 0, 0, 0, math.inf
+        if resume:
+            ckpt = load_checkpoint(last_path, map_location="cpu")
+            if ckpt["n_features"] != n_features:
+                raise ValueError(f"{last_path}: the model was trained on {ckpt['n_features']} "
+                                 f"features, the data at {d.path} has {n_features}")
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            step = int(ckpt["step"])
+            epoch = int(ckpt["data_position"]["epoch"])
+            consumed = int(ckpt["data_position"]["batches"])
+            if ckpt.get("best_val_loss") is not None:
+                best_val = float(ckpt["best_val_loss"])
+            set_rng_state(ckpt["rng"])
+            del ckpt
+            say(f"resumed from {last_path} at step {step} (epoch {epoch}, batch {consumed})")
+        start_step = step
+        end_step = t.max_steps if t.stop_after == 0 else min(t.max_steps, step + t.stop_after)
+
+        # ---- device path: compile and DDP wrap the forward; the raw model is saved ----------
+        forward = model
+        if cuda and t.compile:
+            forward = torch.compile(model, mode=t.compile_mode)
+        if ddp:
+            forward = torch.nn.parallel.DistributedDataParallel(
+                forward, device_ids=[device.index] if cuda else None, broadcast_buffers=False)
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and t.bf16
+                    else nullcontext())
+        mode = (f"bf16={t.bf16 and cuda}, compile={t.compile and cuda}"
+                + (f" ({t.compile_mode})" if t.compile and cuda else ""))
+        say(f"device: {device} x {world} process(es), {mode}"
+            + (f"; CPU runs eager fp32, {torch.get_num_threads()} thread(s)" if not cuda else ""))
+
+        # ---- the fixed validation batches (rank 0) ------------------------------------------
+        val_batches = []
+        if master and d.val_batches > 0:
+            if len(val_set) == 0:
+                say("warning: the val split has no windows; validation is off")
+            else:
+                order = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(t.seed))
+                val_collator = make_collator(cfg, seed=t.seed + 1)
+                if hasattr(val_collator, "set_epoch"):
+                    val_collator.set_epoch(0)
+                for chunk in order[: d.val_batches * d.batch_size].split(d.batch_size):
+                    val_batches.append(_to_device(val_collator([val_set[i] for i in chunk.tolist()]),
+                                                  device))
+
+        # ---- logs ---------------------------------------------------------------------------
+        if master:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+            metrics = MetricsLog(run_dir, resume_step=step if resume else None)
+            say(f"run: {run_dir} (metrics.csv, tb/, checkpoints/), steps {step} -> {end_step} "
+                f"of {t.max_steps}")
+
+        def batches():
+            """Batches forever from the current (epoch, consumed) position; updates it."""
+            nonlocal epoch, consumed
+            while True:
+                sampler.set_position(epoch, consumed * local_batch)
+                loader_gen.manual_seed(t.seed + epoch)
+                if hasattr(collator, "set_epoch"):
+                    collator.set_epoch(epoch)
+                for batch in loader:
+                    consumed += 1
+                    yield batch
+                epoch, consumed = epoch + 1, 0
+
+        def checkpoint_state() -> dict:
+            return {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "config": config_to_dict(cfg),
+                "rng": rng_state(),
+                "data_position": {"epoch": epoch, "batches": consumed},
+                "best_val_loss": best_val if math.isfinite(best_val) else None,
+                "n_features": n_features,
+                "max_hours": d.max_hours,
+                "world_size": world,
+            }
+
+        def validate() -> dict:
+            """Validation loss, RankMe and target std on the fixed batches (rank 0)."""
+            model.eval()
+            with torch.no_grad(), autocast, torch.random.fork_rng(devices=[device] if cuda else []):
+                losses, embs = [], []
+                for b in val_batches:
+                    losses.append(model(b)[0].float())
+                    e = model.embed(b["values"], b["mask"], b["delta"], encoder="target")
+                    embs.append(e.float().reshape(-1, e.shape[-1]))
+                emb = torch.cat(embs)
+                out = {"val_loss": float(torch.stack(losses).mean()), "rankme": rankme(emb),
+                       "target_std": target_std(emb), "_rows": emb.shape[0], "_width": emb.shape[1]}
+            model.train()
+            return out
+
+        def check_replicas() -> None:
+            """Every rank must hold the same EMA target encoder (DDP keeps them in step)."""
+            sums = torch.stack([p.detach().double().sum() for p in model.target_encoder.parameters()])
+            gathered = [torch.empty_like(sums) for _ in range(world)]
+            dist.all_gather(gathered, sums)
+            if not all(torch.equal(gathered[0], g) for g in gathered[1:]):
+                raise RuntimeError(f"step {step}: the EMA target encoders differ across ranks")
+
+        # ---- the loop -----------------------------------------------------------------------
+        bar = tqdm(total=end_step, initial=step, disable=not (master and progress),
+                   desc="train", unit="step", dynamic_ncols=True)
+        pending = []  # (step, loss, grad_norm, lr, wd, momentum) not yet read back
+        last_loss, last_stats, saved_step, warn_list = None, {}, (start_step if resume else None), []
+        timer = time.perf_counter()
+        data = batches() if step < end_step else iter(())
+        while step < end_step:
+            lr = lr_at(step, t.lr, t.min_lr, t.warmup_steps, t.max_steps)
+            wd = cosine(step, t.weight_decay, t.weight_decay_end, t.max_steps)
+            momentum = linear(step, t.momentum, t.momentum_end, t.max_steps)
+            for g, decay in zip(optimizer.param_groups, decays):
+                g["lr"] = lr
+                g["weight_decay"] = wd if decay else 0.0
+
+            batch = _to_device(next(data), device)
+            with autocast:
+                loss, stats = forward(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, t.grad_clip if t.grad_clip > 0
+                                                       else math.inf)
+            optimizer.step()
+            model.momentum_update(momentum)
+            step += 1
+            bar.update(1)
+            # clones: with CUDA graphs (compile_mode=reduce-overhead) the next replay overwrites outputs
+            pending.append((step, loss.detach().float().clone(), grad_norm.detach().float().clone(),
+                            lr, wd, momentum))
+            last_stats = stats
+
+            do_val = bool(val_batches) and (step % t.val_every == 0 or step == t.max_steps)
+            do_ckpt = step % t.ckpt_every == 0 or step == end_step
+            if not (step % t.log_every == 0 or do_ckpt or step % t.val_every == 0):
+                continue
+
+            # -- read back the pending steps (one sync), stop on NaN/inf before anything else
+            losses = torch.stack([p[1] for p in pending])
+            norms = torch.stack([p[2] for p in pending])
+            if ddp:  # every rank sees the same mean loss, so all stop at the same step
+                dist.all_reduce(losses)
+                losses /= world
+            losses, norms = losses.tolist(), norms.tolist()
+            elapsed = time.perf_counter() - timer
+            seq_per_s = len(pending) * d.batch_size / max(elapsed, 1e-9)
+            for (s, _, _, lr_s, wd_s, mom_s), loss_s, norm_s in zip(pending, losses, norms):
+                if not (math.isfinite(loss_s) and math.isfinite(norm_s)):
+                    what = "loss" if not math.isfinite(loss_s) else "gradient norm"
+                    value = loss_s if not math.isfinite(loss_s) else norm_s
+                    kept = (f"the last good checkpoint is {last_path} (step {saved_step})"
+                            if saved_step is not None else "no checkpoint was written")
+                    raise TrainingDiverged(f"{what} is {value} at step {s}; training stopped, {kept}")
+                if metrics is not None and s != step:  # this step's row is written below
+                    metrics.write({"step": s, "loss": loss_s, "lr": lr_s, "wd": wd_s,
+                                   "momentum": mom_s, "grad_norm": norm_s, "seq_per_s": seq_per_s})
+            last_loss = losses[-1]
+            pending = []
+            row = {"step": step, "loss": last_loss, "lr": lr, "wd": wd, "momentum": momentum,
+                   "grad_norm": norms[-1], "seq_per_s": seq_per_s}
+            for k, v in last_stats.items():  # the model's own stats: TensorBoard only
+                if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1):
+                    row[f"stats/{k}"] = float(v)
+            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", seq_s=f"{seq_per_s:,.0f}")
+
+            # -- validation and the collapse check (rank 0)
+            if do_val and master:
+                v = validate()
+                row.update({k: v[k] for k in ("val_loss", "rankme", "target_std")})
+                warning = collapse_warning(v["rankme"], v["target_std"], v["_width"], v["_rows"],
+                                           t.collapse_rankme, t.collapse_std)
+                if warning:
+                    warn_list.append(f"step {step}: {warning}")
+                    say(f"warning: step {step}: {warning}")
+            if ddp and step % t.val_every == 0:
+                check_replicas()
+            if metrics is not None:
+                metrics.write(row)
+                metrics.flush()
+
+            # -- checkpoints (rank 0): step_N.pt, last.pt, best.pt
+            if master:
+                paths = []
+                if step % t.ckpt_every == 0:
+                    paths.append(ckpt_dir / f"step_{step:07d}.pt")
+                if do_ckpt:
+                    paths.append(last_path)
+                is_best = "val_loss" in row and row["val_loss"] < best_val
+                if is_best:
+                    best_val = row["val_loss"]
+                    paths.append(ckpt_dir / "best.pt")
+                if paths:
+                    save_checkpoint(checkpoint_state(), paths[0])
+                    for p in paths[1:]:
+                        _publish(paths[0], p)
+                    if last_path not in paths:
+                        _publish(paths[0], last_path)
+                    saved_step = step
+                    _prune(ckpt_dir, t.keep_ckpts)
+            timer = time.perf_counter()  # throughput leaves out validation and saving
+        bar.close()
+        if ddp:
+            dist.barrier()
+    finally:
+        torch.set_num_threads(threads)
+        if metrics is not None:
+            metrics.close()
+        if own_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+    return {
+        "run_dir": str(run_dir),
+        "steps": step,
+        "start_step": start_step,
+        "max_steps": t.max_steps,
+        "stopped_early": step < t.max_steps,
+        "final_loss": last_loss,
+        "best_val_loss": best_val if math.isfinite(best_val) else None,
+        "last": str(last_path) if last_path.exists() else None,
+        "best": str(ckpt_dir / "best.pt") if (ckpt_dir / "best.pt").exists() else None,
+        "warnings": warn_list,
+        "parameters": counts,
+        "world_size": world,
+    }
+
+
+def _prune(ckpt_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` step_*.pt files (0 keeps all); last.pt and best.pt stay."""
+    if keep <= 0:
+        return
+    for old in sorted(ckpt_dir.glob("step_*.pt"))[:-keep]:
+        old.unlink()

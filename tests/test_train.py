@@ -1,0 +1,272 @@
+"""The trainer: schedules, metrics, loss going down, exact resume, NaN stop, checkpoints, CLI."""
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ehrjepa.config import load_config
+from ehrjepa.train import load_model, loop
+from ehrjepa.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ehrjepa.train.loop import TrainingDiverged, train
+from ehrjepa.train.metrics import COLUMNS, collapse_warning, rankme, read_metrics, target_std
+from ehrjepa.train.schedules import cosine, linear, lr_at
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+MICRO = REPO / "configs" / "micro.yaml"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Synthetic MIMIC-IV (60 patients), preprocessed: about 900 train and 25 val windows."""
+    from ehrjepa.data import preprocess
+    from ehrjepa.synth import write_synthetic
+
+    root = tmp_path_factory.mktemp("data")
+    write_synthetic(root / "mimic", 60, seed=0, progress=False)
+    return preprocess(root / "mimic", root / "processed", progress=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two cores shared by many processes: one intra-op thread is faster and steadier."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def micro(data_dir, *overrides):
+    base = [f"data.path={data_dir}", "data.batch_size=16", "data.val_batches=1", "train.log_every=1",
+            "train.val_every=1000", "train.ckpt_every=1000", "train.warmup_steps=5"]
+    return load_config(MICRO, base + list(overrides))
+
+
+def losses(run_dir):
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.csv")}
+
+
+# ---- schedules and metrics --------------------------------------------------------------------
+
+
+def test_lr_schedule_warms_up_then_decays_to_min():
+    lr = [lr_at(s, 1.0, 0.1, 10, 100) for s in range(120)]
+    assert lr[0] == pytest.approx(0.1) and lr[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lr[:10], lr[1:10]))  # rising
+    assert all(a >= b for a, b in zip(lr[10:100], lr[11:101]))  # falling
+    assert lr[55] == pytest.approx(0.55)  # halfway down the cosine
+    assert lr[100] == lr[119] == 0.1
+
+
+def test_weight_decay_and_momentum_schedules():
+    assert cosine(0, 0.04, 0.4, 100) == pytest.approx(0.04)
+    assert cosine(50, 0.04, 0.4, 100) == pytest.approx(0.22)
+    assert cosine(100, 0.04, 0.4, 100) == cosine(500, 0.04, 0.4, 100) == pytest.approx(0.4)
+    assert linear(0, 0.996, 1.0, 100) == 0.996
+    assert linear(25, 0.996, 1.0, 100) == pytest.approx(0.997)
+    assert linear(100, 0.996, 1.0, 100) == linear(200, 0.996, 1.0, 100) == 1.0
+
+
+def test_rankme_and_collapse_check():
+    g = torch.Generator().manual_seed(0)
+    full = torch.randn(512, 32, generator=g)
+    rank1 = torch.randn(512, 1, generator=g) * torch.randn(1, 32, generator=g)
+    assert 25 < rankme(full) <= 32
+    assert rankme(rank1) < 1.5
+    assert rankme(torch.eye(16)) == pytest.approx(16, rel=1e-4)
+    assert target_std(full) == pytest.approx(1.0, abs=0.1)
+    assert target_std(torch.ones(100, 8)) == 0.0
+    assert collapse_warning(rankme(full), 1.0, 32, 512, 0.05, 1e-3) is None
+    assert "RankMe" in collapse_warning(rankme(rank1), 1.0, 32, 512, 0.05, 1e-3)
+    assert "std" in collapse_warning(30.0, 1e-5, 32, 512, 0.05, 1e-3)
+
+
+def test_metrics_log_truncates_on_resume_and_works_without_tensorboard(tmp_path, monkeypatch):
+    import sys
+
+    from ehrjepa.train.metrics import MetricsLog
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    with pytest.warns(UserWarning, match="TensorBoard"):
+        log = MetricsLog(tmp_path)
+    for s in range(1, 6):
+        log.write({"step": s, "loss": 1.0 / s, "lr": 0.1})
+    log.close()
+    # a run that crashed after step 5 and resumes from its step-3 checkpoint logs 4 and 5 again
+    with pytest.warns(UserWarning, match="TensorBoard"):
+        log = MetricsLog(tmp_path, resume_step=3)
+    log.write({"step": 4, "loss": 0.2, "val_loss": 0.3})
+    log.close()
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[1]["loss"] == 0.5 and rows[3]["loss"] == 0.2 and rows[3]["val_loss"] == 0.3
+    assert rows[0]["val_loss"] is None and not (tmp_path / "tb").exists()
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    save_checkpoint({"rng": rng_state()}, tmp_path / "r.pt")
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(torch.load(tmp_path / "r.pt", weights_only=True)["rng"])
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    assert not list(tmp_path.glob(".*tmp"))  # the temp file was renamed
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+
+def test_loss_goes_down_and_logs(tmp_path, data_dir):
+    run = tmp_path / "run"
+    cfg = micro(data_dir, "train.max_steps=150", "train.warmup_steps=15", "train.val_every=50",
+                "train.ckpt_every=50", "train.log_every=10")
+    summary = train(cfg, run, progress=False)
+    assert summary["steps"] == 150 and not summary["stopped_early"]
+    rows = read_metrics(run / "metrics.csv")
+    assert [r["step"] for r in rows] == list(range(1, 151))  # one row per step, read back in tens
+    first = np.mean([r["loss"] for r in rows[:10]])
+    last = np.mean([r["loss"] for r in rows[-10:]])
+    assert last < 0.5 * first, (first, last)
+    val = [r for r in rows if r["val_loss"] is not None]
+    assert [r["step"] for r in val] == [50, 100, 150]
+    assert val[-1]["val_loss"] < val[0]["val_loss"]
+    assert all(r["rankme"] >= 1 and r["target_std"] > 0 for r in val)
+    assert rows[0]["lr"] == pytest.approx(cfg.train.lr / 15)
+    t = cfg.train
+    assert rows[-1]["momentum"] == pytest.approx(linear(149, t.momentum, t.momentum_end, 150))
+    assert rows[-1]["wd"] == pytest.approx(cosine(149, t.weight_decay, t.weight_decay_end, 150))
+    assert not summary["warnings"]  # no collapse
+    assert list(csv.reader(open(run / "metrics.csv")))[0] == COLUMNS
+    assert list((run / "tb").iterdir())  # TensorBoard events
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["best.pt", "last.pt", "step_0000100.pt", "step_0000150.pt"]  # keep_ckpts=2
+    assert summary["best_val_loss"] == pytest.approx(min(r["val_loss"] for r in val))
+    assert load_config(run / "config.yaml") == cfg
+
+
+def test_weight_decay_skips_biases_and_norms(tmp_path, data_dir):
+    run = tmp_path / "run"
+    cfg = micro(data_dir, "train.max_steps=3")
+    t = cfg.train
+    train(cfg, run, progress=False)
+    groups = load_checkpoint(run / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["decay"]["weight_decay"] > 0
+    assert by_name["decay"]["weight_decay"] == pytest.approx(
+        cosine(2, t.weight_decay, t.weight_decay_end, 3))
+    assert by_name["no_decay"]["weight_decay"] == 0.0
+    assert by_name["decay"]["lr"] == by_name["no_decay"]["lr"] == pytest.approx(
+        lr_at(2, t.lr, t.min_lr, t.warmup_steps, 3))
+
+
+def test_checkpoint_loads_weights_only_into_a_model(tmp_path, data_dir):
+    from ehrjepa.data import WindowDataset, open_processed
+
+    run = tmp_path / "run"
+    train(micro(data_dir, "train.max_steps=4"), run, progress=False)
+    ckpt = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    processed = open_processed(data_dir)
+    assert ckpt["step"] == 4 and ckpt["n_features"] == len(processed.features)
+    assert ckpt["data_position"] == {"epoch": 0, "batches": 4}
+    keys = set(ckpt["model"])
+    for part in ("encoder.", "predictor.", "target_encoder."):
+        assert any(k.startswith(part) for k in keys), part
+    model, cfg = load_model(run / "checkpoints" / "last.pt")
+    assert cfg.model.size == "micro" and not model.training and model.max_hours == 48
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ckpt["model"][k]), k
+    x = WindowDataset.for_hours(processed, "test", 24)[0]  # the probe's 24 hours fit max_hours
+    emb = model.embed(x["values"][None], x["mask"][None], x["delta"][None])
+    assert emb.shape[:2] == (1, 24) and torch.isfinite(emb).all()
+
+
+def test_resume_is_exact(tmp_path, data_dir):
+    """Stop at N (train.stop_after) and resume to 2N: the same per-step losses and final weights
+    as 2N steps straight. Random multiblock masks, and an epoch boundary (28 batches of 32 per
+    epoch) crossed after the resume."""
+    n = 16
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    common = [f"train.max_steps={2 * n}", "data.batch_size=32", "mask.kind=multiblock",
+              "model.dropout=0.1"]
+    train(micro(data_dir, *common), straight, progress=False)
+    first = train(micro(data_dir, *common, f"train.stop_after={n}"), split, progress=False)
+    assert first["steps"] == n and first["stopped_early"]
+    assert load_checkpoint(split / "checkpoints" / "last.pt")["step"] == n
+    second = train(micro(data_dir, *common, f"train.stop_after={n}"), split, resume=True,
+                   progress=False)
+    assert second["steps"] == 2 * n and not second["stopped_early"]
+    a, b = losses(straight), losses(split)
+    assert list(a) == list(b) == list(range(1, 2 * n + 1))
+    np.testing.assert_allclose([b[s] for s in b], [a[s] for s in a], rtol=0, atol=1e-6)
+    sa = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)
+    sb = torch.load(split / "checkpoints" / "last.pt", weights_only=True)
+    assert sa["data_position"] == sb["data_position"] == {"epoch": 1, "batches": 2 * n - 28}
+    for k in sa["model"]:
+        torch.testing.assert_close(sb["model"][k], sa["model"][k], rtol=0, atol=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
+    build = loop.build_model
+    calls = {"n": 0}
+
+    def build_with_nan_at_step_7(cfg, n_features, max_hours):
+        model = build(cfg, n_features, max_hours)
+        forward = model.forward
+
+        def poisoned(batch):
+            loss, stats = forward(batch)
+            calls["n"] += 1
+            return (loss * math.nan if calls["n"] == 7 else loss), stats
+
+        model.forward = poisoned
+        return model
+
+    monkeypatch.setattr(loop, "build_model", build_with_nan_at_step_7)
+    run = tmp_path / "run"
+    # losses are read back every 10 steps: the NaN at step 7 is found at step 10, before the
+    # step-10 checkpoint would be written
+    cfg = micro(data_dir, "train.max_steps=20", "train.log_every=10", "train.ckpt_every=5")
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 7.*last\.pt \(step 5\)"):
+        train(cfg, run, progress=False)
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["step"] == 5
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt", "step_0000005.pt"]
+    assert max(losses(run)) == 6  # rows up to the last finite step
+
+
+def test_a_finished_run_is_not_overwritten(tmp_path, data_dir):
+    run = tmp_path / "run"
+    train(micro(data_dir, "train.max_steps=2"), run, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(micro(data_dir, "train.max_steps=2"), run, progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(micro(data_dir, "train.max_steps=2"), tmp_path / "other", resume=True, progress=False)
+
+
+def test_cli_train_and_resume(tmp_path, data_dir, capsys):
+    from ehrjepa.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--config", str(MICRO), "--data", str(data_dir), "--run-dir", str(run),
+            "--set", "data.batch_size=16", "--set", "train.max_steps=6", "--set", "train.stop_after=3",
+            "--set", "train.log_every=1", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "parameters: encoder" in out and str(run) in out and "3 of 6 steps" in out
+    # the run's saved config (stop_after=3 steps per invocation) takes it from 3 to 6
+    assert main(["train", "--run-dir", str(run), "--resume", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed" in out and "6 of 6 steps" in out and "last.pt" in out
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 6
+    assert main(["train", "--config", str(MICRO), "--run-dir", str(tmp_path / "r2"),
+                 "--set", "train.lrr=1"]) == 2
+    assert "train.lrr" in capsys.readouterr().err
+    assert main(["train", "--config", str(MICRO), "--run-dir", str(tmp_path / "r3")]) == 2
+    assert "--data" in capsys.readouterr().err
