@@ -1,8 +1,8 @@
 """The `ehrjepa` command: one subcommand per stage of the pipeline.
 
 Each subcommand lives in its own module, which provides `configure(parser)` (adds its options)
-and `main(args) -> int` (runs it). Modules keep heavy imports (torch) inside `main`, so that
-`ehrjepa --help` and `ehrjepa synth` start fast.
+and `main(args) -> int` (runs it). Only the chosen subcommand's module is imported, so that
+`ehrjepa preprocess` does not pay for torch, pandas or another stage's imports at start-up.
 """
 from __future__ import annotations
 
@@ -20,11 +20,14 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported and configured (all of them if None)."""
     parser = argparse.ArgumentParser(prog="ehrjepa", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if command is not None and name != command:
+            continue
         try:
             mod = importlib.import_module(module)
         except ImportError as e:  # a stage not installed in this build: say so when it is used
@@ -36,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

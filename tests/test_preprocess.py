@@ -407,3 +407,85 @@ def test_demo_end_to_end(demo_dir, tmp_path):
     assert set(np.unique(deaths)) <= {0, 1} and deaths.sum() > 0
     assert (p.stays.column("n_hours").to_numpy() > 0).all()
     json.dumps(p.manifest)
+
+
+# ---- the fused csv path (scan_events) against the column path (parse_block + aggregate_*)
+
+def _messy_chart_row(draw, stay_ids):
+    """A chartevents line exercising the tokenizer: quoting, CRLF, odd values, bad rows."""
+    sid = draw(st.sampled_from(stay_ids + [999]))
+    t = ts(draw(st.floats(-8, 30)))
+    kind = draw(st.sampled_from(["plain", "plain", "plain", "quoted_comma", "doubled_quote",
+                                 "quoted_newline", "crlf", "empty_line", "short_row", "long_row",
+                                 "quoted_num", "bad_time", "t_sep", "no_value", "text_value",
+                                 "bad_quote"]))
+    item = draw(st.sampled_from([HR, TEMP_C, TEMP_F, SBP_ART, 220210, 12345]))
+    v = draw(st.sampled_from(["72", "98.6", "101.25", "37", "-3", "1e2", "400", "0.5"]))
+    value, valuenum, end, stime = f'"{v}"', v, "\n", t
+    if kind == "quoted_comma":
+        value = '"1,5"'
+    elif kind == "doubled_quote":
+        value = '"say ""hi"""'
+    elif kind == "quoted_newline":
+        value = '"two\nlines"'
+    elif kind == "crlf":
+        end = "\r\n"
+    elif kind == "empty_line":
+        return "\n"
+    elif kind == "quoted_num":
+        valuenum = f'"{v}"'
+    elif kind == "bad_time":
+        t = "2150-13-01 00:00:00"
+    elif kind == "t_sep":
+        t = t.replace(" ", "T") + ".5"
+    elif kind == "no_value":
+        valuenum = ""
+    elif kind == "text_value":
+        valuenum = "abc"
+    line = f"1,100,{sid},{draw(st.integers(1, 99999))},{t},{stime},{item},{value},{valuenum},u,0"
+    if kind == "short_row":
+        line = line.rsplit(",", 2)[0]
+    elif kind == "long_row":
+        line += ",x"
+    elif kind == "bad_quote":
+        line = line.replace(f",{item},", f',{item}"x,', 1)
+    return line + end
+
+
+@given(st.data())
+@settings(max_examples=15, deadline=None)
+def test_fused_csv_path_matches_column_path(tmp_path_factory, data):
+    import importlib
+
+    pp = importlib.import_module("ehrjepa.data.preprocess")  # the module, not the function
+    root = tmp_path_factory.mktemp("fused")
+    icustays = [stay(1, 100, 10 + k, ts(24 * k), ts(24 * k + 20)) for k in range(3)]
+    rows = [_messy_chart_row(data.draw, [10, 11, 12]) for _ in range(data.draw(st.integers(0, 60)))]
+    fmt = data.draw(st.sampled_from(["csv", "csv.gz"]))
+    write_mimic(root / "in", icustays, chartevents=[], fmt=fmt)
+    text = (CHART + "\n" + "".join(rows)).encode()
+    if data.draw(st.booleans()) and text.endswith(b"\n"):
+        text = text[:-1]  # last row without a newline
+    ce = root / "in" / "icu" / f"chartevents.{fmt}"
+    ce.write_bytes(gzip.compress(text) if fmt == "csv.gz" else text)
+    saved = pp.BLOCK_BYTES, pp.PARALLEL_BYTES, pp.EVENTS_CAP, pp.FUSED_CSV
+    try:
+        pp.BLOCK_BYTES = data.draw(st.integers(16, 400))  # many refills, rows across blocks
+        pp.PARALLEL_BYTES = data.draw(st.sampled_from([8, 64, 1 << 20]))  # split halves or not
+        pp.EVENTS_CAP = data.draw(st.sampled_from([2, 7, 1 << 20]))
+        fused = preprocess(root / "in", root / "fused", on_bad_lines="skip", progress=False)
+        pp.FUSED_CSV = False
+        plain = preprocess(root / "in", root / "plain", on_bad_lines="skip", progress=False)
+    finally:
+        pp.BLOCK_BYTES, pp.PARALLEL_BYTES, pp.EVENTS_CAP, pp.FUSED_CSV = saved
+    a, b = open_processed(fused), open_processed(plain)
+    np.testing.assert_array_equal(a.count, b.count)
+    np.testing.assert_array_equal(a.mean, b.mean)
+    assert a.manifest["tables"]["chartevents"] == b.manifest["tables"]["chartevents"]
+
+
+def test_fused_csv_path_reports_the_bad_line(tmp_path):
+    rows = [chart(10, ts(1), HR, 70), chart(10, ts(2), HR, 71) + ",extra", chart(10, ts(3), HR, 72)]
+    write_mimic(tmp_path / "in", [stay(1, 100, 10, ts(0), ts(10))], chartevents=rows)
+    with pytest.raises(ValueError, match=r"chartevents\.csv: line 3: malformed CSV row"):
+        preprocess(tmp_path / "in", tmp_path / "out", progress=False)

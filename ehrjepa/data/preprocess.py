@@ -32,8 +32,10 @@ import numpy as np
 
 from .catalog import Catalog, load_catalog
 from .processed import FRACTIONS, SPLITS, split_of_subjects
-from .tables import (BAD, KIND_FLOAT, KIND_INT, KIND_TIME, MISSING, TableStats, find_table,
-                     iter_table, read_table)
+from .tables import (BAD, BAD_ROW, BLOCK_BYTES, KIND_FLOAT, KIND_INT, KIND_TIME, MISSING, NEED_MORE,
+                     OK, PARALLEL_BYTES, CsvBytes, TableStats, _column_plan, _next_newline,
+                     _Progress, _raise_bad, fast_row, find_table, iter_table, parse_block,
+                     parse_float, parse_int, parse_time_fast, read_table, table_format)
 
 HOUR = 3600
 LOOKBACK = 6 * HOUR
@@ -198,6 +200,127 @@ def aggregate_labevents(subject_id, charttime, itemid, value, subjects, subj_sta
     return kept
 
 
+EVENTS_CAP = 1 << 20  # events one scan_events call may emit (rows per call are capped by it)
+FUSED_CSV = True  # csv event tables through scan_events; False: parse_block columns + aggregate_*
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def scan_events(buf, pos, end, final, ncols, want, col_slot, col_kind, skip_bad, lab, key_ids,
+                subj_start, subj_end, by_subject, intime, outtime, offset, n_hours, feat, add, mul,
+                low, high, n_features, out_idx, out_val, dropped, bad_info, lastlen):
+    """Tokenize CSV rows of buf[pos:end] and turn each into an event or a drop, in one pass.
+
+    The fused form of parse_block + aggregate_chartevents / aggregate_labevents: no column is
+    materialised. want[c] is 0 key (stay_id, or subject_id when `lab`), 1 charttime, 2 itemid,
+    3 valuenum, -1 for other columns. Fields are converted only as far as needed: the itemid
+    first, so rows of items outside the catalog cost no float or timestamp parsing. Kept events
+    go to out_idx (flat index hour_row * n_features + feature) and out_val; apply_events adds them
+    (so two threads can scan halves of a block without racing on the sums). Rows fast_row cannot
+    handle are re-read by parse_block with its full quoting rules and bad-line handling.
+
+    Returns (status, new_pos, rows, lines, n_out) like parse_block.
+    """
+    fstart = np.zeros(4, np.int64)
+    fend = np.zeros(4, np.int64)
+    ints = np.empty((3, 1), np.int64)
+    floats = np.empty((1, 1), np.float64)
+    cap = out_idx.shape[0]
+    n_out = 0
+    rows = 0
+    lines = 0
+    last_key = MISSING
+    k = -1
+    i = pos
+    while i < end and rows < cap:
+        nxt = fast_row(buf, i, end, ncols, want, fstart, fend, lastlen)
+        slow = nxt < 0
+        if slow:
+            status, new_pos, nr, nl = parse_block(buf, i, end, final, ncols, col_slot, col_kind,
+                                                  ints, floats, skip_bad, bad_info)
+            lines += nl
+            if status == BAD_ROW or nr == 0:
+                return status, new_pos, rows, lines, n_out
+            i = new_pos
+            itemid = ints[2, 0]
+        else:
+            lines += 1
+            i = nxt
+            itemid = parse_int(buf, fstart[2], fend[2])
+        rows += 1
+        # itemid -> feature, value, range (same order of reasons as aggregate_chartevents)
+        if itemid < 0 or itemid >= feat.shape[0]:
+            dropped[R_ITEMID] += 1
+            continue
+        f = feat[itemid]
+        if f < 0:
+            dropped[R_ITEMID] += 1
+            continue
+        value = floats[0, 0] if slow else parse_float(buf, fstart[3], fend[3])
+        if value != value:
+            dropped[R_VALUE] += 1
+            continue
+        v = (value + add[itemid]) * mul[itemid]
+        if not (v >= low[f] and v <= high[f]):
+            dropped[R_RANGE] += 1
+            continue
+        t = ints[1, 0] if slow else parse_time_fast(buf, fstart[1], fend[1])
+        if t == MISSING or t == BAD:
+            dropped[R_TIME] += 1
+            continue
+        key = ints[0, 0] if slow else parse_int(buf, fstart[0], fend[0])
+        if key != last_key:
+            last_key = key
+            k = _find(key_ids, key) if key != MISSING and key != BAD else -1
+        if not lab:
+            if k < 0:
+                dropped[R_STAY] += 1
+                continue
+            h = _hour(t, intime[k], outtime[k], n_hours[k])
+            if h < 0:
+                dropped[R_OUTSIDE] += 1
+                continue
+            row = offset[k] + h
+        else:
+            if k < 0:
+                dropped[R_SUBJECT] += 1
+                continue
+            core = -1
+            look = -1
+            for j in range(subj_start[k], subj_end[k]):
+                st = by_subject[j]
+                if t >= intime[st]:
+                    if t < outtime[st]:
+                        core = st
+                        break
+                elif look < 0 and n_hours[st] > 0 and t >= intime[st] - LOOKBACK:
+                    look = st
+            st = core if core >= 0 else look
+            if st < 0:
+                dropped[R_OUTSIDE] += 1
+                continue
+            row = offset[st] + ((t - intime[st]) // HOUR if core >= 0 else 0)
+        out_idx[n_out] = row * n_features + f
+        out_val[n_out] = v
+        n_out += 1
+    return OK, i, rows, lines, n_out
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def apply_events(idx, val, n, sums, counts, dropped):
+    """Add events (flat index, value) to the flat sums/counts; returns how many were kept."""
+    kept = 0
+    for e in range(n):
+        j = idx[e]
+        c = counts[j]
+        if c >= COUNT_MAX:
+            dropped[R_SATURATED] += 1
+            continue
+        counts[j] = c + 1
+        sums[j] += val[e]
+        kept += 1
+    return kept
+
+
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def finalize_hours(sums, counts, row0, row1, hour_train, stats):
     """In place: sums -> means (NaN where count is 0) for rows [row0, row1); accumulate the train
@@ -310,6 +433,24 @@ def _open_output(path: Path, shape: tuple[int, int], dtype) -> np.ndarray:
     return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
 
 
+def _import_numba_math_without_scipy() -> None:
+    """Import numba.np.arraymath with scipy hidden: saves 0.1-0.3 s of start-up.
+
+    numba imports numba.np.arraymath on the first compiled call, and that module probes for BLAS
+    by importing scipy.linalg, which is slow and which none of our kernels use. With scipy hidden
+    the probe fails fast (numba then uses a plain loop for np.dot-free inner products only); the
+    entry is removed right after, so later `import scipy` and numba's np.dot work as usual.
+    """
+    if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
+        return
+    key = "scipy" if "scipy" not in sys.modules else "scipy.linalg"
+    sys.modules[key] = None
+    try:
+        import numba.np.arraymath  # noqa: F401
+    finally:
+        del sys.modules[key]
+
+
 def preprocess(mimic_dir: str | Path, out: str | Path, config: str | Path | Catalog | None = None,
                on_bad_lines: str = "error", progress: bool = True, seed: int = 0) -> Path:
     """Turn MIMIC_DIR/{hosp,icu} tables into OUT (see processed.py); returns OUT."""
@@ -319,6 +460,7 @@ def preprocess(mimic_dir: str | Path, out: str | Path, config: str | Path | Cata
     mimic_dir, out = Path(mimic_dir), Path(out)
     if not mimic_dir.is_dir():
         raise FileNotFoundError(f"MIMIC-IV directory not found: {mimic_dir}")
+    _import_numba_math_without_scipy()
     catalog = config if isinstance(config, Catalog) else load_catalog(config)
     names = catalog.names
     n_features = len(names)
@@ -388,8 +530,14 @@ def preprocess(mimic_dir: str | Path, out: str | Path, config: str | Path | Cata
         st = TableStats(str(path))
         dropped = np.zeros(len(REASONS), np.int64)
         kept = 0
-        for block in iter_table(path, TABLES[name][1], on_bad_lines, st, progress=progress,
-                                desc=name):
+        if table_format(path) != "parquet" and FUSED_CSV:  # tokenize + aggregate, two threads
+            kept = _scan_csv_events(name, path, lk, stays, sums, counts, n_features, on_bad_lines,
+                                    st, dropped, progress, big)
+            blocks = ()
+        else:
+            blocks = iter_table(path, TABLES[name][1], on_bad_lines, st, progress=progress,
+                                desc=name)
+        for block in blocks:
             if name == "chartevents":
                 kept += aggregate_chartevents(
                     block["stay_id"], block["charttime"], block["itemid"], block["valuenum"],
@@ -444,6 +592,122 @@ def preprocess(mimic_dir: str | Path, out: str | Path, config: str | Path | Cata
     return out
 
 
+class _Half:
+    """Output buffers of one scan_events call (one per thread)."""
+
+    def __init__(self, cap: int):
+        self.idx = np.empty(cap, np.int64)
+        self.val = np.empty(cap, np.float64)
+        self.dropped = np.zeros(len(REASONS), np.int64)
+        self.bad = np.zeros(2, np.int64)
+        self.lastlen = None
+
+
+def _scan_csv_events(name: str, path: Path, lk, stays: Stays, sums: np.ndarray,
+                     counts: np.ndarray, n_features: int, on_bad_lines: str, st: TableStats,
+                     dropped: np.ndarray, progress: bool, big: bool) -> int:
+    """Stream a csv / csv.gz event table through scan_events + apply_events; returns rows kept.
+
+    Each 64 MB block is cut at a newline near its middle and the halves are scanned by two
+    threads (numba releases the GIL). The second half's results are used only when the first
+    half ends exactly at the cut (a quoted newline could straddle it); else the rest of the block
+    is scanned again by one thread. Events are then added in file order, so saturation and the
+    accounting are those of one sequential pass.
+    """
+    import os
+
+    columns = TABLES[name][1]
+    key = "subject_id" if name == "labevents" else "stay_id"
+    lab = name == "labevents"
+    key_ids = stays.subjects if lab else stays.stay_id
+    skip_bad = on_bad_lines == "skip"
+    sums_flat = sums.reshape(-1)
+    counts_flat = counts.reshape(-1)
+    bar = _Progress(path, "csv", name) if progress else None
+    pool = None
+    kept = 0
+    with CsvBytes(path, BLOCK_BYTES) as src:
+        names = src.names
+        ncols = len(names)
+        col_slot, col_kind, _, _, slots = _column_plan(names, columns, path)
+        # parse_block's slots for the slow path: ints 0 key, 1 charttime, 2 itemid; floats 0 value
+        want = np.full(ncols, -1, np.int64)
+        order = {key: 0, "charttime": 1, "itemid": 2, "valuenum": 3}
+        for c, col in enumerate(names):
+            if col in order and col_slot[c] >= 0:
+                want[c] = order[col]
+                col_slot[c] = min(order[col], 2) if col != "valuenum" else 0
+        a, b = _Half(EVENTS_CAP), _Half(EVENTS_CAP)
+        a.lastlen = np.zeros(ncols, np.int64)
+        b.lastlen = np.zeros(ncols, np.int64)
+        if (os.cpu_count() or 1) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(1)
+
+        def scan(h: _Half, lo: int, hi: int, final: bool):
+            return scan_events(src.buf, lo, hi, final, ncols, want, col_slot, col_kind, skip_bad,
+                               lab, key_ids, stays.subj_start, stays.subj_end, stays.by_subject,
+                               stays.intime, stays.outtime, stays.offset, stays.n_hours,
+                               lk.feature, lk.add, lk.mul, lk.low, lk.high, n_features,
+                               h.idx, h.val, h.dropped, h.bad, h.lastlen)
+
+        def take(h: _Half, res, line: int) -> int:
+            _raise_bad(res[:4], line, path, ncols, h.bad)
+            st.rows_read += res[2]
+            dropped[:] += h.dropped
+            h.dropped[:] = 0
+            st.bad_line += int(h.bad[0])
+            st.rows_read += int(h.bad[0])
+            h.bad[:] = 0
+            return apply_events(h.idx, h.val, res[4], sums_flat, counts_flat, dropped)
+
+        try:
+            while True:
+                pos, lines, filled, eof = src.begin, 0, src.filled, src.eof
+                split_ok = pool is not None
+                while pos < filled:
+                    if split_ok and filled - pos >= PARALLEL_BYTES:
+                        cut = _next_newline(src.buf, pos + (filled - pos) // 2, filled) + 1
+                        if pos < cut < filled:
+                            fut = pool.submit(scan, b, cut, filled, eof)
+                            ra = scan(a, pos, cut, False)
+                            rb = fut.result()
+                            kept += take(a, ra, src.line + lines)
+                            lines += ra[3]
+                            if ra[1] != cut:  # stopped early: redo the rest in one thread
+                                b.dropped[:] = 0
+                                b.bad[:] = 0
+                                pos = ra[1]
+                                split_ok = False
+                                continue
+                            kept += take(b, rb, src.line + lines)
+                            lines += rb[3]
+                            pos = rb[1]
+                            if rb[0] == NEED_MORE:
+                                break
+                            continue
+                    res = scan(a, pos, filled, eof)
+                    kept += take(a, res, src.line + lines)
+                    lines += res[3]
+                    pos = res[1]
+                    if res[0] == NEED_MORE:
+                        break
+                if big:
+                    _release(sums, counts)
+                if bar is not None:
+                    bar.update_to(src.tell())
+                if src.done(pos):
+                    break
+                src.refill(pos, lines)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+            if bar is not None:
+                bar.close()
+    return kept
+
+
 def _save_array(path: Path, arr: np.ndarray) -> None:
     if isinstance(arr, np.memmap):
         arr.flush()
@@ -455,20 +719,41 @@ def _write_stays(path: Path, stays: Stays, split: np.ndarray, death: np.ndarray)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    hadm = pa.array(stays.hadm_id, pa.int64(), mask=(stays.hadm_id == MISSING) | (stays.hadm_id == BAD))
+    # arrays are built from buffers: pa.array() makes pyarrow import pandas (0.3 s of start-up)
+    missing = (stays.hadm_id == MISSING) | (stays.hadm_id == BAD)
     table = pa.table({
-        "stay_id": pa.array(stays.stay_id, pa.int64()),
-        "subject_id": pa.array(stays.subject_id, pa.int64()),
-        "hadm_id": hadm,
-        "intime": pa.array(stays.intime.astype("datetime64[s]"), pa.timestamp("s")),
-        "outtime": pa.array(stays.outtime.astype("datetime64[s]"), pa.timestamp("s")),
-        "n_hours": pa.array(stays.n_hours.astype(np.int32), pa.int32()),
-        "offset": pa.array(stays.offset, pa.int64()),
-        "split": pa.array(np.asarray(SPLITS, dtype=object)[split] if len(split) else [], pa.string()),
-        "death_hosp": pa.array(death, pa.int8()),
-        "los_days": pa.array((stays.outtime - stays.intime) / 86400.0, pa.float64()),
+        "stay_id": _arrow(pa, stays.stay_id, pa.int64()),
+        "subject_id": _arrow(pa, stays.subject_id, pa.int64()),
+        "hadm_id": _arrow(pa, stays.hadm_id, pa.int64(), valid=~missing),
+        "intime": _arrow(pa, stays.intime, pa.timestamp("s")),
+        "outtime": _arrow(pa, stays.outtime, pa.timestamp("s")),
+        "n_hours": _arrow(pa, stays.n_hours.astype(np.int32), pa.int32()),
+        "offset": _arrow(pa, stays.offset, pa.int64()),
+        "split": _arrow_strings(pa, split, SPLITS),
+        "death_hosp": _arrow(pa, death.astype(np.int8), pa.int8()),
+        "los_days": _arrow(pa, (stays.outtime - stays.intime) / 86400.0, pa.float64()),
     })
     pq.write_table(table, path)
+
+
+def _arrow(pa, values: np.ndarray, type_, valid: np.ndarray | None = None):
+    """A pyarrow array over the bytes of a numpy array (nulls where `valid` is False)."""
+    values = np.ascontiguousarray(values)
+    bitmap = None
+    if valid is not None and not valid.all():
+        bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(type_, len(values), [bitmap, pa.py_buffer(values)])
+
+
+def _arrow_strings(pa, codes: np.ndarray, words: tuple[str, ...]):
+    """A pyarrow string array of words[codes]."""
+    enc = [w.encode() for w in words]
+    lengths = np.array([len(w) for w in enc], np.int32)
+    offsets = np.zeros(len(codes) + 1, np.int32)
+    np.cumsum(lengths[codes], out=offsets[1:])
+    data = b"".join(enc[c] for c in codes.tolist())
+    return pa.Array.from_buffers(pa.string(), len(codes),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def compile_kernels() -> None:

@@ -258,6 +258,53 @@ def parse_time(buf, s, e):
     return _days_from_civil(y, mo, d) * 86400 + hh * 3600 + mi * 60 + ss
 
 
+_MDAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int64)
+
+
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def parse_time_fast(buf, s, e):
+    """parse_time for the common 19-byte 'YYYY-MM-DD HH:MM:SS' with few branches; others go to
+    parse_time. Digits are checked all at once ((d | (9 - d)) < 0 for any byte outside '0'-'9')."""
+    if e - s != 19 or buf[s + 4] != 45 or buf[s + 7] != 45 or buf[s + 13] != 58 \
+            or buf[s + 16] != 58 or (buf[s + 10] != 32 and buf[s + 10] != 84):
+        return parse_time(buf, s, e)
+    y0 = np.int64(buf[s]) - 48
+    y1 = np.int64(buf[s + 1]) - 48
+    y2 = np.int64(buf[s + 2]) - 48
+    y3 = np.int64(buf[s + 3]) - 48
+    m0 = np.int64(buf[s + 5]) - 48
+    m1 = np.int64(buf[s + 6]) - 48
+    d0 = np.int64(buf[s + 8]) - 48
+    d1 = np.int64(buf[s + 9]) - 48
+    h0 = np.int64(buf[s + 11]) - 48
+    h1 = np.int64(buf[s + 12]) - 48
+    i0 = np.int64(buf[s + 14]) - 48
+    i1 = np.int64(buf[s + 15]) - 48
+    s0 = np.int64(buf[s + 17]) - 48
+    s1 = np.int64(buf[s + 18]) - 48
+    chk = (y0 | y1 | y2 | y3 | m0 | m1 | d0 | d1 | h0 | h1 | i0 | i1 | s0 | s1
+           | (9 - y0) | (9 - y1) | (9 - y2) | (9 - y3) | (9 - m0) | (9 - m1) | (9 - d0) | (9 - d1)
+           | (9 - h0) | (9 - h1) | (9 - i0) | (9 - i1) | (9 - s0) | (9 - s1))
+    y = y0 * 1000 + y1 * 100 + y2 * 10 + y3
+    mo = m0 * 10 + m1
+    d = d0 * 10 + d1
+    hh = h0 * 10 + h1
+    mi = i0 * 10 + i1
+    ss = s0 * 10 + s1
+    if chk < 0 or mo < 1 or mo > 12 or hh > 23 or mi > 59 or ss > 59 or d < 1:
+        return BAD
+    leap = 1 if (mo == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)) else 0
+    if d > _MDAYS[mo] + leap:
+        return BAD
+    # days from civil (Hinnant), years >= 0 so the era is y // 400
+    yy = y - 1 if mo <= 2 else y
+    era = yy // 400
+    yoe = yy - era * 400
+    mp = mo - 3 if mo > 2 else mo + 9
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + (153 * mp + 2) // 5 + d - 1
+    return (era * 146097 + doe - 719468) * 86400 + hh * 3600 + mi * 60 + ss
+
+
 # -------------------------------------------------------------------------------------------------
 # the tokenizer
 
@@ -398,6 +445,176 @@ def parse_block(buf, pos, end, final, ncols, col_slot, col_kind, ints, floats, s
     return OK, end, rows, lines
 
 
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def fast_row(buf, pos, end, ncols, want, fstart, fend, lastlen):
+    """Tokenize the plain row at buf[pos:]: field bounds of wanted columns, or -1 to fall back.
+
+    For the common case only: every field is unquoted, or quoted without quotes or newlines
+    inside; exactly ncols fields; a newline ends the row. Anything else (empty line, doubled
+    quotes, quoted newlines, a wrong field count, the end of the buffer) returns -1 and the caller
+    re-reads the row with parse_block, which knows every rule. Field bounds go to
+    fstart/fend[want[c]] for columns with want[c] >= 0 (quotes removed, a final CR dropped).
+
+    Speed: a field usually has the same length as in the previous row (ids, timestamps), so we
+    first try lastlen[c]: check the separator after it and that no ',', '"' or newline lies inside
+    (a branch-free loop). That avoids a mispredicted branch at the end of every field.
+    Returns the start of the next row.
+    """
+    fs = pos
+    e = pos
+    if pos >= end or buf[pos] == 10 or buf[pos] == 13:
+        return -1
+    for c in range(ncols):
+        sep = 10 if c == ncols - 1 else 44
+        q = 0
+        e = fs + lastlen[c]
+        ok = False
+        if e < end and buf[e] == sep:
+            if buf[fs] == 34:
+                q = 1
+            a = fs + q
+            b = e - q
+            if b >= a and (q == 0 or buf[b] == 34):
+                hit = 0
+                for j in range(a, b):
+                    x = buf[j]
+                    hit |= (x == 44) | (x == 34) | (x == 10)
+                ok = hit == 0
+        if not ok:
+            if fs < end and buf[fs] == 34:  # quoted: up to the next quote, then the separator
+                q = 1
+                j = fs + 1
+                while j < end and buf[j] != 34 and buf[j] != 10:
+                    j += 1
+                if j + 1 >= end or buf[j] != 34 or buf[j + 1] != sep:
+                    return -1
+                e = j + 1
+            else:
+                q = 0
+                j = fs
+                while j < end:
+                    x = buf[j]
+                    if x <= 44 and (x == 44 or x == 34 or x == 10):
+                        break
+                    j += 1
+                if j >= end or buf[j] != sep:
+                    return -1
+                e = j
+            lastlen[c] = e - fs
+        w = want[c]
+        if w >= 0:
+            fstart[w] = fs + q
+            fend[w] = e - q
+        fs = e + 1
+    w = want[ncols - 1]
+    if w >= 0 and q == 0 and fend[w] > fstart[w] and buf[fend[w] - 1] == 13:
+        fend[w] -= 1
+    return fs
+
+
+class CsvBytes:
+    """The header and a window of bytes of a csv / csv.gz file, for kernels that tokenize the bytes
+    themselves: rows to parse lie in `buf[begin:filled]` and `line` is the 1-based line number of
+    buf[begin]. After consuming up to `pos`, `refill(pos, lines)` moves on.
+
+    Plain csv is memory-mapped and the window slides over the map: no copy, and the pages
+    behind the window are released so memory stays flat however big the file. csv.gz is inflated
+    by ISA-L in a background thread into a reused buffer (the unfinished row is carried over)."""
+
+    def __init__(self, path: Path, block_bytes: int = BLOCK_BYTES):
+        import mmap
+
+        self.path = Path(path)
+        self.block_bytes = block_bytes
+        self.line = 2
+        self.mm = None
+        if not self.path.name.endswith(".gz") and self.path.stat().st_size > 0:
+            self.raw = self.f = open(self.path, "rb")
+            self.mm = mmap.mmap(self.raw.fileno(), 0, access=mmap.ACCESS_COPY)
+            self.buf = np.frombuffer(self.mm, np.uint8)
+            nl = _next_newline(self.buf, 0, min(len(self.buf), 1 << 20))
+            if nl >= min(len(self.buf), 1 << 20):
+                nl = _next_newline(self.buf, 0, len(self.buf))
+            self.names = _header_names(bytes(self.buf[:nl]), self.path)
+            self.begin = min(nl + 1, len(self.buf))
+            self.filled = min(len(self.buf), self.begin + block_bytes)
+            self.eof = self.filled == len(self.buf)
+            return
+        self.f, self.raw = _open_bytes(self.path)
+        try:
+            self.names, rest = _read_header(self.f, self.path)
+        except BaseException:
+            self.close()
+            raise
+        self.buf = np.empty(max(block_bytes, 2 * len(rest) + 1), np.uint8)
+        self.buf[:len(rest)] = np.frombuffer(rest, np.uint8)
+        self.begin = 0
+        self.filled = len(rest)
+        self.eof = False
+        self._fill()
+
+    def _fill(self) -> None:
+        buf = memoryview(self.buf)
+        while not self.eof and self.filled < len(self.buf):
+            n = self.f.readinto(buf[self.filled:])
+            if not n:
+                self.eof = True
+                break
+            self.filled += n
+
+    def done(self, pos: int) -> bool:
+        return self.eof and pos >= self.filled
+
+    def refill(self, pos: int, lines: int) -> None:
+        """Drop the bytes before `pos` (holding `lines` newlines), keep the unfinished row, read
+        more."""
+        self.line += lines
+        if self.mm is not None:
+            import mmap
+
+            page = mmap.PAGESIZE
+            lo, hi = self.begin // page * page, pos // page * page
+            if hi > lo and hasattr(self.mm, "madvise"):
+                self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            self.begin = pos
+            filled = min(len(self.buf), pos + self.block_bytes)
+            if filled <= self.filled:  # one row longer than the window: widen it
+                filled = min(len(self.buf), self.filled + self.block_bytes)
+            self.filled = filled
+            self.eof = filled == len(self.buf)
+            return
+        left = self.filled - pos
+        if left:
+            self.buf[:left] = self.buf[pos:self.filled]
+        self.filled = left
+        if left == len(self.buf):  # one row fills the buffer: grow it
+            if self.eof:
+                raise AssertionError("parser made no progress at end of input")
+            bigger = np.empty(2 * len(self.buf), np.uint8)
+            bigger[:left] = self.buf[:left]
+            self.buf = bigger
+        self._fill()
+
+    def tell(self) -> int:
+        return self.begin if self.mm is not None else self.raw.tell()
+
+    def close(self) -> None:
+        if self.mm is not None:
+            self.buf = None
+            try:
+                self.mm.close()
+            except BufferError:  # a block still refers to the map: leave it to the collector
+                pass
+        self.f.close()
+        self.raw.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 # -------------------------------------------------------------------------------------------------
 # streaming a CSV file block by block
 
@@ -421,11 +638,15 @@ def _read_header(f, path: Path) -> tuple[list[str], bytes]:
             break
         head += chunk
     line, _, rest = head.partition(b"\n")
+    return _header_names(line, path), rest
+
+
+def _header_names(line: bytes, path: Path) -> list[str]:
     text = line.decode("utf-8", "replace").rstrip("\r").lstrip("\ufeff")
     names = next(csv.reader([text]), [])
     if not names or names == [""]:
         raise ValueError(f"{path}: no header line (empty file?)")
-    return [n.strip() for n in names], rest
+    return [n.strip() for n in names]
 
 
 def _column_plan(names: list[str], columns: dict[str, int], path: Path):
@@ -586,7 +807,6 @@ def _next_newline(buf, i, end):
 def _arrow_column(arr, kind: int, path: Path, name: str) -> np.ndarray:
     """A pyarrow array as a numpy column with the CSV kernel's conventions."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -601,8 +821,9 @@ def _arrow_column(arr, kind: int, path: Path, name: str) -> np.ndarray:
             return np.array([_py_int(v) for v in arr.to_pylist()], np.int64)
         if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
             raise ValueError(f"{path}: column {name!r} has type {t}, expected an integer")
-        vals = pc.fill_null(arr.cast(pa.int64(), safe=False), MISSING)
-        return vals.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        if arr.null_count == 0 and pa.types.is_int64(t):  # zero copy, no pyarrow.compute import
+            return arr.to_numpy()
+        return _fill_null(arr.cast(pa.int64(), safe=False), MISSING).astype(np.int64, copy=False)
     # timestamps
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         out = np.empty(len(arr), np.int64)
@@ -616,14 +837,23 @@ def _arrow_column(arr, kind: int, path: Path, name: str) -> np.ndarray:
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
         if pa.types.is_date(t):
             arr = arr.cast(pa.timestamp("s"))
-        ts = arr.cast(pa.int64())
+        ts = arr.view(pa.int64())
         unit = {"s": 1, "ms": 1000, "us": 1_000_000, "ns": 1_000_000_000}[arr.type.unit]
-        v = pc.fill_null(ts, MISSING).to_numpy(zero_copy_only=False).astype(np.int64)
+        v = _fill_null(ts, MISSING).astype(np.int64)
         if unit != 1:
             ok = v != MISSING
             v[ok] = np.floor_divide(v[ok], unit)
         return v
     raise ValueError(f"{path}: column {name!r} has type {t}, expected a timestamp")
+
+
+def _fill_null(arr, fill) -> np.ndarray:
+    """Numpy values of an integer pyarrow array with nulls replaced by `fill`."""
+    if arr.null_count == 0:
+        return arr.to_numpy()
+    import pyarrow.compute as pc
+
+    return pc.fill_null(arr, fill).to_numpy(zero_copy_only=False)
 
 
 def _py_int(v) -> int:
