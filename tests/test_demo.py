@@ -1,0 +1,24 @@
+"""`ehrjepa demo` end to end, shrunk: every stage runs through the CLI and leaves its outputs."""
+import json
+
+from ehrjepa.cli import main
+
+
+def test_demo_runs_every_stage(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["demo", "--out", str(out), "--patients", "120", "--steps", "20", "--seed", "3"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    for stage in ("1/4 synth", "2/4 preprocess", "3/4 train", "4/4 probe", "demo done"):
+        assert stage in printed
+    assert (out / "mimic" / "icu" / "chartevents.csv.gz").exists()
+    manifest = json.loads((out / "processed" / "manifest.json").read_text())
+    for acc in manifest["tables"].values():
+        assert acc["rows_kept"] + sum(acc["dropped"].values()) == acc["rows_read"]
+    assert (out / "run" / "checkpoints" / "last.pt").exists()
+    report = json.loads((out / "probe" / "report.json").read_text())
+    ran = [t for t in ("mortality_hosp", "los_gt_3d", "los_gt_7d") if t in report["tasks"]]
+    skipped = set(report.get("skipped", {}))
+    assert set(ran) | skipped == {"mortality_hosp", "los_gt_3d", "los_gt_7d"}
+    for task in ran:
+        assert set(report["tasks"][task]) == {"jepa", "random_init", "raw_features"}
