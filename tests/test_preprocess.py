@@ -1,6 +1,7 @@
 """`ehrjepa preprocess` rules on tiny hand-written MIMIC-format tables, a plain-Python reference,
 and an end-to-end run on the MIMIC-IV demo."""
 import gzip
+import importlib
 import json
 import math
 from collections import defaultdict
@@ -266,6 +267,73 @@ def test_csv_gz_and_parquet_match_csv(tmp_path, fmt):
     for name, t in a.manifest["tables"].items():
         assert {k: v for k, v in t.items() if k != "path"} == \
             {k: v for k, v in b.manifest["tables"][name].items() if k != "path"}
+
+
+def _csv_to_parquet(csv_path, unit, id_type, row_group_size):
+    """Rewrite a csv table as parquet: timestamps in `unit`, integer ids as `id_type`, values as
+    float32 or float64, small row groups; empty fields become nulls."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    text = {"value": pa.string(), "comments": pa.string(), "dod": pa.string(),
+            "valueuom": pa.string(), "flag": pa.string(), "priority": pa.string(),
+            "order_provider_id": pa.string(), "ref_range_lower": pa.string(),
+            "ref_range_upper": pa.string()}
+    t = pacsv.read_csv(csv_path, convert_options=pacsv.ConvertOptions(column_types=text))
+    cols = {}
+    for name in t.column_names:
+        c = t.column(name)
+        if name in ("charttime", "storetime", "intime", "outtime"):
+            c = c.cast(pa.timestamp("s")).cast(pa.timestamp(unit))
+        elif name.endswith("_id") and name not in text or name == "itemid":
+            c = c.cast(id_type)
+        elif name == "valuenum":
+            c = c.cast(pa.float32() if id_type == pa.int32() else pa.float64())
+        cols[name] = c
+    pq.write_table(pa.table(cols), csv_path.with_suffix(".parquet"), row_group_size=row_group_size)
+    csv_path.unlink()
+
+
+@pytest.mark.parametrize("unit, id_bits", [("s", 64), ("ms", 64), ("us", 32), ("ns", 64)])
+def test_parquet_nulls_row_groups_and_units_match_csv(tmp_path, unit, id_bits, monkeypatch):
+    """The parquet path (aggregate_arrow over Arrow buffers) keeps and drops exactly what the csv
+    path does: nulls (valuenum, stay_id, subject_id, hadm_id, charttime, itemid), timestamps in
+    any unit, ids of any width, several row groups and batches."""
+    import pyarrow as pa
+
+    pp = importlib.import_module("ehrjepa.data.preprocess")  # the module, not the function
+
+    stays, rows, labs = _stays_and_events()
+    rows += [chart(10, ts(0.5), HR, ""), chart("", ts(0.5), HR, 61), chart(10, "", HR, 62),
+             chart(10, ts(0.5), "", 63), chart(10, ts(0.5, 1), TEMP_F, 98.6),
+             chart(99, ts(0.5), HR, 64), chart(10, ts(-7), HR, 65)]
+    labs += [lab(2, ts(3), SODIUM, 140), lab(2, ts(3), SODIUM, ""), lab("", ts(3), SODIUM, 141),
+             lab(2, "", SODIUM, 142), lab(77, ts(3), SODIUM, 143), lab(3, ts(-30), SODIUM, 144)]
+    id_type = pa.int32() if id_bits == 32 else pa.int64()
+    outs = {}
+    for fmt in ("csv", "parquet"):
+        root = write_mimic(tmp_path / fmt / "m", icustays=stays, chartevents=rows, labevents=labs)
+        if fmt == "parquet":
+            for module, name in (("icu", "chartevents"), ("hosp", "labevents"), ("icu", "icustays")):
+                _csv_to_parquet(root / module / f"{name}.csv", unit, id_type, row_group_size=16)
+            monkeypatch.setattr(pp, "PARQUET_BLOCK_ROWS", 7)  # batches inside row groups
+        outs[fmt] = open_processed(preprocess(root, tmp_path / fmt / "out", progress=False))
+    a, b = outs["csv"], outs["parquet"]
+    assert b.manifest["tables"]["chartevents"]["path"].endswith(".parquet")
+    np.testing.assert_array_equal(a.count, b.count)
+    if id_bits == 64:
+        np.testing.assert_array_equal(a.mean, b.mean)
+    else:  # float32 valuenum: the values themselves differ in the last bits
+        np.testing.assert_allclose(a.mean, b.mean, rtol=1e-6)
+    assert a.stays.equals(b.stays)
+    for name, t in a.manifest["tables"].items():
+        assert {k: v for k, v in t.items() if k != "path"} == \
+            {k: v for k, v in b.manifest["tables"][name].items() if k != "path"}, name
+    d = dropped(b, "chartevents")
+    assert d["no_value"] >= 1 and d["unknown_stay"] >= 2 and d["bad_timestamp"] >= 1
+    assert d["unknown_itemid"] >= 1
+    assert dropped(b, "labevents")["no_stay_for_subject"] >= 2
 
 
 def test_stays_columns_split_and_train_only_norm(tmp_path):

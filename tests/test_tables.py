@@ -3,6 +3,7 @@ import csv
 import datetime as dt
 import gzip
 import io
+import math
 import re
 
 import numpy as np
@@ -208,6 +209,64 @@ def test_parquet_columns_follow_csv_conventions(tmp_path):
     assert cols["a"].tolist() == [1, MISSING, 3]
     assert cols["t"].tolist() == [0, MISSING, 3600]
     assert cols["v"][0] == 1.5 and np.isnan(cols["v"][1])
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_parquet_arrow_columns_nulls_units_and_offsets(tmp_path, unit):
+    """Typed columns of any width, nulls, timestamp units (floor to seconds, before 1970 too),
+    slices (a bitmap that starts mid-byte) and row groups: all read as the CSV kernel would."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    per_s = {"s": 1, "ms": 1000, "us": 10 ** 6, "ns": 10 ** 9}[unit]
+    n = 37
+    ids = [None if i % 5 == 3 else i * 11 for i in range(n)]
+    vals = [None if i % 4 == 1 else i / 4 for i in range(n)]
+    # whole seconds plus a fraction (truncated toward the earlier second), some before 1970
+    secs = [(i - 9) * 3601 for i in range(n)]
+    times = [None if i % 7 == 2 else s * per_s + (per_s // 2 if per_s > 1 else 0)
+             for i, s in enumerate(secs)]
+    t = pa.table({"a": pa.array(ids, pa.int32()), "v": pa.array(vals, pa.float32()),
+                  "t": pa.array(times, pa.timestamp(unit)),
+                  "d": pa.array([None if x is None else x // 86400 for x in secs], pa.date32())})
+    path = tmp_path / "t.parquet"
+    pq.write_table(t, path, row_group_size=10)
+    want_a = [MISSING if x is None else x for x in ids]
+    want_t = [MISSING if x is None else secs[i] for i, x in enumerate(times)]
+    want_d = [MISSING if x is None else x // 86400 * 86400 for x in secs]
+    for block_rows in (1 << 20, 6):  # one batch per row group, or batches within row groups
+        got = {"a": [], "v": [], "t": [], "d": []}
+        for blk in tables.iter_parquet(path, {"a": KIND_INT, "v": KIND_FLOAT, "t": KIND_TIME,
+                                              "d": KIND_TIME}, block_rows=block_rows):
+            for k in got:
+                got[k].extend(blk[k].tolist())
+        assert got["a"] == want_a and got["t"] == want_t and got["d"] == want_d
+        assert [math.isnan(x) for x in got["v"]] == [x is None for x in vals]
+        assert [x for x in got["v"] if x == x] == [x for x in vals if x is not None]
+    # a slice: data and validity bitmap start at row 3 (bit 3 of the first byte)
+    a64 = pa.array(ids, pa.int64()).slice(3, 20)  # int64: read in place, no cast
+    col = tables.arrow_column(a64, KIND_INT, path, "a")
+    assert col.bit0 == 3 and len(col.data) == 20
+    assert tables._arrow_column(a64, KIND_INT, path, "a").tolist() == want_a[3:23]
+    sliced = t.column("t").combine_chunks().slice(3, 20)
+    assert tables.arrow_column(sliced, KIND_TIME, path, "t").bit0 == 3
+    assert tables._arrow_column(sliced, KIND_TIME, path, "t").tolist() == want_t[3:23]
+
+
+def test_parquet_text_and_wrong_types(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pa.table({"a": pa.array(["1", "", None, "x"]), "v": pa.array(["1.5", "abc", None, "2"]),
+                  "t": pa.array(["2000-01-01 00:00:01", "bad", None, "1970-01-01"]),
+                  "s": pa.array([1.0, 2.0, 3.0, 4.0])})
+    pq.write_table(t, tmp_path / "t.parquet")
+    cols = read_table(tmp_path / "t.parquet", {"a": KIND_INT, "v": KIND_FLOAT, "t": KIND_TIME})
+    assert cols["a"].tolist() == [1, MISSING, MISSING, BAD]
+    assert cols["v"][0] == 1.5 and np.isnan(cols["v"][1]) and np.isnan(cols["v"][2])
+    assert cols["t"].tolist() == [946684801, BAD, MISSING, 0]
+    with pytest.raises(ValueError, match=r"t\.parquet: column 's' has type double, expected a timestamp"):
+        read_table(tmp_path / "t.parquet", {"s": KIND_TIME})
 
 
 # ---- catalog

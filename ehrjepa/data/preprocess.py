@@ -34,7 +34,8 @@ from .catalog import Catalog, load_catalog
 from .processed import FRACTIONS, SPLITS, split_of_subjects
 from .tables import (BAD, BAD_ROW, BLOCK_BYTES, KIND_FLOAT, KIND_INT, KIND_TIME, MISSING, NEED_MORE,
                      OK, PARALLEL_BYTES, CsvBytes, TableStats, _column_plan, _next_newline,
-                     _Progress, _raise_bad, fast_row, find_table, iter_table, parse_block,
+                     _Progress, _raise_bad, arrow_valid, fast_row, find_table, iter_parquet_arrow,
+                     iter_table, parse_block,
                      parse_float, parse_int, parse_time_fast, read_table, table_format)
 
 HOUR = 3600
@@ -200,6 +201,84 @@ def aggregate_labevents(subject_id, charttime, itemid, value, subjects, subj_sta
     return kept
 
 
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def _lab_row(t, k, subj_start, subj_end, by_subject, intime, outtime, offset, n_hours):
+    """Hour row of subject k's stay that holds lab time t (see aggregate_labevents), or -1."""
+    core = -1
+    look = -1
+    for j in range(subj_start[k], subj_end[k]):
+        st = by_subject[j]
+        if t >= intime[st]:
+            if t < outtime[st]:
+                core = st
+                break
+        elif look < 0 and n_hours[st] > 0 and t >= intime[st] - LOOKBACK:
+            look = st
+    if core >= 0:
+        return offset[core] + (t - intime[core]) // HOUR
+    if look >= 0:
+        return offset[look]
+    return -1
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def aggregate_arrow(lab, key, key_bits, key_bit0, time, time_bits, time_bit0, time_div, item,
+                    item_bits, item_bit0, value, value_bits, value_bit0, key_ids, subj_start,
+                    subj_end, by_subject, intime, outtime, offset, n_hours, feat, add, mul, low,
+                    high, sums, counts, dropped):
+    """aggregate_chartevents (lab False, key = stay_id) or aggregate_labevents (lab True, key =
+    subject_id) straight over the Arrow buffers of a parquet batch (tables.ArrowColumn: data,
+    validity bitmap and bit offset; timestamps in units of 1 / time_div s). Null slots read as
+    empty fields do in CSV, so the drops and their order are the same.
+
+    Returns the number of rows kept; dropped[reason] counts the others."""
+    kept = 0
+    last_key = MISSING
+    k = -1
+    for r in range(key.shape[0]):
+        itemid = item[r] if arrow_valid(item_bits, item_bit0, r) else MISSING
+        x = value[r] if arrow_valid(value_bits, value_bit0, r) else np.nan
+        f, v = _feature_value(itemid, x, feat, add, mul, low, high)
+        if f < 0:
+            dropped[-1 - f] += 1
+            continue
+        if not arrow_valid(time_bits, time_bit0, r):
+            dropped[R_TIME] += 1
+            continue
+        t = time[r]
+        if time_div == 1000:  # constant divisors compile to a multiply and a shift
+            t = t // 1000
+        elif time_div == 1_000_000:
+            t = t // 1_000_000
+        elif time_div != 1:
+            t = t // time_div
+        s = key[r] if arrow_valid(key_bits, key_bit0, r) else MISSING
+        if s != last_key:
+            last_key = s
+            k = _find(key_ids, s) if s != MISSING else -1
+        if not lab:
+            if k < 0:
+                dropped[R_STAY] += 1
+                continue
+            h = _hour(t, intime[k], outtime[k], n_hours[k])
+            if h < 0:
+                dropped[R_OUTSIDE] += 1
+                continue
+            row = offset[k] + h
+        else:
+            if k < 0:
+                dropped[R_SUBJECT] += 1
+                continue
+            row = _lab_row(t, k, subj_start, subj_end, by_subject, intime, outtime, offset,
+                           n_hours)
+            if row < 0:
+                dropped[R_OUTSIDE] += 1
+                continue
+        kept += _add(sums, counts, row, f, v, dropped)
+    return kept
+
+
+PARQUET_BLOCK_ROWS = 1 << 20  # rows per parquet batch handed to aggregate_arrow
 EVENTS_CAP = 1 << 20  # events one scan_events call may emit (rows per call are capped by it)
 FUSED_CSV = True  # csv event tables through scan_events; False: parse_block columns + aggregate_*
 
@@ -530,7 +609,11 @@ def preprocess(mimic_dir: str | Path, out: str | Path, config: str | Path | Cata
         st = TableStats(str(path))
         dropped = np.zeros(len(REASONS), np.int64)
         kept = 0
-        if table_format(path) != "parquet" and FUSED_CSV:  # tokenize + aggregate, two threads
+        if table_format(path) == "parquet":  # numba over the Arrow buffers, reading ahead
+            kept = _aggregate_parquet(name, path, lk, stays, sums, counts, st, dropped, progress,
+                                      big)
+            blocks = ()
+        elif FUSED_CSV:  # tokenize + aggregate, two threads
             kept = _scan_csv_events(name, path, lk, stays, sums, counts, n_features, on_bad_lines,
                                     st, dropped, progress, big)
             blocks = ()
@@ -590,6 +673,31 @@ def preprocess(mimic_dir: str | Path, out: str | Path, config: str | Path | Cata
                 | {"total": round(time.perf_counter() - t_start, 3)}}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return out
+
+
+def _aggregate_parquet(name: str, path: Path, lk, stays: Stays, sums: np.ndarray,
+                       counts: np.ndarray, st: TableStats, dropped: np.ndarray, progress: bool,
+                       big: bool) -> int:
+    """Stream a parquet event table through aggregate_arrow; returns rows kept."""
+    lab = name == "labevents"
+    key = "subject_id" if lab else "stay_id"
+    key_ids = stays.subjects if lab else stays.stay_id
+    bar = _Progress(path, "parquet", name) if progress else None
+    kept = 0
+    try:
+        for b in iter_parquet_arrow(path, TABLES[name][1], st, PARQUET_BLOCK_ROWS, bar):
+            k, t, i, v = b[key], b["charttime"], b["itemid"], b["valuenum"]
+            kept += aggregate_arrow(
+                lab, k.data, k.valid, k.bit0, t.data, t.valid, t.bit0, t.div, i.data, i.valid,
+                i.bit0, v.data, v.valid, v.bit0, key_ids, stays.subj_start, stays.subj_end,
+                stays.by_subject, stays.intime, stays.outtime, stays.offset, stays.n_hours,
+                lk.feature, lk.add, lk.mul, lk.low, lk.high, sums, counts, dropped)
+            if big:
+                _release(sums, counts)
+    finally:
+        if bar is not None:
+            bar.close()
+    return kept
 
 
 class _Half:
@@ -709,9 +817,10 @@ def _scan_csv_events(name: str, path: Path, lk, stays: Stays, sums: np.ndarray,
 
 
 def _save_array(path: Path, arr: np.ndarray) -> None:
-    if isinstance(arr, np.memmap):
-        arr.flush()
-    else:  # empty outputs are plain arrays
+    """Finish an output array. A memory map needs nothing: its pages are the file's pages in the
+    page cache, written back by the kernel like any file write (a flush would msync, i.e. wait for
+    the disk, which np.save does not either). Empty outputs are plain arrays: save them."""
+    if not isinstance(arr, np.memmap):
         np.save(path, arr)
 
 
@@ -757,21 +866,50 @@ def _arrow_strings(pa, codes: np.ndarray, words: tuple[str, ...]):
 
 
 def compile_kernels() -> None:
-    """Compile (or load from numba's cache) every kernel preprocessing uses."""
+    """Compile (or load from numba's cache) every kernel preprocessing uses, with the argument
+    types of a real run: preprocess a tiny MIMIC-shaped directory once from csv (the fused
+    scan_events path and the column path) and once from parquet (aggregate_arrow)."""
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from .tables import compile_kernels as compile_tables
 
     compile_tables()
-    i64 = np.zeros(1, np.int64)
-    f64 = np.zeros(1, np.float64)
-    feat = np.zeros(1, np.int32)
-    sums = np.zeros((1, 1), np.float32)
-    counts = np.zeros((1, 1), np.uint16)
-    dropped = np.zeros(len(REASONS), np.int64)
-    aggregate_chartevents(i64, i64, i64, f64, i64, i64, i64, i64, i64, feat, f64, f64, f64, f64,
-                          sums, counts, dropped)
-    aggregate_labevents(i64, i64, i64, f64, i64, i64, i64, i64, i64, i64, i64, i64, feat, f64,
-                        f64, f64, f64, sums, counts, dropped)
-    finalize_hours(sums, counts, 0, 0, np.zeros(1, np.uint8), np.zeros((3, 1)))
+    _import_numba_math_without_scipy()
+    tables = {
+        ("hosp", "patients"): "subject_id,gender\n1,F\n",
+        ("hosp", "admissions"): "subject_id,hadm_id,hospital_expire_flag\n1,100,0\n",
+        ("icu", "icustays"): "subject_id,hadm_id,stay_id,intime,outtime\n"
+                             "1,100,10,2150-01-01 00:00:00,2150-01-01 05:00:00\n",
+        ("hosp", "labevents"): "subject_id,itemid,charttime,valuenum\n"
+                               "1,50912,2150-01-01 01:00:00,1.5\n",
+        ("icu", "chartevents"): "stay_id,itemid,charttime,valuenum\n"
+                                "10,220045,2150-01-01 01:00:00,80\n",
+    }
+    global FUSED_CSV
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "mimic"
+        for (module, name), text in tables.items():
+            (root / module).mkdir(parents=True, exist_ok=True)
+            (root / module / f"{name}.csv").write_text(text)
+        fused = FUSED_CSV
+        try:
+            for FUSED_CSV in (True, False):
+                preprocess(root, Path(tmp) / "out", progress=False)
+        finally:
+            FUSED_CSV = fused
+        ts = pa.timestamp("ms")
+        for module, name, key in (("icu", "chartevents", "stay_id"),
+                                  ("hosp", "labevents", "subject_id")):
+            (root / module / f"{name}.csv").unlink()
+            pq.write_table(pa.table({key: pa.array([10 if key == "stay_id" else 1, None]),
+                                     "itemid": pa.array([220045, 50912]),
+                                     "charttime": pa.array([7_574_256_000_000, None], ts),
+                                     "valuenum": pa.array([80.0, None])}),
+                           root / module / f"{name}.parquet")
+        preprocess(root, Path(tmp) / "out", progress=False)
 
 
 # -------------------------------------------------------------------------------------------------
