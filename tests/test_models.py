@@ -69,7 +69,7 @@ def test_parameter_counts_small():
     D, depth, F = 384, 12, 25
     # per block: qkv D*3D+3D, proj D*D+D, fc1 D*4D+4D, fc2 4D*D+D, two norms 4D; plus the final norm
     blocks = depth * (12 * D * D + 13 * D) + 2 * D
-    embedding = (3 * F * D + D) + (D * D + D)
+    embedding = (3 * F * D + D) + (D * D + D) + 2 * D  # fc1, fc2, norm
     assert n["encoder_blocks"] == blocks  # 21,294,336
     assert n["encoder"] == blocks + embedding
     assert 21.2e6 < n["encoder"] < 21.7e6
@@ -163,6 +163,47 @@ def test_padding_invariance_of_the_loss():
         torch.testing.assert_close(z[b, :nc], zb[0], atol=1e-5, rtol=1e-5)
         pb = model.predictor(zb, ci, torch.tensor([nc]), ti, torch.tensor([nt]))
         torch.testing.assert_close(pred[b, :nt], pb[0], atol=1e-5, rtol=1e-5)
+
+
+def test_hour_content_is_not_swamped_by_the_position():
+    # At initialisation the hour's features must move the encoder's output about as much as the
+    # hour index does; when the content was ~40x smaller than the sinusoid, >99 % of the output
+    # variance was the hour index and the JEPA loss went to ~0 by predicting positions.
+    model = micro()
+    batch = make_batch(B=64)
+    with torch.no_grad():
+        h = model.embed(batch["values"], batch["mask"], batch["delta"])  # [B, T, D]
+    total = h.var(dim=(0, 1), unbiased=False).sum()
+    by_hour = h.mean(0).var(0, unbiased=False).sum()
+    assert by_hour / total < 0.7
+
+
+def test_target_layers_average_the_last_blocks():
+    model = micro(target_layers=2)
+    batch = make_batch()
+    v, m, d = batch["values"], batch["mask"], batch["delta"]
+    with torch.no_grad():
+        out, blocks = model.target_encoder(v, m, d, last_k=2)
+        torch.testing.assert_close(out, model.target_encoder(v, m, d))  # the normed output is unchanged
+        x = model.target_encoder.embed(v, m, d)
+        lengths = torch.full((x.shape[0],), x.shape[1])
+        expected = []
+        for block in model.target_encoder.transformer.blocks:
+            x = block(x, lengths)
+            expected.append(torch.nn.functional.layer_norm(x, x.shape[-1:]))
+        want = torch.stack(expected).mean(0)
+        want = torch.nn.functional.layer_norm(want, want.shape[-1:])
+        torch.testing.assert_close(model.targets(v, m, d), want)
+        one = micro(target_layers=1)
+        torch.testing.assert_close(one.targets(v, m, d), torch.nn.functional.layer_norm(
+            one.target_encoder(v, m, d), (one.cfg.width,)))
+    assert not torch.allclose(model.targets(v, m, d), one.targets(v, m, d))
+    loss, _ = model(batch)
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="target_layers"):
+        ModelConfig(size="micro", target_layers=3).resolved()
+    with pytest.raises(ValueError, match="target_layers"):
+        ModelConfig(size="micro", target_layers=0)
 
 
 def test_backward_reaches_encoder_and_predictor_only():

@@ -39,6 +39,9 @@ class ModelConfig:
     dropout: float = 0.0  # on the residual branches (attention output and MLP)
     attention: str = "sdpa"  # sdpa | triton: the backend of ehrjepa.models.attention.attention
     loss: str = "smooth_l1"  # smooth_l1 | l1, between predictions and layer-normed targets
+    # Targets: 1 = the target encoder's output, layer-normed (I-JEPA); k > 1 = the average of the
+    # last k blocks' outputs, each layer-normed, layer-normed again (as data2vec builds targets).
+    target_layers: int = 1
 
     def __post_init__(self):
         if self.size not in SIZES:
@@ -48,6 +51,8 @@ class ModelConfig:
                              f"choose one of {list(ATTENTION_BACKENDS)}")
         if self.loss not in LOSSES:
             raise ValueError(f"model.loss: unknown loss {self.loss!r}; choose one of {list(LOSSES)}")
+        if self.target_layers < 1:
+            raise ValueError(f"model.target_layers must be >= 1, got {self.target_layers}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
@@ -70,4 +75,6 @@ class ModelConfig:
         for key in ("width", "depth", "heads", "predictor_width", "predictor_depth", "predictor_heads"):
             if getattr(cfg, key) < 1:
                 raise ValueError(f"model.{key} must be >= 1, got {getattr(cfg, key)}")
+        if cfg.target_layers > cfg.depth:
+            raise ValueError(f"model.target_layers ({cfg.target_layers}) exceeds model.depth ({cfg.depth})")
         return cfg

@@ -66,8 +66,7 @@ class JEPA(nn.Module):
         target_index, target_lengths = batch["target_index"], batch["target_lengths"]
 
         with torch.no_grad():
-            h = self.target_encoder(values, mask, delta)  # [B, T, D], every hour
-            h = F.layer_norm(h.float(), h.shape[-1:])
+            h = self.targets(values, mask, delta)  # [B, T, D], every hour
             target = gather_hours(h, target_index)  # [B, Lt, D]
 
         z = self.encoder(values, mask, delta, context_index, context_lengths)
@@ -82,6 +81,18 @@ class JEPA(nn.Module):
         loss = (err.mean(-1) * valid).sum() / n_targets.clamp(min=1)
         stats = {"n_targets": n_targets.detach(), "n_context": context_lengths.sum().detach()}
         return loss, stats
+
+    def targets(self, values: Tensor, mask: Tensor, delta: Tensor) -> Tensor:
+        """The regression targets of every hour [B, T, D] (fp32): the target encoder sees all hours;
+        its output is layer-normed, or with model.target_layers = k > 1 the last k blocks' outputs
+        are layer-normed, averaged and layer-normed again (data2vec's targets)."""
+        k = self.cfg.target_layers
+        if k == 1:
+            h = self.target_encoder(values, mask, delta)
+            return F.layer_norm(h.float(), h.shape[-1:])
+        _, blocks = self.target_encoder(values, mask, delta, last_k=k)
+        h = torch.stack([F.layer_norm(b.float(), b.shape[-1:]) for b in blocks]).mean(0)
+        return F.layer_norm(h, h.shape[-1:])
 
     def embed(self, values: Tensor, mask: Tensor, delta: Tensor, encoder: str = "target") -> Tensor:
         """Features of every hour, all hours as context: [B, T, D]. For probes and validation."""

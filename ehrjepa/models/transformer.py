@@ -50,10 +50,14 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, dropout, backend) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
 
-    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        for block in self.blocks:
+    def forward(self, x: Tensor, lengths: Tensor, last_k: int = 0) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """The normed output; with last_k > 0, also the raw outputs of the last k blocks."""
+        outputs = []
+        for i, block in enumerate(self.blocks):
             x = block(x, lengths)
-        return self.norm(x)
+            if i >= len(self.blocks) - last_k:
+                outputs.append(x)
+        return (self.norm(x), outputs) if last_k else self.norm(x)
 
 
 class Encoder(nn.Module):
@@ -66,13 +70,14 @@ class Encoder(nn.Module):
         self.transformer = Transformer(width, depth, heads, mlp_ratio, dropout, backend)
 
     def forward(self, values: Tensor, mask: Tensor, delta: Tensor, index: Tensor | None = None,
-                lengths: Tensor | None = None) -> Tensor:
+                lengths: Tensor | None = None, last_k: int = 0) -> Tensor | tuple[Tensor, list[Tensor]]:
         """values, mask, delta [B, T, F]; index int64 [B, L] (ascending, padded), lengths int64 [B].
-        Returns [B, L, width] ([B, T, width] without index)."""
+        Returns [B, L, width] ([B, T, width] without index); with last_k > 0, also the raw
+        outputs of the last k blocks (see Transformer.forward)."""
         x = self.embed(values, mask, delta, index)
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
-        return self.transformer(x, lengths)
+        return self.transformer(x, lengths, last_k)
 
 
 class Predictor(nn.Module):
