@@ -263,10 +263,10 @@ def test_param_groups():
     assert id(model.encoder.transformer.blocks[0].qkv.bias) in ids(no_decay["params"])
 
 
-# Inductor on CPU takes minutes to compile even the micro model on 2 cores: opt in with
-# EHRJEPA_TEST_INDUCTOR=1. aot_eager still traces the whole step (fullgraph) and its backward.
-INDUCTOR = pytest.mark.skipif(not os.environ.get("EHRJEPA_TEST_INDUCTOR"),
-                              reason="set EHRJEPA_TEST_INDUCTOR=1 to compile with inductor on CPU")
+# Inductor on CPU compiles the micro model in about 25 s on an idle 2-core box (minutes when it is
+# busy): EHRJEPA_SKIP_INDUCTOR=1 skips it. aot_eager traces the whole step (fullgraph) either way.
+INDUCTOR = pytest.mark.skipif(bool(os.environ.get("EHRJEPA_SKIP_INDUCTOR")),
+                              reason="EHRJEPA_SKIP_INDUCTOR is set")
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=[pytest.mark.slow, INDUCTOR])])
