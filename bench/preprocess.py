@@ -1,0 +1,681 @@
+"""Preprocessing benchmark: `ehrjepa preprocess` against DuckDB, polars and pandas.
+
+    python -m bench preprocess [--rows 5000000,50000000] [--formats csv,csv.gz,parquet]
+                               [--tools ehrjepa,duckdb,polars,pandas] [--workdir DIR]
+                               [--json PATH] [--repeat N] [--quick]
+
+For each chartevents row count it writes MIMIC-IV-format input (icustays, chartevents,
+labevents, ... with `ehrjepa.synth.write_synthetic`, or a small built-in generator where that is
+missing), once per format, then times every tool as a separate child process: wall time of the
+whole process (start-up and imports included) and peak RSS. Every baseline does the same
+aggregation as `ehrjepa preprocess`, on the same files:
+
+  - itemid -> feature from configs/features.yaml (read here with plain yaml), unit conversion
+    (temperature F -> C: (F - 32) * 5 / 9), drop values outside the valid range (inclusive)
+    and empty valuenum;
+  - chartevents join icustays on stay_id; labevents join icustays on subject_id; keep events with
+    intime - 6 h <= charttime < outtime (stays with outtime <= intime get nothing); a lab held by
+    two stays' windows goes to the stay whose [intime, outtime) holds it, else to the earliest;
+  - hour = floor((charttime - intime) / 1 h), 0 for the 6 h look-back;
+  - group by (stay, hour, feature): mean and count.
+
+Prints a markdown table (rows, format, tool, wall s, cpu s (user + system, steadier than wall
+time on a shared machine), peak RSS, wall-time speedup against DuckDB measured in the same run)
+and writes JSON. On the smallest size (up to 10 M rows) it also checks that ehrjepa's output
+agrees with DuckDB's aggregation group by group. Generated data stays outside the repository
+(default /tmp/ehrjepa-bench) and is reused by later runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "features.yaml"
+TOOLS = ("ehrjepa", "duckdb", "polars", "pandas")
+FORMATS = ("csv", "csv.gz", "parquet")
+LOOKBACK_S = 6 * 3600
+CHECK_MAX_ROWS = 10_000_000  # the agreement check runs on the smallest size, if at most this
+TABLES = {"patients": "hosp", "admissions": "hosp", "labevents": "hosp", "d_labitems": "hosp",
+          "icustays": "icu", "chartevents": "icu", "d_items": "icu"}
+
+
+# ----------------------------------------------------------------------------------------------
+# the feature catalog, read with plain yaml (the baselines must not depend on ehrjepa)
+
+# conversion name in configs/features.yaml -> (sub, mul): converted = (valuenum - sub) * mul
+CONVERSIONS = {"fahrenheit_to_celsius": (32.0, 5.0 / 9.0)}
+
+
+def load_spec(config: str | Path | None) -> list[dict]:
+    """One row per catalog itemid: itemid, table, feature, sub, mul, lo, hi.
+
+    configs/features.yaml lists features, each with name, table (chartevents or labevents),
+    itemids, optional convert {itemid: conversion name} and valid [low, high] (inclusive, after
+    conversion)."""
+    import yaml
+    path = Path(config) if config else DEFAULT_CONFIG
+    if not path.exists():
+        raise FileNotFoundError(f"feature catalog not found: {path}")
+    doc = yaml.safe_load(path.read_text())
+    spec = []
+    for k, f in enumerate(doc["features"]):
+        where = f"{path}: features[{k}] ({f.get('name', '?')})"
+        if f.get("table") not in ("chartevents", "labevents"):
+            raise ValueError(f"{where}: table must be chartevents or labevents, got {f.get('table')!r}")
+        lo, hi = (float(x) for x in f["valid"])
+        convert = {int(i): c for i, c in (f.get("convert") or {}).items()}
+        for itemid in f["itemids"]:
+            conv = convert.get(int(itemid))
+            if conv is not None and conv not in CONVERSIONS:
+                raise ValueError(f"{where}: unknown conversion {conv!r}")
+            sub, mul = CONVERSIONS[conv] if conv else (0.0, 1.0)
+            spec.append({"itemid": int(itemid), "table": f["table"], "feature": f["name"],
+                         "sub": sub, "mul": mul, "lo": lo, "hi": hi})
+    return spec
+
+
+# ----------------------------------------------------------------------------------------------
+# input data
+
+def find_table(mimic_dir: Path, name: str) -> Path:
+    for ext in ("parquet", "csv.gz", "csv"):
+        p = Path(mimic_dir) / TABLES[name] / f"{name}.{ext}"
+        if p.exists():
+            return p
+    raise FileNotFoundError(f"{name} not found under {mimic_dir}/{TABLES[name]}/ (csv, csv.gz, parquet)")
+
+
+def _write_synthetic():
+    try:
+        from ehrjepa.synth import write_synthetic
+    except ImportError:
+        return None
+    return write_synthetic
+
+
+def make_input(workdir: Path, rows: int, fmt: str, seed: int = 0, log=print) -> tuple[Path, dict]:
+    """MIMIC-format input with about `rows` chartevents rows in format `fmt`; reused if present."""
+    write_synthetic = _write_synthetic()
+    generator = "ehrjepa.synth" if write_synthetic else "bench.fallback"
+    d = workdir / "data" / f"{generator}-{rows}-seed{seed}" / fmt.replace(".", "_")
+    info_path = d / "bench_input.json"
+    if info_path.exists():
+        return d, json.loads(info_path.read_text())
+    patients = patients_for_rows(workdir, rows, seed, write_synthetic, log)
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    log(f"writing {fmt} input: {patients} patients (~{rows:,} chartevents rows) -> {d}")
+    t0 = time.perf_counter()
+    if write_synthetic:
+        counts = write_synthetic(d, patients, seed=seed, fmt=fmt, progress=True)
+    else:
+        counts = write_fallback(d, patients, seed=seed, fmt=fmt)
+    info = {"generator": generator, "patients": patients, "seed": seed, "format": fmt,
+            "rows": {k: int(v) for k, v in dict(counts).items()},
+            "chartevents_bytes": find_table(d, "chartevents").stat().st_size,
+            "write_s": round(time.perf_counter() - t0, 2)}
+    info_path.write_text(json.dumps(info, indent=2))
+    return d, info
+
+
+def patients_for_rows(workdir: Path, rows: int, seed: int, write_synthetic, log) -> int:
+    """Patient count giving about `rows` chartevents rows, from a small calibration run."""
+    cal_patients = 300
+    cal_dir = workdir / "data" / f"calibration-{'synth' if write_synthetic else 'fallback'}-{seed}"
+    cal_info = cal_dir / "rows.json"
+    if cal_info.exists():
+        per_patient = json.loads(cal_info.read_text())["per_patient"]
+    else:
+        if cal_dir.exists():
+            shutil.rmtree(cal_dir)
+        cal_dir.mkdir(parents=True)
+        if write_synthetic:
+            counts = write_synthetic(cal_dir / "mimic", cal_patients, seed=seed, fmt="csv", progress=False)
+        else:
+            counts = write_fallback(cal_dir / "mimic", cal_patients, seed=seed, fmt="csv")
+        per_patient = counts["chartevents"] / cal_patients
+        shutil.rmtree(cal_dir / "mimic")
+        cal_info.write_text(json.dumps({"per_patient": per_patient}))
+        log(f"calibration: {per_patient:.0f} chartevents rows per patient")
+    return max(1, round(rows / per_patient))
+
+
+def write_fallback(out: Path, patients: int, seed: int = 0, fmt: str = "csv.gz",
+                   block: int = 500) -> dict:
+    """A minimal stand-in for ehrjepa.synth: the seven tables in MIMIC-IV v2.2 column layout,
+    one admission and one ICU stay per patient, vitals about hourly, labs every ~8 h, a few
+    dirty rows (out of range, text-only labs, labs without hadm_id, events outside the stay).
+    Written in blocks of patients so memory stays flat."""
+    import pyarrow as pa
+
+    spec = load_spec(None)
+    chart_items = np.array([r["itemid"] for r in spec if r["table"] == "chartevents"], np.int64)
+    lab_items = np.array([r["itemid"] for r in spec if r["table"] == "labevents"], np.int64)
+    rng = np.random.default_rng(seed)
+    writers = _Writers(Path(out), fmt)
+    counts = {name: 0 for name in TABLES}
+    base = np.int64(4_600_000_000)  # seconds since 1970, year ~2115 like MIMIC's shifted dates
+    labevent_id = 0
+    for b0 in range(0, patients, block):
+        n = min(block, patients - b0)
+        idx = np.arange(b0, b0 + n, dtype=np.int64)
+        subject, hadm, stay = 10_000_000 + idx, 20_000_000 + idx, 30_000_000 + idx
+        admit = base + idx * 86400 * 3 + rng.integers(0, 86400, n)
+        intime = admit + rng.integers(0, 48 * 3600, n)
+        los_s = np.clip(rng.lognormal(np.log(60 * 3600), 0.8, n), 4 * 3600, 600 * 3600).astype(np.int64)
+        outtime = intime + los_s
+        disch = outtime + rng.integers(3600, 10 * 86400, n)
+        died = rng.random(n) < 0.1
+        ts = lambda s: pa.array(np.asarray(s, np.int64).astype("datetime64[s]"))
+        writers.write("patients", pa.table({
+            "subject_id": subject, "gender": np.where(rng.random(n) < 0.5, "F", "M"),
+            "anchor_age": rng.integers(18, 91, n), "anchor_year": np.full(n, 2150),
+            "anchor_year_group": np.full(n, "2011 - 2013"),
+            "dod": pa.array(np.where(died, disch, 0).astype("datetime64[s]").astype("datetime64[D]"),
+                            mask=~died)}))
+        writers.write("admissions", pa.table({
+            "subject_id": subject, "hadm_id": hadm, "admittime": ts(admit), "dischtime": ts(disch),
+            "deathtime": pa.array(disch.astype("datetime64[s]"), mask=~died),
+            "admission_type": np.full(n, "URGENT"), "admit_provider_id": np.full(n, "P00000"),
+            "admission_location": np.full(n, "EMERGENCY ROOM"),
+            "discharge_location": np.where(died, "DIED", "HOME"), "insurance": np.full(n, "Other"),
+            "language": np.full(n, "ENGLISH"), "marital_status": np.full(n, "SINGLE"),
+            "race": np.full(n, "UNKNOWN"), "edregtime": pa.nulls(n, pa.timestamp("s")),
+            "edouttime": pa.nulls(n, pa.timestamp("s")), "hospital_expire_flag": died.astype(np.int8)}))
+        writers.write("icustays", pa.table({
+            "subject_id": subject, "hadm_id": hadm, "stay_id": stay,
+            "first_careunit": np.full(n, "Medical Intensive Care Unit (MICU)"),
+            "last_careunit": np.full(n, "Medical Intensive Care Unit (MICU)"),
+            "intime": ts(intime), "outtime": ts(outtime), "los": los_s / 86400.0}))
+        # chartevents: ~10 per hour from 7 h before intime to 1 h after outtime, sorted per stay
+        per_stay = ((los_s + 8 * 3600) / 3600 * 10).astype(np.int64)
+        m = int(per_stay.sum())
+        who = np.repeat(np.arange(n), per_stay)
+        t = intime[who] - 7 * 3600 + (rng.random(m) * (los_s[who] + 8 * 3600)).astype(np.int64)
+        order = np.lexsort((t, who))
+        who, t = who[order], t[order]
+        item = chart_items[rng.integers(0, len(chart_items), m)]
+        val = np.round(rng.normal(80, 15, m), 1)
+        val = np.where(item == 223761, np.round(rng.normal(98.6, 1.5, m), 1), val)
+        val = np.where(item == 223762, np.round(rng.normal(37, 0.8, m), 1), val)
+        val[rng.random(m) < 0.002] = 99999.0  # out of range
+        writers.write("chartevents", pa.table({
+            "subject_id": subject[who], "hadm_id": hadm[who], "stay_id": stay[who],
+            "caregiver_id": rng.integers(1000, 99999, m), "charttime": ts(t), "storetime": ts(t + 300),
+            "itemid": item, "value": pa.array(val).cast(pa.string()), "valuenum": val,
+            "valueuom": np.where(item == 220045, "bpm", "mmHg"), "warning": np.zeros(m, np.int8)}))
+        counts["chartevents"] += m
+        # labevents: ~13 * 0.7 results every 8 h, some outside the stay, 20 % without hadm_id
+        per_stay = np.maximum(1, (los_s + 24 * 3600) // (8 * 3600) * 9)
+        m = int(per_stay.sum())
+        who = np.repeat(np.arange(n), per_stay)
+        t = intime[who] - 24 * 3600 + (rng.random(m) * (los_s[who] + 24 * 3600)).astype(np.int64)
+        item = lab_items[rng.integers(0, len(lab_items), m)]
+        val = np.round(rng.lognormal(2.0, 1.0, m), 2)
+        text_only = rng.random(m) < 0.03
+        no_hadm = rng.random(m) < 0.2
+        writers.write("labevents", pa.table({
+            "labevent_id": np.arange(labevent_id, labevent_id + m), "subject_id": subject[who],
+            "hadm_id": pa.array(hadm[who], mask=no_hadm), "specimen_id": rng.integers(1, 10**8, m),
+            "itemid": item, "order_provider_id": pa.nulls(m, pa.string()), "charttime": ts(t),
+            "storetime": ts(t + 3600),
+            "value": pa.array(np.where(text_only, "___", val.astype(str))),
+            "valuenum": pa.array(val, mask=text_only), "valueuom": np.full(m, "mg/dL"),
+            "ref_range_lower": np.zeros(m), "ref_range_upper": np.full(m, 100.0),
+            "flag": pa.nulls(m, pa.string()), "priority": np.full(m, "ROUTINE"),
+            "comments": pa.nulls(m, pa.string())}))
+        labevent_id += m
+        counts["labevents"] += m
+        counts["patients"] += n
+        counts["admissions"] += n
+        counts["icustays"] += n
+    writers.write("d_items", pa.table({
+        "itemid": chart_items, "label": [f"item {i}" for i in chart_items],
+        "abbreviation": [f"i{i}" for i in chart_items], "linksto": ["chartevents"] * len(chart_items),
+        "category": ["Routine Vital Signs"] * len(chart_items), "unitname": ["bpm"] * len(chart_items),
+        "param_type": ["Numeric"] * len(chart_items), "lownormalvalue": pa.nulls(len(chart_items), pa.float64()),
+        "highnormalvalue": pa.nulls(len(chart_items), pa.float64())}))
+    writers.write("d_labitems", pa.table({
+        "itemid": lab_items, "label": [f"lab {i}" for i in lab_items], "fluid": ["Blood"] * len(lab_items),
+        "category": ["Chemistry"] * len(lab_items)}))
+    counts["d_items"], counts["d_labitems"] = len(chart_items), len(lab_items)
+    writers.close()
+    return counts
+
+
+class _Writers:
+    """One streaming writer per table: csv, csv.gz (ISA-L, level 1) or parquet."""
+
+    def __init__(self, out: Path, fmt: str):
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        self.out, self.fmt, self.open = out, fmt, {}
+
+    def write(self, name: str, table):
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+        if name not in self.open:
+            path = self.out / TABLES[name] / f"{name}.{self.fmt}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if self.fmt == "parquet":
+                self.open[name] = (None, pq.ParquetWriter(path, table.schema))
+            else:
+                if self.fmt == "csv.gz":
+                    from isal import igzip
+                    sink = igzip.open(path, "wb", compresslevel=1)
+                else:
+                    sink = open(path, "wb")
+                sink.write((",".join(table.column_names) + "\n").encode())
+                writer = pacsv.CSVWriter(sink, table.schema, write_options=pacsv.WriteOptions(
+                    include_header=False, quoting_style="none"))
+                self.open[name] = (sink, writer)
+        self.open[name][1].write_table(table)
+
+    def close(self):
+        for sink, writer in self.open.values():
+            writer.close()
+            if sink is not None:
+                sink.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# the tools; each runs in its own child process: python -m bench.preprocess --child TOOL ...
+
+def run_ehrjepa(mimic_dir: Path, out: Path, config: str | None) -> int:
+    from ehrjepa.data.preprocess import preprocess
+    preprocess(mimic_dir, out, config=config, progress=False)
+    return int(json.loads((out / "manifest.json").read_text())["total_hours"])
+
+
+def _spec_rows(spec, table):
+    rows = [r for r in spec if r["table"] == table]
+    return ([r["itemid"] for r in rows], [r["feature"] for r in rows], [r["sub"] for r in rows],
+            [r["mul"] for r in rows], [r["lo"] for r in rows], [r["hi"] for r in rows])
+
+
+def run_duckdb(mimic_dir: Path, out: Path, spec: list[dict]) -> int:
+    import duckdb
+    import pyarrow as pa
+    con = duckdb.connect()
+    for table in ("chartevents", "labevents"):
+        ids, feats, sub, mul, lo, hi = _spec_rows(spec, table)
+        con.register(f"spec_{table}_arrow", pa.table({
+            "itemid": pa.array(ids, pa.int64()), "feature": feats, "sub": sub, "mul": mul,
+            "lo": pa.array(lo, pa.float64()), "hi": pa.array(hi, pa.float64())}))
+        con.execute(f"create temp table spec_{table} as select * from spec_{table}_arrow")
+
+    def src(name, types):
+        p = find_table(mimic_dir, name)
+        if p.suffix == ".parquet":
+            return f"read_parquet('{p}')"
+        struct = ", ".join(f"'{k}': '{v}'" for k, v in types.items())
+        return f"read_csv('{p}', header=true, types={{{struct}}})"
+
+    ce = src("chartevents", {"stay_id": "BIGINT", "itemid": "BIGINT", "valuenum": "DOUBLE",
+                             "charttime": "TIMESTAMP"})
+    lab = src("labevents", {"labevent_id": "BIGINT", "subject_id": "BIGINT", "itemid": "BIGINT",
+                            "valuenum": "DOUBLE", "charttime": "TIMESTAMP", "hadm_id": "BIGINT"})
+    icu = src("icustays", {"stay_id": "BIGINT", "subject_id": "BIGINT", "intime": "TIMESTAMP",
+                           "outtime": "TIMESTAMP"})
+    con.execute(f"""
+      create temp table stays as select stay_id::BIGINT as stay_id, subject_id::BIGINT as subject_id,
+             epoch(intime::TIMESTAMP)::BIGINT as t_in, epoch(outtime::TIMESTAMP)::BIGINT as t_out
+      from {icu} where outtime::TIMESTAMP > intime::TIMESTAMP""")
+    con.execute(f"""
+      copy (
+        with ce as (
+          select c.stay_id::BIGINT as stay_id, epoch(c.charttime::TIMESTAMP)::BIGINT as t, s.feature,
+                 (c.valuenum::DOUBLE - s.sub) * s.mul as v, s.lo, s.hi
+          from {ce} c join spec_chartevents s on c.itemid::BIGINT = s.itemid
+          where c.valuenum is not null),
+        ce_kept as (
+          select ce.stay_id, ce.t, st.t_in, ce.feature, ce.v
+          from ce join stays st using (stay_id)
+          where ce.v between ce.lo and ce.hi and ce.t >= st.t_in - {LOOKBACK_S} and ce.t < st.t_out),
+        lab as (
+          select l.labevent_id::BIGINT as labevent_id, l.subject_id::BIGINT as subject_id,
+                 epoch(l.charttime::TIMESTAMP)::BIGINT as t, s.feature,
+                 (l.valuenum::DOUBLE - s.sub) * s.mul as v, s.lo, s.hi
+          from {lab} l join spec_labevents s on l.itemid::BIGINT = s.itemid
+          where l.valuenum is not null),
+        lab_kept as (
+          select st.stay_id, lab.t, st.t_in, lab.feature, lab.v
+          from lab join stays st on lab.subject_id = st.subject_id
+            and lab.t >= st.t_in - {LOOKBACK_S} and lab.t < st.t_out
+          where lab.v between lab.lo and lab.hi
+          qualify row_number() over (partition by lab.labevent_id
+                                     order by (lab.t >= st.t_in) desc, st.t_in, st.stay_id) = 1),
+        events as (select * from ce_kept union all select * from lab_kept)
+        select stay_id, greatest((t - t_in) // 3600, 0)::BIGINT as hour, feature,
+               avg(v) as mean, count(*)::BIGINT as n
+        from events group by all
+      ) to '{out / "agg.parquet"}' (format parquet)""")
+    return con.execute(f"select count(*) from '{out / 'agg.parquet'}'").fetchone()[0]
+
+
+def run_polars(mimic_dir: Path, out: Path, spec: list[dict]) -> int:
+    import polars as pl
+
+    def scan(name, cols, ints):
+        p = find_table(mimic_dir, name)
+        if p.suffix == ".parquet":
+            lf = pl.scan_parquet(p).select(cols)
+        else:
+            lf = pl.scan_csv(p, schema_overrides={**{c: pl.Int64 for c in ints}, "valuenum": pl.Float64}
+                             ).select(cols)
+        casts = [pl.col(c).cast(pl.Int64) for c in ints]
+        for c in cols:  # timestamps: text in csv, maybe text or timestamp in parquet
+            if c in ("charttime", "intime", "outtime"):
+                dtype = lf.collect_schema()[c]
+                e = pl.col(c).str.to_datetime("%Y-%m-%d %H:%M:%S", time_unit="us") if dtype == pl.String \
+                    else pl.col(c).cast(pl.Datetime("us"))
+                casts.append((e.dt.epoch("s")).alias(c))
+        return lf.with_columns(casts)
+
+    def spec_frame(table):
+        ids, feats, sub, mul, lo, hi = _spec_rows(spec, table)
+        return pl.LazyFrame({"itemid": ids, "feature": feats, "sub": sub, "mul": mul, "lo": lo, "hi": hi},
+                            schema_overrides={"itemid": pl.Int64, "lo": pl.Float64, "hi": pl.Float64})
+
+    stays = scan("icustays", ["stay_id", "subject_id", "intime", "outtime"], ["stay_id", "subject_id"]) \
+        .rename({"intime": "t_in", "outtime": "t_out"}).filter(pl.col("t_out") > pl.col("t_in"))
+    v = ((pl.col("valuenum") - pl.col("sub")) * pl.col("mul")).alias("v")
+    ce = (scan("chartevents", ["stay_id", "charttime", "itemid", "valuenum"], ["stay_id", "itemid"])
+          .join(spec_frame("chartevents"), on="itemid")
+          .with_columns(v).filter(pl.col("v").is_between(pl.col("lo"), pl.col("hi")))
+          .join(stays.select("stay_id", "t_in", "t_out"), on="stay_id")
+          .filter((pl.col("charttime") >= pl.col("t_in") - LOOKBACK_S) & (pl.col("charttime") < pl.col("t_out")))
+          .select("stay_id", "charttime", "t_in", "feature", "v"))
+    lab = (scan("labevents", ["labevent_id", "subject_id", "charttime", "itemid", "valuenum"],
+                ["labevent_id", "subject_id", "itemid"])
+           .join(spec_frame("labevents"), on="itemid")
+           .with_columns(v).filter(pl.col("v").is_between(pl.col("lo"), pl.col("hi")))
+           .join(stays, on="subject_id")
+           .filter((pl.col("charttime") >= pl.col("t_in") - LOOKBACK_S) & (pl.col("charttime") < pl.col("t_out")))
+           .with_columns((pl.col("charttime") < pl.col("t_in")).alias("before"))
+           .sort(["labevent_id", "before", "t_in", "stay_id"])
+           .unique(subset="labevent_id", keep="first", maintain_order=False)
+           .select("stay_id", "charttime", "t_in", "feature", "v"))
+    agg = (pl.concat([ce, lab])
+           .with_columns(((pl.col("charttime") - pl.col("t_in")) // 3600).clip(lower_bound=0).alias("hour"))
+           .group_by("stay_id", "hour", "feature")
+           .agg(pl.col("v").mean().alias("mean"), pl.len().cast(pl.Int64).alias("n"))
+           .collect())
+    agg.write_parquet(out / "agg.parquet")
+    return agg.height
+
+
+def run_pandas(mimic_dir: Path, out: Path, spec: list[dict]) -> int:
+    import pandas as pd
+
+    def read(name, cols):
+        p = find_table(mimic_dir, name)
+        if p.suffix == ".parquet":
+            df = pd.read_parquet(p, columns=cols)
+        else:
+            df = pd.read_csv(p, usecols=cols, dtype={"valuenum": "float64"})
+        for c in ("charttime", "intime", "outtime"):
+            if c in df:
+                df[c] = pd.to_datetime(df[c], format="%Y-%m-%d %H:%M:%S").astype("datetime64[s]") \
+                    .astype("int64") if df[c].dtype == object or str(df[c].dtype).startswith(("str", "string")) \
+                    else df[c].astype("datetime64[s]").astype("int64")
+        return df
+
+    def spec_frame(table):
+        ids, feats, sub, mul, lo, hi = _spec_rows(spec, table)
+        return pd.DataFrame({"itemid": ids, "feature": feats, "sub": sub, "mul": mul, "lo": lo, "hi": hi})
+
+    def convert(df, table):
+        df = df.merge(spec_frame(table), on="itemid")
+        df["v"] = (df["valuenum"] - df["sub"]) * df["mul"]
+        return df[(df["v"] >= df["lo"]) & (df["v"] <= df["hi"])]
+
+    stays = read("icustays", ["stay_id", "subject_id", "intime", "outtime"]) \
+        .rename(columns={"intime": "t_in", "outtime": "t_out"})
+    stays = stays[stays.t_out > stays.t_in]
+    ce = convert(read("chartevents", ["stay_id", "charttime", "itemid", "valuenum"]), "chartevents")
+    ce = ce.merge(stays[["stay_id", "t_in", "t_out"]], on="stay_id")
+    ce = ce[(ce.charttime >= ce.t_in - LOOKBACK_S) & (ce.charttime < ce.t_out)]
+    lab = convert(read("labevents", ["labevent_id", "subject_id", "charttime", "itemid", "valuenum"]), "labevents")
+    lab = lab.merge(stays, on="subject_id")
+    lab = lab[(lab.charttime >= lab.t_in - LOOKBACK_S) & (lab.charttime < lab.t_out)]
+    lab = lab.assign(before=lab.charttime < lab.t_in) \
+        .sort_values(["labevent_id", "before", "t_in", "stay_id"]).drop_duplicates("labevent_id")
+    cols = ["stay_id", "charttime", "t_in", "feature", "v"]
+    events = pd.concat([ce[cols], lab[cols]], ignore_index=True)
+    events["hour"] = ((events.charttime - events.t_in) // 3600).clip(lower=0)
+    agg = events.groupby(["stay_id", "hour", "feature"]).v.agg(mean="mean", n="count").reset_index()
+    agg.to_parquet(out / "agg.parquet", index=False)
+    return len(agg)
+
+
+def run_child(tool: str, mimic_dir: Path, out: Path, config: str | None) -> int:
+    """Run one tool in this process (the parent times the process); print a JSON line."""
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    if tool == "ehrjepa":
+        groups = run_ehrjepa(mimic_dir, out, config)
+    else:
+        spec = load_spec(config)
+        groups = {"duckdb": run_duckdb, "polars": run_polars, "pandas": run_pandas}[tool](mimic_dir, out, spec)
+    print(json.dumps({"tool": tool, "inner_s": round(time.perf_counter() - t0, 3), "groups": int(groups)}))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# agreement of ehrjepa's output with an aggregation table (stay_id, hour, feature, mean, n)
+
+def load_aggregation(path: Path) -> dict:
+    """Observed cells of an ehrjepa OUT directory, or a baseline's agg.parquet: arrays stay_id,
+    hour, code, n, mean, and `names` (feature name of each code)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    path = Path(path)
+    if not path.is_dir():
+        t = pq.read_table(path, columns=["stay_id", "hour", "feature", "n", "mean"])
+        names = sorted(pc.unique(t.column("feature")).to_pylist())
+        code = pc.index_in(t.column("feature"), value_set=pa.array(names, pa.string()))
+        return {"stay_id": t.column("stay_id").to_numpy(), "hour": t.column("hour").to_numpy(),
+                "code": code.to_numpy(), "n": t.column("n").to_numpy(),
+                "mean": t.column("mean").to_numpy(), "names": names}
+    stays = pq.read_table(path / "stays.parquet", columns=["stay_id", "n_hours", "offset"])
+    names = json.loads((path / "features.json").read_text())["features"]
+    mean = np.load(path / "mean.npy", mmap_mode="r")
+    count = np.load(path / "count.npy", mmap_mode="r")
+    n_hours = stays.column("n_hours").to_numpy().astype(np.int64)
+    offset = stays.column("offset").to_numpy().astype(np.int64)
+    stay_of_row = np.repeat(stays.column("stay_id").to_numpy(), n_hours)
+    hour = np.arange(len(stay_of_row)) - np.repeat(np.cumsum(n_hours) - n_hours, n_hours)
+    row = np.repeat(offset, n_hours) + hour  # row of mean/count holding (stay, hour)
+    rows, cols = np.nonzero(~np.isnan(mean[row]))
+    return {"stay_id": stay_of_row[rows], "hour": hour[rows], "code": cols,
+            "n": np.asarray(count[row[rows], cols], np.int64),
+            "mean": np.asarray(mean[row[rows], cols], np.float64), "names": names}
+
+
+def aggregation_dict(path: Path) -> dict:
+    """{(stay_id, hour, feature): (n, mean)}; for small outputs (tests)."""
+    t = load_aggregation(path)
+    keys = zip(t["stay_id"].tolist(), t["hour"].tolist(), [t["names"][c] for c in t["code"]])
+    return dict(zip(keys, zip(t["n"].tolist(), t["mean"].tolist())))
+
+
+def compare_aggregations(ours_path: Path, theirs_path: Path, rtol: float = 1e-4) -> dict:
+    """Group-by-group comparison of two aggregations (ehrjepa OUT dirs or agg.parquet files):
+    groups on one side only, counts that differ, means that differ beyond rtol."""
+    a, b = load_aggregation(ours_path), load_aggregation(theirs_path)
+    names = sorted(set(a["names"]) | set(b["names"]))
+    if len(names) >= 1 << 8:
+        raise ValueError(f"{len(names)} features: more than this comparison packs")
+
+    def key(t):  # (stay_id, hour, feature) packed into one int64
+        code = np.array([names.index(n) for n in t["names"]], np.int64)[t["code"]]
+        hour = t["hour"].astype(np.int64)
+        if len(hour) and (hour.min() < 0 or hour.max() >= 1 << 20):
+            raise ValueError("hour out of the range this comparison packs")
+        return (t["stay_id"].astype(np.int64) << 28) | (hour << 8) | code
+
+    ka, kb = key(a), key(b)
+    common, ia, ib = np.intersect1d(ka, kb, assume_unique=True, return_indices=True)
+    count_diff = np.minimum(a["n"][ia], 65535) != np.minimum(b["n"][ib], 65535)
+    mean_diff = ~np.isclose(a["mean"][ia], b["mean"][ib], rtol=rtol, atol=1e-3)
+    only_a, only_b = np.ones(len(ka), bool), np.ones(len(kb), bool)
+    only_a[ia], only_b[ib] = False, False
+    decode = lambda k: (int(k >> 28), int((k >> 8) & ((1 << 20) - 1)), names[int(k & 255)])
+    examples = ([("only ehrjepa",) + decode(k) for k in ka[only_a][:3]]
+                + [("only baseline",) + decode(k) for k in kb[only_b][:3]]
+                + [("count",) + decode(k) for k in common[count_diff][:3]]
+                + [("mean",) + decode(k) for k in common[mean_diff][:3]])
+    result = {
+        "groups_ehrjepa": len(ka), "groups_baseline": len(kb),
+        "events_ehrjepa": int(a["n"].sum()), "events_baseline": int(b["n"].sum()),
+        "sum_ehrjepa": float((a["n"] * a["mean"]).sum()), "sum_baseline": float((b["n"] * b["mean"]).sum()),
+        "only_ehrjepa": len(ka) - len(common), "only_baseline": len(kb) - len(common),
+        "count_mismatches": int(count_diff.sum()), "mean_mismatches": int(mean_diff.sum()),
+        "examples": [str(e) for e in examples],
+    }
+    result["agree"] = not (result["only_ehrjepa"] or result["only_baseline"]
+                           or result["count_mismatches"] or result["mean_mismatches"])
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# the benchmark
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rows", default=None,
+                        help="chartevents row counts, comma separated (default 5000000,50000000)")
+    parser.add_argument("--formats", default=None, help="csv,csv.gz,parquet (default all)")
+    parser.add_argument("--tools", default=",".join(TOOLS), help="ehrjepa,duckdb,polars,pandas")
+    parser.add_argument("--workdir", default="/tmp/ehrjepa-bench",
+                        help="generated input and outputs (outside the repo; reused between runs)")
+    parser.add_argument("--json", default=None, help="write results here (default WORKDIR/preprocess.json)")
+    parser.add_argument("--config", default=None, help="feature catalog (default configs/features.yaml)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per tool; the fastest is reported")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 200,000 rows, csv and parquet (unless --rows/--formats say)")
+    parser.add_argument("--no-check", action="store_true", help="skip the ehrjepa vs DuckDB agreement check")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per tool run")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--mimic-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench preprocess", description=__doc__.split("\n\n")[0])
+    configure(parser)
+    args = parser.parse_args(argv)
+    if args.child:
+        return run_child(args.child, Path(args.mimic_dir), Path(args.out), args.config)
+    from bench.common import fmt_bytes, machine_info, markdown_table, run_measured, write_json
+
+    if args.quick:
+        args.rows = args.rows or "200000"
+        args.formats = args.formats or "csv,parquet"
+    args.rows = args.rows or "5000000,50000000"
+    args.formats = args.formats or ",".join(FORMATS)
+    rows_list = [int(float(r)) for r in args.rows.split(",")]
+    formats = [f.strip() for f in args.formats.split(",")]
+    tools = [t.strip() for t in args.tools.split(",")]
+    for f in formats:
+        if f not in FORMATS:
+            parser.error(f"unknown format {f!r}; choose from {FORMATS}")
+    for t in tools:
+        if t not in TOOLS:
+            parser.error(f"unknown tool {t!r}; choose from {TOOLS}")
+    workdir = Path(args.workdir).resolve()
+    if REPO in workdir.parents or workdir == REPO:
+        parser.error(f"--workdir {workdir} is inside the repository; keep generated data outside")
+    workdir.mkdir(parents=True, exist_ok=True)
+    json_path = Path(args.json) if args.json else workdir / "preprocess.json"
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)
+
+    results = {"machine": machine_info(), "args": vars(args), "runs": [], "checks": []}
+    for rows in rows_list:
+        for fmt in formats:
+            mimic_dir, info = make_input(workdir, rows, fmt, seed=args.seed, log=log)
+            for rep in range(args.repeat):
+                for tool in tools:  # interleaved, so noise hits every tool alike
+                    out = workdir / "out" / f"{rows}-{fmt.replace('.', '_')}-{tool}"
+                    if out.exists():
+                        shutil.rmtree(out)
+                    cmd = [sys.executable, "-m", "bench.preprocess", "--child", tool,
+                           "--mimic-dir", str(mimic_dir), "--out", str(out)]
+                    if args.config:
+                        cmd += ["--config", args.config]
+                    m = run_measured(cmd, cwd=REPO, timeout_s=args.timeout)
+                    run = {"rows": info["rows"].get("chartevents", rows), "rows_target": rows,
+                           "labevents_rows": info["rows"].get("labevents"), "format": fmt,
+                           "input_bytes": info["chartevents_bytes"], "tool": tool, "repeat": rep,
+                           **m.as_dict()}
+                    if m.returncode == 0:
+                        run.update(json.loads(m.stdout.strip().splitlines()[-1]))
+                        log(f"{rows:>11,} {fmt:8} {tool:8} {m.wall_s:7.2f} s  {m.cpu_s:7.2f} cpu s  "
+                            f"{fmt_bytes(m.peak_rss_bytes)}")
+                    else:
+                        run["error"] = m.stderr.strip().splitlines()[-1] if m.stderr.strip() else "failed"
+                        log(f"{rows:>11,} {fmt:8} {tool:8} FAILED (exit {m.returncode}):\n{m.stderr[-2000:]}")
+                    results["runs"].append(run)
+                    write_json(json_path, results)
+            # agreement on the smallest size, from this format's outputs
+            if (rows == min(rows_list) and rows <= CHECK_MAX_ROWS and not args.no_check
+                    and {"ehrjepa", "duckdb"} <= set(tools)):
+                ours = workdir / "out" / f"{rows}-{fmt.replace('.', '_')}-ehrjepa"
+                theirs = workdir / "out" / f"{rows}-{fmt.replace('.', '_')}-duckdb" / "agg.parquet"
+                if (ours / "mean.npy").exists() and theirs.exists():
+                    check = {"rows": rows, "format": fmt, **compare_aggregations(ours, theirs)}
+                    results["checks"].append(check)
+                    log(f"check ehrjepa vs duckdb ({fmt}): {'agree' if check['agree'] else 'DISAGREE'} "
+                        f"({check['groups_ehrjepa']:,} vs {check['groups_baseline']:,} groups)")
+                    write_json(json_path, results)
+
+    # table: best of the repeats per (rows, format, tool); speedup = DuckDB wall / tool wall
+    best = {}
+    for r in results["runs"]:
+        k = (r["rows_target"], r["format"], r["tool"])
+        if "error" not in r and (k not in best or r["wall_s"] < best[k]["wall_s"]):
+            best[k] = r
+    table = []
+    for rows in rows_list:
+        for fmt in formats:
+            duck = best.get((rows, fmt, "duckdb"))
+            for tool in tools:
+                r = best.get((rows, fmt, tool))
+                if r is None:
+                    table.append([f"{rows:,}", fmt, "-", tool, "failed", "-", "-", "-"])
+                    continue
+                speed = f"{duck['wall_s'] / r['wall_s']:.2f}x" if duck else "-"
+                table.append([f"{r['rows']:,}", fmt, f"{r['input_bytes'] / 1e6:,.0f}", tool,
+                              f"{r['wall_s']:.2f}", f"{r['cpu_s']:.2f}", fmt_bytes(r["peak_rss_bytes"]),
+                              speed])
+    results["table"] = markdown_table(
+        ["chartevents rows", "format", "input MB", "tool", "wall s", "cpu s", "peak RSS", "vs DuckDB"],
+        table)
+    write_json(json_path, results)
+    mi = results["machine"]
+    print(f"\nmachine: {mi['cpus']} CPUs, {mi['memory_gb']} GB, load {mi['load_avg_1m']:.1f}; "
+          f"best of {args.repeat}; wall time of the whole process\n")
+    print(results["table"])
+    for c in results["checks"]:
+        print(f"\nehrjepa vs DuckDB ({c['rows']:,} rows, {c['format']}): "
+              f"{'agree' if c['agree'] else 'DISAGREE'}: {c['groups_ehrjepa']:,} / {c['groups_baseline']:,} groups, "
+              f"{c['events_ehrjepa']:,} / {c['events_baseline']:,} events")
+    print(f"\nJSON: {json_path}")
+    failed = [r for r in results["runs"] if "error" in r]
+    disagree = [c for c in results["checks"] if not c["agree"]]
+    return 1 if failed or disagree else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
