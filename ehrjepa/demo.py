@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for everything the demo writes (default: ./demo_out)")
-    p.add_argument("--patients", type=int, default=400, help="synthetic patients (default: 400)")
+    p.add_argument("--patients", type=int, default=2000, help="synthetic patients (default: 2000)")
     p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: configs/micro.yaml's train.max_steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", type=Path, default=REPO / "configs" / "micro.yaml", help="training config (default: configs/micro.yaml)")
