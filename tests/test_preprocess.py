@@ -318,6 +318,7 @@ def test_parquet_nulls_row_groups_and_units_match_csv(tmp_path, unit, id_bits, m
             for module, name in (("icu", "chartevents"), ("hosp", "labevents"), ("icu", "icustays")):
                 _csv_to_parquet(root / module / f"{name}.csv", unit, id_type, row_group_size=16)
             monkeypatch.setattr(pp, "PARQUET_BLOCK_ROWS", 7)  # batches inside row groups
+            monkeypatch.setattr(pp, "PARALLEL_ROWS", 2)  # and each batch split over two threads
         outs[fmt] = open_processed(preprocess(root, tmp_path / fmt / "out", progress=False))
     a, b = outs["csv"], outs["parquet"]
     assert b.manifest["tables"]["chartevents"]["path"].endswith(".parquet")
@@ -334,6 +335,29 @@ def test_parquet_nulls_row_groups_and_units_match_csv(tmp_path, unit, id_bits, m
     assert d["no_value"] >= 1 and d["unknown_stay"] >= 2 and d["bad_timestamp"] >= 1
     assert d["unknown_itemid"] >= 1
     assert dropped(b, "labevents")["no_stay_for_subject"] >= 2
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_count_saturates_on_the_first_events_in_file_order(tmp_path, fmt, monkeypatch):
+    """Past 65535 events an hour's cell keeps the first ones in file order and counts the rest
+    as saturated, also when two threads scan halves of a parquet batch and add by index range."""
+    pp = importlib.import_module("ehrjepa.data.preprocess")
+    monkeypatch.setattr(pp, "PARALLEL_ROWS", 1000)  # parquet: batch halves in two threads
+    monkeypatch.setattr(pp, "BLOCK_BYTES", 1 << 20)  # csv: many blocks, each split in halves
+    monkeypatch.setattr(pp, "PARALLEL_BYTES", 1 << 12)
+    n = 65535 + 5  # per hour; hours 0 and 1 interleaved so both halves hold both hours
+    late = 150  # the value of the events past the limit: a wrong pick changes the mean
+    rows = [chart(10, ts(i % 2, 60), HR, late if i // 2 >= 65535 else 60 + i % 7)
+            for i in range(2 * n)]
+    root = write_mimic(tmp_path / "m", icustays=ONE_STAY, chartevents=rows, fmt=fmt)
+    p = open_processed(preprocess(root, tmp_path / "out", progress=False))
+    f = int(load_catalog().lookup("chartevents").feature[HR])
+    for hour in (0, 1):
+        kept = [60 + i % 7 for i in range(hour, 2 * n, 2) if i // 2 < 65535]
+        assert p.count[hour, f] == 65535
+        assert p.mean[hour, f] == np.float32(np.float32(sum(kept)) / np.float32(65535))
+    assert dropped(p, "chartevents")["count_saturated"] == 10
+    assert p.manifest["tables"]["chartevents"]["rows_kept"] == 2 * 65535
 
 
 def test_stays_columns_split_and_train_only_norm(tmp_path):

@@ -222,20 +222,23 @@ def _lab_row(t, k, subj_start, subj_end, by_subject, intime, outtime, offset, n_
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def aggregate_arrow(lab, key, key_bits, key_bit0, time, time_bits, time_bit0, time_div, item,
-                    item_bits, item_bit0, value, value_bits, value_bit0, key_ids, subj_start,
-                    subj_end, by_subject, intime, outtime, offset, n_hours, feat, add, mul, low,
-                    high, sums, counts, dropped):
-    """aggregate_chartevents (lab False, key = stay_id) or aggregate_labevents (lab True, key =
-    subject_id) straight over the Arrow buffers of a parquet batch (tables.ArrowColumn: data,
-    validity bitmap and bit offset; timestamps in units of 1 / time_div s). Null slots read as
-    empty fields do in CSV, so the drops and their order are the same.
+def scan_arrow(lo, hi, lab, key, key_bits, key_bit0, time, time_bits, time_bit0, time_div, item,
+               item_bits, item_bit0, value, value_bits, value_bit0, key_ids, subj_start, subj_end,
+               by_subject, intime, outtime, offset, n_hours, feat, add, mul, low, high,
+               n_features, out_idx, out_val, dropped):
+    """The rows [lo, hi) of a parquet batch, read straight from its Arrow buffers
+    (tables.ArrowColumn: data, validity bitmap and bit offset; timestamps in units of
+    1 / time_div s), as events for apply_events: the checks of aggregate_chartevents (lab False,
+    key = stay_id) or aggregate_labevents (lab True, key = subject_id). Null slots read as empty
+    fields do in CSV, so the drops and their order are the same. Emitting events rather than
+    adding them lets two threads scan halves of a batch (see scan_events).
 
-    Returns the number of rows kept; dropped[reason] counts the others."""
-    kept = 0
+    Returns the number of events written to out_idx / out_val (flat index hour_row * n_features
+    + feature, value); dropped[reason] counts the other rows."""
+    n_out = 0
     last_key = MISSING
     k = -1
-    for r in range(key.shape[0]):
+    for r in range(lo, hi):
         itemid = item[r] if arrow_valid(item_bits, item_bit0, r) else MISSING
         x = value[r] if arrow_valid(value_bits, value_bit0, r) else np.nan
         f, v = _feature_value(itemid, x, feat, add, mul, low, high)
@@ -274,11 +277,14 @@ def aggregate_arrow(lab, key, key_bits, key_bit0, time, time_bits, time_bit0, ti
             if row < 0:
                 dropped[R_OUTSIDE] += 1
                 continue
-        kept += _add(sums, counts, row, f, v, dropped)
-    return kept
+        out_idx[n_out] = row * n_features + f
+        out_val[n_out] = v
+        n_out += 1
+    return n_out
 
 
-PARQUET_BLOCK_ROWS = 1 << 20  # rows per parquet batch handed to aggregate_arrow
+PARQUET_BLOCK_ROWS = 1 << 20  # rows per parquet batch handed to scan_arrow
+PARALLEL_ROWS = 1 << 14  # a parquet batch is scanned by two threads from twice this many rows
 EVENTS_CAP = 1 << 20  # events one scan_events call may emit (rows per call are capped by it)
 FUSED_CSV = True  # csv event tables through scan_events; False: parse_block columns + aggregate_*
 
@@ -390,6 +396,25 @@ def apply_events(idx, val, n, sums, counts, dropped):
     kept = 0
     for e in range(n):
         j = idx[e]
+        c = counts[j]
+        if c >= COUNT_MAX:
+            dropped[R_SATURATED] += 1
+            continue
+        counts[j] = c + 1
+        sums[j] += val[e]
+        kept += 1
+    return kept
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def apply_events_in(idx, val, n, lo, hi, sums, counts, dropped):
+    """apply_events for the events whose flat index is in [lo, hi) only: two threads that own
+    disjoint ranges can add the same events in file order without racing."""
+    kept = 0
+    for e in range(n):
+        j = idx[e]
+        if j < lo or j >= hi:
+            continue
         c = counts[j]
         if c >= COUNT_MAX:
             dropped[R_SATURATED] += 1
@@ -610,8 +635,8 @@ def preprocess(mimic_dir: str | Path, out: str | Path, config: str | Path | Cata
         dropped = np.zeros(len(REASONS), np.int64)
         kept = 0
         if table_format(path) == "parquet":  # numba over the Arrow buffers, reading ahead
-            kept = _aggregate_parquet(name, path, lk, stays, sums, counts, st, dropped, progress,
-                                      big)
+            kept = _aggregate_parquet(name, path, lk, stays, sums, counts, n_features, st,
+                                      dropped, progress, big)
             blocks = ()
         elif FUSED_CSV:  # tokenize + aggregate, two threads
             kept = _scan_csv_events(name, path, lk, stays, sums, counts, n_features, on_bad_lines,
@@ -676,25 +701,67 @@ def preprocess(mimic_dir: str | Path, out: str | Path, config: str | Path | Cata
 
 
 def _aggregate_parquet(name: str, path: Path, lk, stays: Stays, sums: np.ndarray,
-                       counts: np.ndarray, st: TableStats, dropped: np.ndarray, progress: bool,
-                       big: bool) -> int:
-    """Stream a parquet event table through aggregate_arrow; returns rows kept."""
+                       counts: np.ndarray, n_features: int, st: TableStats, dropped: np.ndarray,
+                       progress: bool, big: bool) -> int:
+    """Stream a parquet event table through scan_arrow + apply_events; returns rows kept.
+
+    While a background thread decodes the next batch (iter_parquet_arrow), each batch is cut in
+    two halves scanned by two threads (numba releases the GIL); their events are then added in
+    file order, so saturation and the accounting are those of one sequential pass."""
+    import os
+
     lab = name == "labevents"
     key = "subject_id" if lab else "stay_id"
     key_ids = stays.subjects if lab else stays.stay_id
+    sums_flat = sums.reshape(-1)
+    counts_flat = counts.reshape(-1)
+    halves = [_Half(0), _Half(0)]
     bar = _Progress(path, "parquet", name) if progress else None
+    pool = None
+    if (os.cpu_count() or 1) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1)
+
+    def scan(h: _Half, b: dict, lo: int, hi: int) -> int:
+        if h.idx.shape[0] < hi - lo:
+            h.idx = np.empty(hi - lo, np.int64)
+            h.val = np.empty(hi - lo, np.float64)
+        k, t, i, v = b[key], b["charttime"], b["itemid"], b["valuenum"]
+        return scan_arrow(
+            lo, hi, lab, k.data, k.valid, k.bit0, t.data, t.valid, t.bit0, t.div, i.data, i.valid,
+            i.bit0, v.data, v.valid, v.bit0, key_ids, stays.subj_start, stays.subj_end,
+            stays.by_subject, stays.intime, stays.outtime, stays.offset, stays.n_hours,
+            lk.feature, lk.add, lk.mul, lk.low, lk.high, n_features, h.idx, h.val, h.dropped)
+
+    def add(h: _Half, ns: tuple[int, int], lo: int, hi: int) -> int:
+        return sum(apply_events_in(g.idx, g.val, m, lo, hi, sums_flat, counts_flat, h.dropped)
+                   for g, m in zip(halves, ns))
+
     kept = 0
     try:
         for b in iter_parquet_arrow(path, TABLES[name][1], st, PARQUET_BLOCK_ROWS, bar):
-            k, t, i, v = b[key], b["charttime"], b["itemid"], b["valuenum"]
-            kept += aggregate_arrow(
-                lab, k.data, k.valid, k.bit0, t.data, t.valid, t.bit0, t.div, i.data, i.valid,
-                i.bit0, v.data, v.valid, v.bit0, key_ids, stays.subj_start, stays.subj_end,
-                stays.by_subject, stays.intime, stays.outtime, stays.offset, stays.n_hours,
-                lk.feature, lk.add, lk.mul, lk.low, lk.high, sums, counts, dropped)
+            n = len(b[key].data)
+            if pool is None or n < 2 * PARALLEL_ROWS:
+                n_out = scan(halves[0], b, 0, n)
+                kept += apply_events(halves[0].idx, halves[0].val, n_out, sums_flat, counts_flat,
+                                     dropped)
+            else:
+                fut = pool.submit(scan, halves[1], b, n // 2, n)
+                ns = (scan(halves[0], b, 0, n // 2), fut.result())
+                # adding: each thread takes both halves' events, in order, for its own index
+                # range; a cut at the second half's first event balances rows sorted by stay
+                cut = int(halves[1].idx[0]) if ns[1] else sums_flat.shape[0]
+                fut = pool.submit(add, halves[1], ns, cut, sums_flat.shape[0])
+                kept += add(halves[0], ns, 0, cut) + fut.result()
+            for h in halves:
+                dropped[:] += h.dropped
+                h.dropped[:] = 0
             if big:
                 _release(sums, counts)
     finally:
+        if pool is not None:
+            pool.shutdown()
         if bar is not None:
             bar.close()
     return kept
@@ -760,7 +827,7 @@ def _scan_csv_events(name: str, path: Path, lk, stays: Stays, sums: np.ndarray,
                                lk.feature, lk.add, lk.mul, lk.low, lk.high, n_features,
                                h.idx, h.val, h.dropped, h.bad, h.lastlen)
 
-        def take(h: _Half, res, line: int) -> int:
+        def account(h: _Half, res, line: int) -> None:
             _raise_bad(res[:4], line, path, ncols, h.bad)
             st.rows_read += res[2]
             dropped[:] += h.dropped
@@ -768,7 +835,31 @@ def _scan_csv_events(name: str, path: Path, lk, stays: Stays, sums: np.ndarray,
             st.bad_line += int(h.bad[0])
             st.rows_read += int(h.bad[0])
             h.bad[:] = 0
+
+        def take(h: _Half, res, line: int) -> int:
+            account(h, res, line)
             return apply_events(h.idx, h.val, res[4], sums_flat, counts_flat, dropped)
+
+        def take_both(ra, rb, line: int) -> int:
+            """Both halves' events, added by two threads that each own an index range (the cut
+            at the second half's first event balances rows sorted by stay)."""
+            account(a, ra, line)
+            account(b, rb, line + ra[3])
+            size = sums_flat.shape[0]
+            cut = int(b.idx[0]) if rb[4] else size
+
+            def add(h: _Half, lo: int, hi: int) -> int:
+                return (apply_events_in(a.idx, a.val, ra[4], lo, hi, sums_flat, counts_flat,
+                                        h.dropped)
+                        + apply_events_in(b.idx, b.val, rb[4], lo, hi, sums_flat, counts_flat,
+                                          h.dropped))
+
+            fut = pool.submit(add, b, cut, size)
+            n = add(a, 0, cut) + fut.result()
+            for h in (a, b):  # their saturation counts
+                dropped[:] += h.dropped
+                h.dropped[:] = 0
+            return n
 
         try:
             while True:
@@ -781,16 +872,16 @@ def _scan_csv_events(name: str, path: Path, lk, stays: Stays, sums: np.ndarray,
                             fut = pool.submit(scan, b, cut, filled, eof)
                             ra = scan(a, pos, cut, False)
                             rb = fut.result()
-                            kept += take(a, ra, src.line + lines)
-                            lines += ra[3]
                             if ra[1] != cut:  # stopped early: redo the rest in one thread
+                                kept += take(a, ra, src.line + lines)
+                                lines += ra[3]
                                 b.dropped[:] = 0
                                 b.bad[:] = 0
                                 pos = ra[1]
                                 split_ok = False
                                 continue
-                            kept += take(b, rb, src.line + lines)
-                            lines += rb[3]
+                            kept += take_both(ra, rb, src.line + lines)
+                            lines += ra[3] + rb[3]
                             pos = rb[1]
                             if rb[0] == NEED_MORE:
                                 break
@@ -868,7 +959,7 @@ def _arrow_strings(pa, codes: np.ndarray, words: tuple[str, ...]):
 def compile_kernels() -> None:
     """Compile (or load from numba's cache) every kernel preprocessing uses, with the argument
     types of a real run: preprocess a tiny MIMIC-shaped directory once from csv (the fused
-    scan_events path and the column path) and once from parquet (aggregate_arrow)."""
+    scan_events path and the column path) and once from parquet (scan_arrow)."""
     import tempfile
 
     import pyarrow as pa
@@ -888,7 +979,7 @@ def compile_kernels() -> None:
         ("icu", "chartevents"): "stay_id,itemid,charttime,valuenum\n"
                                 "10,220045,2150-01-01 01:00:00,80\n",
     }
-    global FUSED_CSV
+    global FUSED_CSV, PARALLEL_ROWS
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "mimic"
         for (module, name), text in tables.items():
@@ -909,7 +1000,12 @@ def compile_kernels() -> None:
                                      "charttime": pa.array([7_574_256_000_000, None], ts),
                                      "valuenum": pa.array([80.0, None])}),
                            root / module / f"{name}.parquet")
-        preprocess(root, Path(tmp) / "out", progress=False)
+        parallel_rows = PARALLEL_ROWS
+        try:  # and with each 2-row batch split over two threads (apply_events_in)
+            PARALLEL_ROWS = 1
+            preprocess(root, Path(tmp) / "out", progress=False)
+        finally:
+            PARALLEL_ROWS = parallel_rows
 
 
 # -------------------------------------------------------------------------------------------------
