@@ -167,18 +167,17 @@ def vit_shapes(dim, depth, mlp=4):
     return shapes
 
 
-def ema_case(name, dim, depth, device, rep):
+def ema_variants(shapes, device, m=0.996):
+    """The EMA rivals and ours on fresh tensors of these shapes: (variants, targets, online, n)."""
     import torch
     from ehrjepa.kernels import ema_update_
 
-    shapes = vit_shapes(dim, depth)
     online = [torch.randn(s, device=device) for s in shapes]
     targets = [torch.randn(s, device=device) for s in shapes]
     n = sum(p.numel() for p in online)
     flat_o, flat_t = torch.randn(n, device=device), torch.randn(n, device=device)
-    m = 0.996
 
-    def loop():
+    def loop():  # I-JEPA's way: one mul and one add per parameter
         with torch.no_grad():
             for o, t in zip(online, targets):
                 t.mul_(m).add_((1.0 - m) * o.detach())
@@ -191,6 +190,15 @@ def ema_case(name, dim, depth, device, rep):
         "flat_lerp": lambda: flat_t.lerp_(flat_o, 1 - m),
         "ours": lambda: ema_update_(targets, online, m, backend="triton"),
     }
+    return variants, targets, online, n
+
+
+def ema_case(name, dim, depth, device, rep):
+    import torch
+    from ehrjepa.kernels import ema_update_
+
+    m = 0.996
+    variants, targets, online, n = ema_variants(vit_shapes(dim, depth), device, m)
     row = {"model": name, "params_M": n / 1e6}
     check = [t.clone() for t in targets]
     torch._foreach_lerp_(check, online, 1 - m)

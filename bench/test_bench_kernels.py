@@ -20,8 +20,8 @@ if not CUDA:
 
 import torch.nn.functional as F  # noqa: E402
 
-from bench.kernels import vit_shapes  # noqa: E402
-from ehrjepa.kernels import ema_update_, masked_gather_attention  # noqa: E402
+from bench.kernels import ema_variants, vit_shapes  # noqa: E402
+from ehrjepa.kernels import masked_gather_attention  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 B, T = (int(v) for v in os.environ.get("BENCH_ATTN", "32x1024" if CUDA else "2x24").split("x"))
@@ -78,20 +78,7 @@ def test_attention(benchmark, attn_inputs, variant):
 @pytest.mark.benchmark(group="ema")
 @pytest.mark.parametrize("variant", ["loop", "foreach_lerp", "flat_lerp", "ours"])
 def test_ema(benchmark, variant):
-    shapes = vit_shapes(384, 12) if CUDA else vit_shapes(32, 1)
-    online = [torch.randn(s, device=DEVICE) for s in shapes]
-    targets = [torch.randn(s, device=DEVICE) for s in shapes]
-    n = sum(p.numel() for p in online)
-    flat_o, flat_t = torch.randn(n, device=DEVICE), torch.randn(n, device=DEVICE)
-    m = 0.996
-
-    def loop():
-        for o, t in zip(online, targets):
-            t.mul_(m).add_((1 - m) * o)
-
-    fns = {"loop": loop, "foreach_lerp": lambda: torch._foreach_lerp_(targets, online, 1 - m),
-           "flat_lerp": lambda: flat_t.lerp_(flat_o, 1 - m),
-           "ours": lambda: ema_update_(targets, online, m, backend="triton")}
+    fns = ema_variants(vit_shapes(384, 12) if CUDA else vit_shapes(32, 1), DEVICE)[0]
 
     def run():
         fns[variant]()
