@@ -155,14 +155,35 @@ def aggregate_chartevents(stay_id, charttime, itemid, value, stay_ids, intime, o
     return kept
 
 
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def _lab_row(t, k, subj_start, subj_end, by_subject, intime, outtime, offset, n_hours):
+    """Hour row of subject k's stay that holds lab time t, or -1 (outside every stay).
+
+    by_subject[subj_start[k]:subj_end[k]] are subject k's stay rows ordered by intime: a stay whose
+    [intime, outtime) holds t wins, else the first whose [intime - 6 h, intime) does (hour 0)."""
+    core = -1
+    look = -1
+    for j in range(subj_start[k], subj_end[k]):
+        st = by_subject[j]
+        if t >= intime[st]:
+            if t < outtime[st]:
+                core = st
+                break
+        elif look < 0 and n_hours[st] > 0 and t >= intime[st] - LOOKBACK:
+            look = st
+    if core >= 0:
+        return offset[core] + (t - intime[core]) // HOUR
+    if look >= 0:
+        return offset[look]
+    return -1
+
+
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def aggregate_labevents(subject_id, charttime, itemid, value, subjects, subj_start, subj_end,
                         by_subject, intime, outtime, offset, n_hours, feat, add, mul, low, high,
                         sums, counts, dropped):
-    """Fold labevents rows into sums/counts, each to the stay of its subject that holds it.
-
-    by_subject[subj_start[k]:subj_end[k]] are subject k's stay rows ordered by intime: a stay whose
-    [intime, outtime) holds t wins, else the first whose [intime - 6 h, intime) does."""
+    """Fold labevents rows into sums/counts, each to the stay of its subject that holds it
+    (`_lab_row`)."""
     kept = 0
     last_subject = MISSING
     k = -1
@@ -182,43 +203,12 @@ def aggregate_labevents(subject_id, charttime, itemid, value, subjects, subj_sta
         if k < 0:
             dropped[R_SUBJECT] += 1
             continue
-        core = -1
-        look = -1
-        for j in range(subj_start[k], subj_end[k]):
-            st = by_subject[j]
-            if t >= intime[st]:
-                if t < outtime[st]:
-                    core = st
-                    break
-            elif look < 0 and n_hours[st] > 0 and t >= intime[st] - LOOKBACK:
-                look = st
-        st = core if core >= 0 else look
-        if st < 0:
+        row = _lab_row(t, k, subj_start, subj_end, by_subject, intime, outtime, offset, n_hours)
+        if row < 0:
             dropped[R_OUTSIDE] += 1
             continue
-        h = (t - intime[st]) // HOUR if core >= 0 else 0
-        kept += _add(sums, counts, offset[st] + h, f, v, dropped)
+        kept += _add(sums, counts, row, f, v, dropped)
     return kept
-
-
-@nb.njit(cache=True, inline="always", error_model="numpy")
-def _lab_row(t, k, subj_start, subj_end, by_subject, intime, outtime, offset, n_hours):
-    """Hour row of subject k's stay that holds lab time t (see aggregate_labevents), or -1."""
-    core = -1
-    look = -1
-    for j in range(subj_start[k], subj_end[k]):
-        st = by_subject[j]
-        if t >= intime[st]:
-            if t < outtime[st]:
-                core = st
-                break
-        elif look < 0 and n_hours[st] > 0 and t >= intime[st] - LOOKBACK:
-            look = st
-    if core >= 0:
-        return offset[core] + (t - intime[core]) // HOUR
-    if look >= 0:
-        return offset[look]
-    return -1
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
@@ -369,21 +359,11 @@ def scan_events(buf, pos, end, final, ncols, want, col_slot, col_kind, skip_bad,
             if k < 0:
                 dropped[R_SUBJECT] += 1
                 continue
-            core = -1
-            look = -1
-            for j in range(subj_start[k], subj_end[k]):
-                st = by_subject[j]
-                if t >= intime[st]:
-                    if t < outtime[st]:
-                        core = st
-                        break
-                elif look < 0 and n_hours[st] > 0 and t >= intime[st] - LOOKBACK:
-                    look = st
-            st = core if core >= 0 else look
-            if st < 0:
+            row = _lab_row(t, k, subj_start, subj_end, by_subject, intime, outtime, offset,
+                           n_hours)
+            if row < 0:
                 dropped[R_OUTSIDE] += 1
                 continue
-            row = offset[st] + ((t - intime[st]) // HOUR if core >= 0 else 0)
         out_idx[n_out] = row * n_features + f
         out_val[n_out] = v
         n_out += 1
