@@ -112,13 +112,17 @@ def attention_case(B, T, device, dtype, rep, H=6, D=64, seed=0):
         q, k, v = proj(torch.gather(x, 1, index[:, :n, None].expand(-1, -1, x.shape[-1])))
         return F.scaled_dot_product_attention(q, k, v)
 
+    # check_index=False: the rivals validate nothing, so ours skips its host-synced range check
+    # too (a device-side assert stays), as the model's own layers do
     def ours():
         q, k, v = proj(gathered())
-        return masked_gather_attention(q, k, v, packed, keep_d, backend="triton")
+        return masked_gather_attention(q, k, v, packed, keep_d, backend="triton",
+                                       check_index=False)
 
     def ours_fused():
         q, k, v = proj(x)
-        return masked_gather_attention(q, k, v, index, keep_d, backend="triton")
+        return masked_gather_attention(q, k, v, index, keep_d, backend="triton",
+                                       check_index=False)
 
     variants = {"gather_sdpa_mask": sdpa_mask, "truncate_sdpa": truncate, "ours": ours,
                 "ours_fused_gather": ours_fused}

@@ -157,10 +157,10 @@ def _check_shapes(q, k, v, kv_index, kv_lengths, q_index, q_lengths):
             raise ValueError(f"{name}/{lname} must be on {q.device}")
 
 
-def _check_values(q, k, kv_index, kv_lengths, q_index, q_lengths):
+def _check_values(q, k, kv_index, kv_lengths, q_index, q_lengths, sync=True):
     """Raise before any kernel launch if an index within a length is outside [0, N) or a length is
-    outside [0, L]. One host sync on CUDA; during CUDA-graph capture, or with CHECK_INDEX False on
-    CUDA, a device-side assert takes its place."""
+    outside [0, L]. One host sync on CUDA; during CUDA-graph capture, or with sync False on CUDA,
+    a device-side assert takes its place."""
     def bad(index, lengths, n):
         valid = _valid(index, lengths)
         return (((index < 0) | (index >= n)) & valid).any()
@@ -169,7 +169,7 @@ def _check_values(q, k, kv_index, kv_lengths, q_index, q_lengths):
         bad(kv_index, kv_lengths, k.shape[2]), bad(q_index, q_lengths, q.shape[2]),
         ((kv_lengths < 0) | (kv_lengths > kv_index.shape[1])).any(),
         ((q_lengths < 0) | (q_lengths > q_index.shape[1])).any()])
-    if flags.is_cuda and (not CHECK_INDEX or torch.cuda.is_current_stream_capturing()):
+    if flags.is_cuda and (not sync or torch.cuda.is_current_stream_capturing()):
         torch._assert_async(~flags.any(), "masked_gather_attention: index or length out of range")
         return
     flags = flags.tolist()
@@ -187,8 +187,8 @@ def _check_values(q, k, kv_index, kv_lengths, q_index, q_lengths):
 # Triton kernels (plain functions here; _triton() compiles them with triton.jit on first use)
 
 def _attn_fwd(Q, K, V, O, LSE, QIDX, KIDX, QLEN, KLEN, qk_scale,
-              s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd,
-              s_ob, s_oh, s_om, s_od, s_qib, s_kib, H, Lq,
+              s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
+              s_ob, s_oh, s_om, s_qib, s_kib, H, Lq,
               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               PREC: tl.constexpr):
     """One program = BLOCK_M query rows of one (sample, head); online softmax over key blocks."""
@@ -202,7 +202,7 @@ def _attn_fwd(Q, K, V, O, LSE, QIDX, KIDX, QLEN, KLEN, qk_scale,
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < q_len
     qidx = tl.load(QIDX + b * s_qib + offs_m, mask=row_ok, other=0).to(tl.int64)
-    q = tl.load(Q + b * s_qb + h * s_qh + qidx[:, None] * s_qn + offs_d[None, :] * s_qd,
+    q = tl.load(Q + b * s_qb + h * s_qh + qidx[:, None] * s_qn + offs_d[None, :],
                 mask=row_ok[:, None], other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -215,7 +215,7 @@ def _attn_fwd(Q, K, V, O, LSE, QIDX, KIDX, QLEN, KLEN, qk_scale,
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_ok = offs_n < kv_len
         kidx = tl.load(KIDX + b * s_kib + offs_n, mask=col_ok, other=0).to(tl.int64)
-        k = tl.load(k_base + kidx[:, None] * s_kn + offs_d[None, :] * s_kd,
+        k = tl.load(k_base + kidx[:, None] * s_kn + offs_d[None, :],
                     mask=col_ok[:, None], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # log2 units
         s = tl.where(col_ok[None, :], s, float("-inf"))
@@ -223,7 +223,7 @@ def _attn_fwd(Q, K, V, O, LSE, QIDX, KIDX, QLEN, KLEN, qk_scale,
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + kidx[:, None] * s_vn + offs_d[None, :] * s_vd,
+        v = tl.load(v_base + kidx[:, None] * s_vn + offs_d[None, :],
                     mask=col_ok[:, None], other=0.0)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
@@ -232,13 +232,13 @@ def _attn_fwd(Q, K, V, O, LSE, QIDX, KIDX, QLEN, KLEN, qk_scale,
     l_safe = tl.where(has, l_i, 1.0)
     out = tl.where(has[:, None], acc / l_safe[:, None], 0.0)
     store_ok = offs_m < Lq
-    tl.store(O + b * s_ob + h * s_oh + offs_m[:, None] * s_om + offs_d[None, :] * s_od,
+    tl.store(O + b * s_ob + h * s_oh + offs_m[:, None] * s_om + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=store_ok[:, None])
     lse = tl.where(has, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
     tl.store(LSE + pid_bh.to(tl.int64) * Lq + offs_m, lse, mask=store_ok)
 
 
-def _attn_bwd_delta(O, DO, DELTA, s_ob, s_oh, s_om, s_od, s_dob, s_doh, s_dom, s_dod, H, Lq,
+def _attn_bwd_delta(O, DO, DELTA, s_ob, s_oh, s_om, s_dob, s_doh, s_dom, H, Lq,
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
     """delta[b, h, m] = sum_d dO * O (fp32), the softmax-backward row term."""
     pid_m = tl.program_id(0)
@@ -248,16 +248,16 @@ def _attn_bwd_delta(O, DO, DELTA, s_ob, s_oh, s_om, s_od, s_dob, s_doh, s_dom, s
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     ok = offs_m < Lq
-    o = tl.load(O + b * s_ob + h * s_oh + offs_m[:, None] * s_om + offs_d[None, :] * s_od,
+    o = tl.load(O + b * s_ob + h * s_oh + offs_m[:, None] * s_om + offs_d[None, :],
                 mask=ok[:, None], other=0.0).to(tl.float32)
-    do = tl.load(DO + b * s_dob + h * s_doh + offs_m[:, None] * s_dom + offs_d[None, :] * s_dod,
+    do = tl.load(DO + b * s_dob + h * s_doh + offs_m[:, None] * s_dom + offs_d[None, :],
                  mask=ok[:, None], other=0.0).to(tl.float32)
     tl.store(DELTA + pid_bh.to(tl.int64) * Lq + offs_m, tl.sum(o * do, 1), mask=ok)
 
 
 def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, QIDX, KIDX, QLEN, KLEN, qk_scale, sm_scale,
-                   s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd,
-                   s_dob, s_doh, s_dom, s_dod, s_gb, s_gh, s_gn, s_qib, s_kib, H, Lq,
+                   s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
+                   s_dob, s_doh, s_dom, s_gb, s_gh, s_gn, s_qib, s_kib, H, Lq,
                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    PREC: tl.constexpr):
     """One program = BLOCK_N kept keys of one (sample, head); loops over the query blocks, then
@@ -272,9 +272,9 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, QIDX, KIDX, QLEN, KLEN, qk_s
     offs_d = tl.arange(0, HEAD_DIM)
     col_ok = offs_n < kv_len
     kidx = tl.load(KIDX + b * s_kib + offs_n, mask=col_ok, other=0).to(tl.int64)
-    k = tl.load(K + b * s_kb + h * s_kh + kidx[:, None] * s_kn + offs_d[None, :] * s_kd,
+    k = tl.load(K + b * s_kb + h * s_kh + kidx[:, None] * s_kn + offs_d[None, :],
                 mask=col_ok[:, None], other=0.0)
-    v = tl.load(V + b * s_vb + h * s_vh + kidx[:, None] * s_vn + offs_d[None, :] * s_vd,
+    v = tl.load(V + b * s_vb + h * s_vh + kidx[:, None] * s_vn + offs_d[None, :],
                 mask=col_ok[:, None], other=0.0)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
@@ -286,9 +286,9 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, QIDX, KIDX, QLEN, KLEN, qk_s
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < q_len
         qidx = tl.load(QIDX + b * s_qib + offs_m, mask=row_ok, other=0).to(tl.int64)
-        q = tl.load(q_base + qidx[:, None] * s_qn + offs_d[None, :] * s_qd,
+        q = tl.load(q_base + qidx[:, None] * s_qn + offs_d[None, :],
                     mask=row_ok[:, None], other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * s_dom + offs_d[None, :] * s_dod,
+        do = tl.load(do_base + offs_m[:, None] * s_dom + offs_d[None, :],
                      mask=row_ok[:, None], other=0.0)
         lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
         delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
@@ -306,8 +306,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, QIDX, KIDX, QLEN, KLEN, qk_s
 
 
 def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, QIDX, KIDX, QLEN, KLEN, qk_scale, sm_scale,
-                 s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd,
-                 s_dob, s_doh, s_dom, s_dod, s_gb, s_gh, s_gn, s_qib, s_kib, H, Lq,
+                 s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
+                 s_dob, s_doh, s_dom, s_gb, s_gh, s_gn, s_qib, s_kib, H, Lq,
                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  PREC: tl.constexpr):
     """One program = BLOCK_M query rows; loops over the key blocks up to kv_len, then atomically
@@ -322,9 +322,9 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, QIDX, KIDX, QLEN, KLEN, qk_scale, 
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < q_len
     qidx = tl.load(QIDX + b * s_qib + offs_m, mask=row_ok, other=0).to(tl.int64)
-    q = tl.load(Q + b * s_qb + h * s_qh + qidx[:, None] * s_qn + offs_d[None, :] * s_qd,
+    q = tl.load(Q + b * s_qb + h * s_qh + qidx[:, None] * s_qn + offs_d[None, :],
                 mask=row_ok[:, None], other=0.0)
-    do = tl.load(DO + b * s_dob + h * s_doh + offs_m[:, None] * s_dom + offs_d[None, :] * s_dod,
+    do = tl.load(DO + b * s_dob + h * s_doh + offs_m[:, None] * s_dom + offs_d[None, :],
                  mask=row_ok[:, None], other=0.0)
     row_base = pid_bh.to(tl.int64) * Lq
     lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
@@ -337,9 +337,9 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, QIDX, KIDX, QLEN, KLEN, qk_scale, 
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_ok = offs_n < kv_len
         kidx = tl.load(KIDX + b * s_kib + offs_n, mask=col_ok, other=0).to(tl.int64)
-        k = tl.load(k_base + kidx[:, None] * s_kn + offs_d[None, :] * s_kd,
+        k = tl.load(k_base + kidx[:, None] * s_kn + offs_d[None, :],
                     mask=col_ok[:, None], other=0.0)
-        v = tl.load(v_base + kidx[:, None] * s_vn + offs_d[None, :] * s_vd,
+        v = tl.load(v_base + kidx[:, None] * s_vn + offs_d[None, :],
                     mask=col_ok[:, None], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         p = tl.exp2(s - lse[:, None])
@@ -422,6 +422,18 @@ def _config(kind, dtype, D, L, run):
     return best
 
 
+def _unit_last(x):
+    """x with a unit stride along D (a copy only if it has none): the kernels read rows of D
+    contiguous elements, which is what lets them load 16 bytes at a time."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _rows(x):
+    """Batch, head and row strides of a [B, H, N, D] tensor whose D stride is 1."""
+    assert x.stride(-1) == 1, "kernel operands need a unit stride along D"
+    return x.stride()[:3]
+
+
 def _cdiv(a, b):
     return (a + b - 1) // b
 
@@ -436,6 +448,7 @@ def _triton_forward(q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale):
     B, H, _, D = q.shape
     Lq, Lk = q_index.shape[1], kv_index.shape[1]
     _check_head_dim(D)
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     new = torch.full if _FILL_NAN else (lambda shape, _v, **kw: torch.empty(shape, **kw))
     out = new((B, H, Lq, D), float("nan"), dtype=q.dtype, device=q.device)
     lse = new((B, H, Lq), float("nan"), dtype=torch.float32, device=q.device)
@@ -447,7 +460,7 @@ def _triton_forward(q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale):
         bm, bn, warps, stages = cfg
         kern.fwd[(_cdiv(Lq, bm), B * H)](
             q, k, v, o, ls, q_index, kv_index, q_lengths, kv_lengths, scale * LOG2E,
-            *q.stride(), *k.stride(), *v.stride(), *o.stride(), q_index.stride(0),
+            *_rows(q), *_rows(k), *_rows(v), *_rows(o), q_index.stride(0),
             kv_index.stride(0), H, Lq, HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, PREC=_prec(q.dtype),
             num_warps=warps, num_stages=stages)
 
@@ -459,6 +472,7 @@ def _triton_forward(q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale):
 
 def _triton_backward(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index, q_lengths, scale):
     kern = _triton()
+    q, k, v, out, grad_out = map(_unit_last, (q, k, v, out, grad_out))
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     Lq, Lk = q_index.shape[1], kv_index.shape[1]
@@ -470,10 +484,10 @@ def _triton_backward(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index,
         delta = torch.full((B, H, Lq), float("nan"), dtype=torch.float32, device=q.device) \
             if _FILL_NAN else torch.empty((B, H, Lq), dtype=torch.float32, device=q.device)
         bm = 16 if _interpreting() else 64
-        kern.delta[(_cdiv(Lq, bm), B * H)](out, grad_out, delta, *out.stride(), *grad_out.stride(),
+        kern.delta[(_cdiv(Lq, bm), B * H)](out, grad_out, delta, *_rows(out), *_rows(grad_out),
                                            H, Lq, HEAD_DIM=D, BLOCK_M=bm)
         common = (q_index, kv_index, q_lengths, kv_lengths, scale * LOG2E, scale,
-                  *q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
+                  *_rows(q), *_rows(k), *_rows(v), *_rows(grad_out))
         prec = _prec(q.dtype)
 
         def run_dkdv(cfg, gk=dk, gv=dv):
@@ -515,8 +529,8 @@ def _check_triton_device(x):
 @torch.library.custom_op("ehrjepa::masked_gather_attention", mutates_args=())
 def _mga_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_index: torch.Tensor,
             kv_lengths: torch.Tensor, q_index: torch.Tensor, q_lengths: torch.Tensor,
-            scale: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_values(q, k, kv_index, kv_lengths, q_index, q_lengths)
+            scale: float, backend: str, check_index: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_values(q, k, kv_index, kv_lengths, q_index, q_lengths, sync=check_index)
     if backend == "triton":
         _check_triton_device(q)
         return _triton_forward(q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale)
@@ -526,7 +540,7 @@ def _mga_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_index: torch.T
 
 
 @_mga_op.register_fake
-def _mga_fake(q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale, backend):
+def _mga_fake(q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale, backend, check_index):
     B, H, _, D = q.shape
     Lq = q_index.shape[1]
     return q.new_empty(B, H, Lq, D), q.new_empty(B, H, Lq, dtype=torch.float32)
@@ -554,7 +568,7 @@ def _mga_bwd_fake(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index, q_
 
 
 def _mga_setup_context(ctx, inputs, output):
-    q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale, backend = inputs
+    q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale, backend, _check_index = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, kv_index, kv_lengths, q_index, q_lengths)
     ctx.scale, ctx.backend = scale, backend
@@ -566,7 +580,7 @@ def _mga_backward(ctx, grad_out, grad_lse):
         grad_out = torch.zeros_like(out)
     dq, dk, dv = _mga_bwd_op(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index,
                              q_lengths, ctx.scale, ctx.backend)
-    return dq, dk, dv, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("ehrjepa::masked_gather_attention", _mga_backward,
@@ -577,12 +591,14 @@ torch.library.register_autograd("ehrjepa::masked_gather_attention", _mga_backwar
 # public entry point
 
 def masked_gather_attention(q, k, v, kv_index, kv_lengths, q_index=None, q_lengths=None,
-                            scale=None, backend=None):
+                            scale=None, backend=None, check_index=None):
     """Attention of the queries at q_index[b, :q_lengths[b]] over the keys/values at
     kv_index[b, :kv_lengths[b]], read straight from q, k, v [B, H, N, D]. Returns [B, H, Lq, D].
 
     backend: None (Triton on CUDA, torch on CPU), "triton" or "torch". Raises IndexError if an
     index within a length is outside [0, N) (checked before any kernel runs; one host sync).
+    check_index: None follows CHECK_INDEX; False on CUDA swaps the host-synced check for a
+    device-side assert, for callers whose indices are right by construction (the model's layers).
     """
     if backend is None:
         backend = "triton" if q.is_cuda else "torch"
@@ -591,6 +607,7 @@ def masked_gather_attention(q, k, v, kv_index, kv_lengths, q_index=None, q_lengt
     q_index, q_lengths = _defaults(kv_index, kv_lengths, q_index, q_lengths)
     _check_shapes(q, k, v, kv_index, kv_lengths, q_index, q_lengths)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    check_index = CHECK_INDEX if check_index is None else bool(check_index)
     out, _ = torch.ops.ehrjepa.masked_gather_attention(q, k, v, kv_index, kv_lengths, q_index,
-                                                       q_lengths, scale, backend)
+                                                       q_lengths, scale, backend, check_index)
     return out

@@ -28,6 +28,8 @@ import os
 import torch
 
 BACKENDS = ("triton", "torch")
+CUDA_BLOCK, CUDA_WARPS = 4096, 8  # elements per program and warps on a GPU
+INTERPRET_BLOCK = 256  # in the CPU interpreter: small blocks keep the tests quick
 tl = None  # triton.language, bound by _triton() on first use
 
 
@@ -144,7 +146,7 @@ def _ema_triton(targets, online, momentum):
     if not targets[0].is_cuda and not _interpreting():
         raise RuntimeError("backend='triton' on CPU tensors runs in Triton's interpreter: set "
                            "TRITON_INTERPRET=1 before the first Triton call, or use backend='torch'")
-    block, warps = (256, 1) if _interpreting() else (4096, 8)
+    block, warps = (INTERPRET_BLOCK, 1) if _interpreting() else (CUDA_BLOCK, CUDA_WARPS)
     groups: dict = {}
     for t, o in zip(targets, online):
         if t.numel():

@@ -113,7 +113,7 @@ def test_head_dim_128_triton(nan_fill):
 def test_triton_forward_writes_every_row_and_lse(nan_fill):
     q, k, v, kv_index, kv_lengths, q_index, q_lengths = make_case("uneven", torch.float32)
     out, lse = torch.ops.ehrjepa.masked_gather_attention(q, k, v, kv_index, kv_lengths, q_index,
-                                                         q_lengths, 0.2, "triton")
+                                                         q_lengths, 0.2, "triton", True)
     _, ref_lse = masked_gather_attention_reference(q.double(), k.double(), v.double(), kv_index,
                                                    kv_lengths, q_index, q_lengths, 0.2,
                                                    return_lse=True)
@@ -136,6 +136,25 @@ def test_strided_inputs_from_a_fused_projection():
     want = masked_gather_attention_reference(q.contiguous(), k.contiguous(), v.contiguous(),
                                              kv_index, kv_lengths)
     assert rel(got, want) < 1e-5
+
+
+@needs_interpreter
+def test_inputs_without_a_unit_stride_along_d():
+    """A [B, H, N, D] view whose D is not the innermost dimension (it gets copied) gives the same
+    output and gradients as contiguous inputs."""
+    B, H, T, D = 2, 1, 19, 32
+    q, k, v = (torch.randn(B, H, D, T).transpose(-1, -2).requires_grad_() for _ in range(3))
+    assert q.stride(-1) != 1
+    kv_index = torch.stack([torch.randperm(T)[:13] for _ in range(B)])
+    kv_lengths = torch.tensor([13, 4])
+    got = masked_gather_attention(q, k, v, kv_index, kv_lengths, backend="triton")
+    got.square().sum().backward()
+    qc, kc, vc = (x.detach().contiguous().double().requires_grad_() for x in (q, k, v))
+    want = masked_gather_attention_reference(qc, kc, vc, kv_index, kv_lengths)
+    want.square().sum().backward()
+    assert rel(got, want) < 1e-5
+    for a, b in ((q, qc), (k, kc), (v, vc)):
+        assert rel(a.grad, b.grad) < 1e-5
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
