@@ -174,6 +174,13 @@ def test_out_of_range_index_raises(backend):
     with pytest.raises(IndexError, match="kv_lengths"):
         masked_gather_attention(q, k, v, kv_index, kv_lengths + kv_index.shape[1], q_index,
                                 q_lengths, backend=backend)
+    # check_index=False only trades the host sync for a device-side assert on CUDA: on CPU the
+    # check costs no sync and still raises
+    bad = kv_index.clone()
+    bad[0, 3] = N
+    with pytest.raises(IndexError, match="kv_index"):
+        masked_gather_attention(q, k, v, bad, kv_lengths, q_index, q_lengths, backend=backend,
+                                check_index=False)
 
 
 def test_bad_arguments_raise_clearly():
