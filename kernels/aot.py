@@ -21,11 +21,13 @@ from dataclasses import dataclass
 # Programming Guide's "maximum amount of shared memory per thread block" (opt-in) for compute
 # capability 8.0 (A100: 163 KB), 8.6/8.9 (99 KB) and 9.0 (H100/H200: 227 KB).
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
-DTYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+DTYPES = ("fp32", "fp16", "bf16")  # Triton's names, as the signatures below spell them
 
 
 @dataclass
 class Compiled:
+    """One kernel at one launch configuration: what it needed, or why it did not compile."""
+
     kernel: str
     dtype: str
     head_dim: int | None
@@ -97,8 +99,9 @@ def compile_attention(dtype: str, head_dim: int, kind: str, cfg: tuple, arch: in
 
     fn = _jit(A, {"fwd": "_attn_fwd", "dkdv": "_attn_bwd_dkdv", "dq": "_attn_bwd_dq",
                   "delta": "_attn_bwd_delta"}[kind])
-    t = DTYPES[dtype]
-    types = {n: f"*{t}" for n in ("Q", "K", "V", "O", "DO")}
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    types = {n: f"*{dtype}" for n in ("Q", "K", "V", "O", "DO")}
     types.update({n: "*fp32" for n in ("LSE", "DELTA", "DK", "DV", "DQ")})
     types.update({n: "*i64" for n in ("QIDX", "KIDX", "QLEN", "KLEN")})
     types.update({"qk_scale": "fp32", "sm_scale": "fp32"})
@@ -117,7 +120,7 @@ def compile_ema(online_dtype: str, arch: int = 90, block: int | None = None,
     block = block or E.CUDA_BLOCK
     warps = warps or E.CUDA_WARPS
     o_size = {"fp32": 4, "fp16": 2, "bf16": 2}[online_dtype]
-    types = {"T": "*fp32", "O": f"*{DTYPES[online_dtype]}", "TABLE": "*i64", "weight": "fp32",
+    types = {"T": "*fp32", "O": f"*{online_dtype}", "TABLE": "*i64", "weight": "fp32",
              "W_PTR": "*fp32"}
     const = {"BLOCK": block, "W_FROM_PTR": True, "T_ALIGN": 4, "O_ALIGN": 16 // o_size}
     return _run(fn, types, const, warps, 1, arch, "ema", online_dtype, None, (block, warps))
