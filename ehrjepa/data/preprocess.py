@@ -178,6 +178,21 @@ def _lab_row(t, k, subj_start, subj_end, by_subject, intime, outtime, offset, n_
     return -1
 
 
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def _event_row(lab, k, t, subj_start, subj_end, by_subject, intime, outtime, offset, n_hours):
+    """Hour row of an event at time t whose key was found at k (-1: not found), or -1 - reason.
+
+    lab False: k is a stay (the rules of aggregate_chartevents); lab True: k is a subject, and
+    `_lab_row` picks the stay (the rules of aggregate_labevents)."""
+    if k < 0:
+        return -1 - (R_SUBJECT if lab else R_STAY)
+    if lab:
+        row = _lab_row(t, k, subj_start, subj_end, by_subject, intime, outtime, offset, n_hours)
+        return row if row >= 0 else -1 - R_OUTSIDE
+    h = _hour(t, intime[k], outtime[k], n_hours[k])
+    return offset[k] + h if h >= 0 else -1 - R_OUTSIDE
+
+
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def aggregate_labevents(subject_id, charttime, itemid, value, subjects, subj_start, subj_end,
                         by_subject, intime, outtime, offset, n_hours, feat, add, mul, low, high,
@@ -249,24 +264,11 @@ def scan_arrow(lo, hi, lab, key, key_bits, key_bit0, time, time_bits, time_bit0,
         if s != last_key:
             last_key = s
             k = _find(key_ids, s) if s != MISSING else -1
-        if not lab:
-            if k < 0:
-                dropped[R_STAY] += 1
-                continue
-            h = _hour(t, intime[k], outtime[k], n_hours[k])
-            if h < 0:
-                dropped[R_OUTSIDE] += 1
-                continue
-            row = offset[k] + h
-        else:
-            if k < 0:
-                dropped[R_SUBJECT] += 1
-                continue
-            row = _lab_row(t, k, subj_start, subj_end, by_subject, intime, outtime, offset,
-                           n_hours)
-            if row < 0:
-                dropped[R_OUTSIDE] += 1
-                continue
+        row = _event_row(lab, k, t, subj_start, subj_end, by_subject, intime, outtime, offset,
+                         n_hours)
+        if row < 0:
+            dropped[-1 - row] += 1
+            continue
         out_idx[n_out] = row * n_features + f
         out_val[n_out] = v
         n_out += 1
@@ -346,24 +348,11 @@ def scan_events(buf, pos, end, final, ncols, want, col_slot, col_kind, skip_bad,
         if key != last_key:
             last_key = key
             k = _find(key_ids, key) if key != MISSING and key != BAD else -1
-        if not lab:
-            if k < 0:
-                dropped[R_STAY] += 1
-                continue
-            h = _hour(t, intime[k], outtime[k], n_hours[k])
-            if h < 0:
-                dropped[R_OUTSIDE] += 1
-                continue
-            row = offset[k] + h
-        else:
-            if k < 0:
-                dropped[R_SUBJECT] += 1
-                continue
-            row = _lab_row(t, k, subj_start, subj_end, by_subject, intime, outtime, offset,
-                           n_hours)
-            if row < 0:
-                dropped[R_OUTSIDE] += 1
-                continue
+        row = _event_row(lab, k, t, subj_start, subj_end, by_subject, intime, outtime, offset,
+                         n_hours)
+        if row < 0:
+            dropped[-1 - row] += 1
+            continue
         out_idx[n_out] = row * n_features + f
         out_val[n_out] = v
         n_out += 1
