@@ -86,11 +86,10 @@ def attention_configs(head_dim: int):
 
     out = []
     for kind in ("fwd", "dkdv", "dq"):
-        for cfg in A._CANDIDATES[kind] + A._SMALL:
-            if head_dim >= 128 and cfg[0] * cfg[1] > 64 * 64 and cfg not in A._SMALL:
-                continue  # _config drops these at D=128
-            out.append((kind, cfg))
-    out.append(("delta", (64, None, 4, 3)))
+        for small in (False, True):
+            out += [(kind, cfg) for cfg in A._candidates(kind, head_dim, small)
+                    if (kind, cfg) not in out]
+    out.append(("delta", (A._DELTA_BLOCK_M, None, 4, 3)))  # warps, stages: Triton's defaults
     return out
 
 
@@ -143,7 +142,8 @@ def check(arch: int = 90, everything: bool = False, out=sys.stdout, json_path=No
     jobs = [(d, D, kind, cfg) for d in dtypes for D in dims for kind, cfg in attention_configs(D)]
     if not everything:  # the first candidate of each kernel and one small-length config
         from ehrjepa.kernels import attention as A
-        keep = {(k, c) for k in ("fwd", "dkdv", "dq") for c in (A._CANDIDATES[k][0], A._SMALL[0])}
+        keep = {(k, A._candidates(k, 64, small)[0]) for k in ("fwd", "dkdv", "dq")
+                for small in (False, True)}
         jobs = [j for j in jobs if (j[2], j[3]) in keep or j[2] == "delta"]
     failures = 0
     print(f"sm_{arch}: shared-memory limit {limit if limit else 'unknown'} B per block", file=out)

@@ -391,7 +391,16 @@ _CANDIDATES = {
 }
 _SMALL = [(16, 16, 2, 2), (32, 32, 4, 2), (16, 32, 2, 2), (32, 16, 2, 2)]  # lengths <= 32
 _INTERPRET_CONFIG = (16, 16, 1, 1)
+_DELTA_BLOCK_M = 64  # rows per program of the backward row term (Triton's default warps, stages)
 _TUNED: dict = {}
+
+
+def _candidates(kind, D, small):
+    """The launch configurations `_config` times for a kernel: `_SMALL` for lengths up to 32."""
+    cands = _SMALL if small else _CANDIDATES[kind]
+    if D >= 128:  # keep the register/shared-memory footprint sane at D=128
+        cands = [c for c in cands if c[0] * c[1] <= 64 * 64] or cands[:1]
+    return cands
 
 
 def _config(kind, dtype, D, L, run):
@@ -401,9 +410,7 @@ def _config(kind, dtype, D, L, run):
     if not torch.cuda.is_available() or _interpreting():
         return _INTERPRET_CONFIG
     bucket = max(16, 1 << max(0, int(L) - 1).bit_length())
-    cands = _SMALL if bucket <= 32 else _CANDIDATES[kind]
-    if D >= 128:  # keep the register/shared-memory footprint sane at D=128
-        cands = [c for c in cands if c[0] * c[1] <= 64 * 64] or cands[:1]
+    cands = _candidates(kind, D, small=bucket <= 32)
     key = (kind, dtype, D, bucket)
     if key in _TUNED:
         return _TUNED[key]
@@ -483,7 +490,7 @@ def _triton_backward(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index,
         q_index, kv_index = q_index.contiguous(), kv_index.contiguous()
         delta = torch.full((B, H, Lq), float("nan"), dtype=torch.float32, device=q.device) \
             if _FILL_NAN else torch.empty((B, H, Lq), dtype=torch.float32, device=q.device)
-        bm = 16 if _interpreting() else 64
+        bm = 16 if _interpreting() else _DELTA_BLOCK_M
         kern.delta[(_cdiv(Lq, bm), B * H)](out, grad_out, delta, *_rows(out), *_rows(grad_out),
                                            H, Lq, HEAD_DIM=D, BLOCK_M=bm)
         common = (q_index, kv_index, q_lengths, kv_lengths, scale * LOG2E, scale,
