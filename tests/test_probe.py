@@ -18,7 +18,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ehrjepa.data import open_processed
 from ehrjepa.probe.baselines import STATS, raw_feature_names, raw_features
-from ehrjepa.probe.evaluate import bootstrap, evaluate_all, percentile_ci, ranked_metrics
+from ehrjepa.probe.evaluate import bootstrap, evaluate_all, percentile_ci, ranked_metrics, unseen_positions_note
 from ehrjepa.probe.report import markdown, results_table, write_report
 from ehrjepa.probe.tasks import SPLITS, TASKS, skip_reason, task_labels
 
@@ -332,6 +332,20 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def test_note_on_hours_the_context_never_covered():
+    def cfg(kind, context_hours, length):
+        return SimpleNamespace(mask=SimpleNamespace(kind=kind, context_hours=context_hours),
+                               data=SimpleNamespace(length=length))
+
+    note = unseen_positions_note(cfg("future", 15, 20), 24)
+    assert "[0, 15)" in note and "hours 15-23" in note and "mask.context_hours=24" in note
+    assert unseen_positions_note(cfg("future", 15, 20), 15) is None
+    assert unseen_positions_note(cfg("future", 24, 29), 24) is None
+    # multiblock draws context anywhere in the window
+    assert "[0, 20)" in unseen_positions_note(cfg("multiblock", 15, 20), 24)
+    assert unseen_positions_note(cfg("multiblock", 15, 20), 20) is None
+
+
 def test_run_probe_and_cli_end_to_end(tmp_path, capsys, one_torch_thread):
     from ehrjepa.probe import run_probe
 
@@ -339,7 +353,7 @@ def test_run_probe_and_cli_end_to_end(tmp_path, capsys, one_torch_thread):
     write_processed(data_dir, n_stays=300, seed=5)
     processed = open_processed(data_dir)
     run = tmp_path / "run"
-    make_run(run, len(FEATURES))
+    cfg = make_run(run, len(FEATURES))
     report = run_probe(run, data_dir, tmp_path / "report", n_bootstrap=50, progress=False, batch_size=64)
     assert report["checkpoint"].endswith("best.pt") and report["step"] == 42
     assert report["encoder"] == "target" and "mean over hours [0, 24)" in report["pooling"]
@@ -354,6 +368,8 @@ def test_run_probe_and_cli_end_to_end(tmp_path, capsys, one_torch_thread):
     assert report["tasks"]["mortality_hosp"]["random_init"]["auroc"] > 0.6
     for name in ["report.json", "report.md", "pca.png", "training_curves.png"] + [f"roc_{t}.png" for t in TASKS]:
         assert (tmp_path / "report" / name).is_file(), name
+    unseen = unseen_positions_note(cfg, 24)
+    assert (unseen in report["notes"]) if unseen else not any("never learned" in n for n in report["notes"])
 
     # the CLI: context encoder, other hours, its own output dir; prints the table
     rc = cli(["--run", str(run), "--data", str(data_dir), "--out", str(tmp_path / "r2"),
@@ -363,6 +379,7 @@ def test_run_probe_and_cli_end_to_end(tmp_path, capsys, one_torch_thread):
     assert "| mortality_hosp | jepa |" in printed and "context encoder" in printed
     loaded = json.loads((tmp_path / "r2" / "report.json").read_text())
     assert loaded["hours"] == 12 and loaded["encoder"] == "context"
+    assert not any("never learned" in n for n in loaded["notes"])  # 12 hours: all seen as context
     assert loaded["cohort"]["test"]["with_hours"] == len(cohort_rows(processed, "test", hours=12))
 
     # a run without checkpoints is a clear error

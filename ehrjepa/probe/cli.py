@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
         return 1
     print(f"\nprobe of {report['checkpoint']} (step {report['step']}); embeddings: {report['pooling']}\n")
     print(results_table(report))
-    for line in tiny_notes(report):
+    for line in tiny_notes(report) + report.get("notes", []):
         print(f"- {line}")
     for line in comparison_lines(report):
         print(line)
