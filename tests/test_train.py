@@ -192,8 +192,8 @@ def test_resume_is_exact(tmp_path, data_dir):
     epoch) crossed after the resume."""
     n = 16
     straight, split = tmp_path / "straight", tmp_path / "split"
-    common = [f"train.max_steps={2 * n}", "data.batch_size=32", "mask.kind=multiblock",
-              "model.dropout=0.1"]
+    common = [f"train.max_steps={2 * n}", "data.batch_size=32", "data.length=20", "mask.kind=multiblock",
+              "model.dropout=0.1"]  # 20-hour windows: 28 batches per epoch
     train(micro(data_dir, *common), straight, progress=False)
     first = train(micro(data_dir, *common, f"train.stop_after={n}"), split, progress=False)
     assert first["steps"] == n and first["stopped_early"]
