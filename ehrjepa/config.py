@@ -25,7 +25,7 @@ class DataConfig:
     """Which processed data to read and how it is cut into windows and batches."""
 
     path: str = ""  # processed data (OUT of `ehrjepa preprocess`); `ehrjepa train --data` sets it
-    length: int = 20  # window length in hours
+    length: int = 29  # window length in hours: 24 context + 5 target hours by default
     stride: int = 10  # hours between the starts of consecutive windows of a stay
     max_delta: float = 48.0  # cap on "hours since last observation"
     max_hours: int = 48  # hours the model's positional table covers (>= length; probes need 24+)

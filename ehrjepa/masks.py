@@ -6,7 +6,8 @@ padded with 0 past `context_lengths[b]` / `target_lengths[b]`. Each sample keeps
 nothing is truncated to the batch minimum.
 
 Kinds:
-- `future`: hours [0, C) are context, [C, C + P) targets (the default: 15 + 5 on 20-hour windows).
+- `future`: hours [0, C) are context, [C, C + P) targets (the default: 24 + 5 on 29-hour windows,
+  so the context covers the 24 hours `ehrjepa probe` embeds).
 - `multiblock`: `n_targets` target blocks, each `target_scale` (a fraction of the window, sampled)
   long at a random start; the context is a sampled block (`context_scale`) minus the targets, or
   all non-target hours when no such block leaves `min_context` hours.
@@ -32,7 +33,7 @@ class MaskConfig:
 
     kind: str = "future"  # future | multiblock
     # future
-    context_hours: int = 15
+    context_hours: int = 24
     target_hours: int = 5
     # multiblock
     n_targets: int = 4

@@ -61,7 +61,7 @@ def test_unknown_key_is_named_with_its_path_and_file(tmp_path):
     ("data:\n  length: true\n", "data.length"),
     ("train: 3\n", "train"),
     ("model:\n  size: huge\n", "model.size"),
-    ("mask:\n  context_hours: 18\n", "exceeds the window length"),
+    ("mask:\n  context_hours: 25\n", "exceeds the window length"),
     ("train:\n  momentum: 1.1\n", "train.momentum"),
     ("data:\n  length: 64\n  max_hours: 48\n", "data.max_hours"),
     ("train:\n  device: tpu\n", "train.device"),
