@@ -274,6 +274,25 @@ def test_report_json_markdown_and_pngs(planted, tmp_path):
     assert "made_up was skipped" in md and "| los_gt_7d | raw_features |" in md
 
 
+def test_pca_plot_draws_a_subset_of_many_stays(tmp_path, monkeypatch):
+    """More stays than PCA_MAX_POINTS: a subset is drawn (unknown labels left out), the file is written."""
+    from matplotlib.axes import Axes
+
+    from ehrjepa.probe import report as report_module
+
+    monkeypatch.setattr(report_module, "PCA_MAX_POINTS", 50)
+    drawn = []
+    original = Axes.scatter
+    monkeypatch.setattr(Axes, "scatter",
+                        lambda ax, x, y, **kw: drawn.append(len(x)) or original(ax, x, y, **kw))
+    rng = np.random.default_rng(0)
+    y = (rng.random(300) < 0.3).astype(float)
+    y[:100] = np.nan
+    report_module.plot_pca({"jepa": rng.normal(size=(300, 8))}, {"mortality_hosp": y}, tmp_path / "pca.png")
+    assert (tmp_path / "pca.png").is_file()
+    assert len(drawn) == 1 and 25 <= drawn[0] < 50  # 50 drawn at random, about a third of them unknown
+
+
 def test_report_notes_a_missing_metrics_file_and_writes_strict_json(tmp_path):
     report = {"tasks": {"t": {"m": {"auroc": float("nan"), "auroc_ci": [float("nan")] * 2, "auprc": 0.5,
                                     "auprc_ci": [0.4, 0.6], "n": np.int64(1000), "positives": 300}}},

@@ -120,33 +120,45 @@ def plot_roc(task: str, curves: dict[str, tuple[np.ndarray, np.ndarray]], result
     plt.close(fig)
 
 
+PCA_MAX_POINTS = 4000  # stays drawn per panel: more only hide one another
+
+
 def plot_pca(embeddings: dict[str, np.ndarray], labels: dict[str, np.ndarray], path: Path) -> None:
-    """2-D PCA of each method's stay embeddings (rows), coloured by each task's outcome (columns)."""
+    """2-D PCA of each method's stay embeddings (rows), coloured by each task's outcome (columns).
+
+    The PCA is fit on every stay; each panel draws at most PCA_MAX_POINTS of them (the same random
+    subset everywhere, in random order, so neither class is painted over the other)."""
+    from matplotlib.lines import Line2D
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
     plt = _pyplot()
     tasks = list(labels)
+    n = len(next(iter(embeddings.values()))) if embeddings else 0
+    shown = np.random.default_rng(0).permutation(n)[:PCA_MAX_POINTS]
     fig, axes = plt.subplots(len(embeddings), len(tasks), figsize=(3.6 * len(tasks), 3.4 * len(embeddings)),
                              squeeze=False)
     for i, (method, emb) in enumerate(embeddings.items()):
         xy = np.zeros((len(emb), 2))
         explained = [0.0, 0.0]
         if len(emb) >= 2 and emb.shape[1] >= 2:
-            pca = PCA(n_components=2, random_state=0).fit(StandardScaler().fit_transform(emb))
-            xy = pca.transform(StandardScaler().fit_transform(emb))
+            z = StandardScaler().fit_transform(emb)
+            pca = PCA(n_components=2, random_state=0).fit(z)
+            xy = pca.transform(z)
             explained = pca.explained_variance_ratio_
         for j, task in enumerate(tasks):
             ax = axes[i, j]
-            y = labels[task]
-            for value, color, name in ((0, "tab:blue", "0"), (1, "tab:red", "1")):
-                sel = y == value
-                ax.scatter(xy[sel, 0], xy[sel, 1], s=4, alpha=0.5, c=color, label=f"{name} (n={sel.sum()})",
-                           rasterized=True)
-            ax.set_title(f"{method}: {task}", fontsize=9)
+            y = labels[task][shown]
+            known = ~np.isnan(y)
+            colors = np.where(y[known] == 1, "tab:red", "tab:blue")
+            ax.scatter(xy[shown[known], 0], xy[shown[known], 1], s=4, alpha=0.5, c=colors, rasterized=True)
+            handles = [Line2D([], [], ls="", marker="o", color=color, label=f"{value} (n={int((labels[task] == value).sum())})")
+                       for value, color in ((0, "tab:blue"), (1, "tab:red"))]
+            ax.legend(handles=handles, fontsize=7)
+            drawn = f", {int(known.sum())} of {int((~np.isnan(labels[task])).sum())} drawn" if n > len(shown) else ""
+            ax.set_title(f"{method}: {task}{drawn}", fontsize=9)
             ax.set_xlabel(f"PC1 ({explained[0]:.0%})", fontsize=8)
             ax.set_ylabel(f"PC2 ({explained[1]:.0%})", fontsize=8)
-            ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
