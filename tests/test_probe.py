@@ -365,6 +365,16 @@ def test_note_on_hours_the_context_never_covered():
     assert unseen_positions_note(cfg("multiblock", 15, 20), 20) is None
 
 
+@pytest.mark.parametrize("name", ["micro", "small", "base", "large"])
+def test_shipped_configs_cover_the_probe_hours(name):
+    """A run of any shipped config has seen every one of the 24 hours the probe embeds as context."""
+    from ehrjepa.config import load_config
+
+    from conftest import REPO
+
+    assert unseen_positions_note(load_config(REPO / "configs" / f"{name}.yaml"), 24) is None
+
+
 def test_run_probe_and_cli_end_to_end(tmp_path, capsys, one_torch_thread):
     from ehrjepa.probe import run_probe
 
