@@ -32,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ehrjepa.probe.evaluate import run_probe
-    from ehrjepa.probe.report import comparison_lines, results_table, tiny_notes
+    from ehrjepa.probe.report import comparison_lines, report_notes, results_table
 
     if args.hours < 1:
         print(f"ehrjepa probe: --hours must be >= 1, not {args.hours}", file=sys.stderr)
@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
         return 1
     print(f"\nprobe of {report['checkpoint']} (step {report['step']}); embeddings: {report['pooling']}\n")
     print(results_table(report))
-    for line in tiny_notes(report) + report.get("notes", []):
+    for line in report_notes(report):
         print(f"- {line}")
     for line in comparison_lines(report):
         print(line)

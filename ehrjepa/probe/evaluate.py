@@ -223,14 +223,17 @@ def unseen_positions_note(config, hours: int) -> str | None:
 
     With the future mask the context is hours [0, mask.context_hours) of each window; with
     multiblock, any hour of the data.length-hour window."""
-    seen = config.mask.context_hours if config.mask.kind == "future" else config.data.length
+    future = config.mask.kind == "future"
+    seen = config.mask.context_hours if future else config.data.length
     if hours <= seen:
         return None
+    fix = (f"data.length={hours + config.mask.target_hours}, mask.context_hours={hours}" if future
+           else f"data.length={hours}")
     return (f"the encoder saw hour positions [0, {seen}) as context in pretraining (mask.kind="
             f"{config.mask.kind}); hours {seen}-{hours - 1} of the {hours} embedded here are positions it never "
-            f"learned from. Pretrain with windows whose context covers the probe's hours (e.g. data.length="
-            f"{hours + 5}, mask.context_hours={hours}); on the synthetic data, unseen positions cost the small model "
-            f"most of its gain over random_init (README, \"The small model on CPU\")")
+            f"learned from. Pretrain with windows whose context covers the probe's hours ({fix}); on the "
+            f"synthetic data, unseen positions cost the small model most of its gain over random_init (README, "
+            f"\"The small model on CPU\")")
 
 
 def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "target", hours: int = 24,
@@ -309,7 +312,8 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
     nonempty = [s for s in SPLITS if len(rows[s])]
     embeddings = {m: np.concatenate([x[m][s] for s in nonempty]) for m in ("jepa", "random_init")} if nonempty else None
     all_labels = {task: np.concatenate([labels[task][s] for s in nonempty]) for task in TASKS} if nonempty else None
-    notes = [note for note in [unseen_positions_note(config, hours)] if note]
+    unseen = unseen_positions_note(config, hours)
+    notes = [unseen] if unseen else []
     if not nonempty:
         notes.append(f"no stay has {hours} hours or more: nothing to probe")
     report["notes"] = notes

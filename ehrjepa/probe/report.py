@@ -52,6 +52,13 @@ def tiny_notes(report: dict) -> list[str]:
     return notes
 
 
+def report_notes(report: dict) -> list[str]:
+    """Every note of a report, for report.md and the CLI alike: small-n warnings, the run's own
+    notes (report["notes"]) and the skipped tasks."""
+    notes = tiny_notes(report) + list(report.get("notes", []))
+    return notes + [f"{task} was skipped: {reason}." for task, reason in report.get("skipped", {}).items()]
+
+
 def comparison_lines(report: dict) -> list[str]:
     lines = []
     for task, comps in report.get("comparisons", {}).items():
@@ -77,9 +84,7 @@ def markdown(report: dict) -> str:
            f"- cohort: stays with at least {report['hours']} hours; " + ", ".join(
                f"{s} {c['with_hours']} of {c['stays']}" for s, c in report.get("cohort", {}).items()),
            "", "## Results", "", results_table(report), ""]
-    notes = tiny_notes(report) + list(report.get("notes", []))
-    if report.get("skipped"):
-        notes += [f"{task} was skipped: {reason}." for task, reason in report["skipped"].items()]
+    notes = report_notes(report)
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     comps = comparison_lines(report)
