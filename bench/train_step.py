@@ -67,7 +67,7 @@ def make_batch(B, T, C, P, device):
 
     g = torch.Generator().manual_seed(0)
     observed = (torch.rand(B, T, N_FEATURES, generator=g) < 0.3).float()
-    batch = {"values": torch.randn(B, T, N_FEATURES, generator=g), "mask": observed,
+    batch = {"values": torch.randn(B, T, N_FEATURES, generator=g), "observed": observed,
              "delta": torch.rand(B, T, N_FEATURES, generator=g) * 48 * (1 - observed)}
     batch.update(sample_masks(MaskConfig(kind="future", context_hours=C, target_hours=P), T, B))
     return {k: v.to(device) for k, v in batch.items()}

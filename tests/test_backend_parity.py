@@ -21,7 +21,7 @@ T, F = 20, 5
 def _batch(B, mask_cfg, seed):
     g = torch.Generator().manual_seed(seed)
     observed = (torch.rand(B, T, F, generator=g) < 0.5).float()
-    batch = {"values": torch.randn(B, T, F, generator=g), "mask": observed,
+    batch = {"values": torch.randn(B, T, F, generator=g), "observed": observed,
              "delta": torch.rand(B, T, F, generator=g) * 48 * (1 - observed)}
     batch.update(sample_masks(mask_cfg, T, B, np.random.default_rng(seed)))
     return batch

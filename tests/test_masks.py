@@ -94,7 +94,7 @@ class FakeWindows(Dataset):
 
     def __getitem__(self, i):
         v = self.values[i]
-        return {"values": v, "mask": (v > 0).float(), "delta": v.abs(),
+        return {"values": v, "observed": (v > 0).float(), "delta": v.abs(),
                 "stay": torch.tensor(i // 4), "start": torch.tensor(i % 4)}
 
 

@@ -17,7 +17,7 @@ F_, T_ = 5, 20  # features, hours per window
 def make_batch(B=4, T=T_, F=F_, mask_cfg=None, seed=0):
     g = torch.Generator().manual_seed(seed)
     observed = (torch.rand(B, T, F, generator=g) < 0.5).float()
-    batch = {"values": torch.randn(B, T, F, generator=g), "mask": observed,
+    batch = {"values": torch.randn(B, T, F, generator=g), "observed": observed,
              "delta": torch.rand(B, T, F, generator=g) * 48 * (1 - observed)}
     cfg = mask_cfg or MaskConfig(kind="future", context_hours=15, target_hours=5)
     batch.update(sample_masks(cfg, T, B, np.random.default_rng(seed)))
@@ -50,12 +50,12 @@ def test_shapes():
     assert int(stats["n_targets"]) == int(batch["target_lengths"].sum())
     D = model.cfg.width
     for which in ("target", "context"):
-        assert model.embed(batch["values"], batch["mask"], batch["delta"], encoder=which).shape == (4, T_, D)
-    short = [batch[k][:, :12] for k in ("values", "mask", "delta")]  # windows may be shorter
+        assert model.embed(batch["values"], batch["observed"], batch["delta"], encoder=which).shape == (4, T_, D)
+    short = [batch[k][:, :12] for k in ("values", "observed", "delta")]  # windows may be shorter
     assert model.embed(*short).shape == (4, 12, D)
     with pytest.raises(ValueError, match="max_hours"):
-        model.embed(*[torch.cat([x, x], dim=1) for x in (batch["values"], batch["mask"], batch["delta"])])
-    z = model.encoder(batch["values"], batch["mask"], batch["delta"], batch["context_index"], batch["context_lengths"])
+        model.embed(*[torch.cat([x, x], dim=1) for x in (batch["values"], batch["observed"], batch["delta"])])
+    z = model.encoder(batch["values"], batch["observed"], batch["delta"], batch["context_index"], batch["context_lengths"])
     assert z.shape == (4, batch["context_index"].shape[1], D)
     p = model.predictor(z, batch["context_index"], batch["context_lengths"], batch["target_index"],
                         batch["target_lengths"])
@@ -154,13 +154,13 @@ def test_padding_invariance_of_the_loss():
     assert (noisy["target_index"] != batch["target_index"]).any()
     torch.testing.assert_close(model(noisy)[0], loss)
     # Each sample's prediction in the padded batch equals that sample's alone, without padding.
-    z = model.encoder(batch["values"], batch["mask"], batch["delta"], batch["context_index"], batch["context_lengths"])
+    z = model.encoder(batch["values"], batch["observed"], batch["delta"], batch["context_index"], batch["context_lengths"])
     pred = model.predictor(z, batch["context_index"], batch["context_lengths"], batch["target_index"],
                            batch["target_lengths"])
     for b in range(6):
         nc, nt = int(batch["context_lengths"][b]), int(batch["target_lengths"][b])
         ci, ti = batch["context_index"][b : b + 1, :nc], batch["target_index"][b : b + 1, :nt]
-        one = [batch[k][b : b + 1] for k in ("values", "mask", "delta")]
+        one = [batch[k][b : b + 1] for k in ("values", "observed", "delta")]
         zb = model.encoder(*one, ci, torch.tensor([nc]))
         torch.testing.assert_close(z[b, :nc], zb[0], atol=1e-5, rtol=1e-5)
         pb = model.predictor(zb, ci, torch.tensor([nc]), ti, torch.tensor([nt]))
@@ -174,7 +174,7 @@ def test_hour_content_is_not_swamped_by_the_position():
     model = micro()
     batch = make_batch(B=64)
     with torch.no_grad():
-        h = model.embed(batch["values"], batch["mask"], batch["delta"])  # [B, T, D]
+        h = model.embed(batch["values"], batch["observed"], batch["delta"])  # [B, T, D]
     total = h.var(dim=(0, 1), unbiased=False).sum()
     by_hour = h.mean(0).var(0, unbiased=False).sum()
     assert by_hour / total < 0.7
@@ -183,7 +183,7 @@ def test_hour_content_is_not_swamped_by_the_position():
 def test_target_layers_average_the_last_blocks():
     model = micro(target_layers=2)
     batch = make_batch()
-    v, m, d = batch["values"], batch["mask"], batch["delta"]
+    v, m, d = batch["values"], batch["observed"], batch["delta"]
     with torch.no_grad():
         out, blocks = model.target_encoder(v, m, d, last_k=2)
         torch.testing.assert_close(out, model.target_encoder(v, m, d))  # the normed output is unchanged

@@ -182,7 +182,7 @@ def test_checkpoint_loads_weights_only_into_a_model(tmp_path, data_dir):
     for k, v in model.state_dict().items():
         assert torch.equal(v, ckpt["model"][k]), k
     x = WindowDataset.for_hours(processed, "test", 24)[0]  # the probe's 24 hours fit max_hours
-    emb = model.embed(x["values"][None], x["mask"][None], x["delta"][None])
+    emb = model.embed(x["values"][None], x["observed"][None], x["delta"][None])
     assert emb.shape[:2] == (1, 24) and torch.isfinite(emb).all()
 
 

@@ -1,4 +1,4 @@
-"""WindowDataset: numba windows against a plain numpy reference, fill/mask/delta rules, counts,
+"""WindowDataset: numba windows against a plain numpy reference, fill/observed/delta rules, counts,
 and DataLoader workers.
 
 The processed directory is written by hand here in the on-disk format of docs/DESIGN.md, and read
@@ -83,7 +83,7 @@ def reference_window(mean, offset, start, length, norm_mean, norm_std, max_delta
     F = mean.shape[1]
     last = np.full(F, np.nan)
     last_hour = np.full(F, -1)
-    values, mask, delta = (np.zeros((length, F), np.float32) for _ in range(3))
+    values, observed, delta = (np.zeros((length, F), np.float32) for _ in range(3))
     for hour in range(start + length):
         x = mean[offset + hour].astype(np.float64)
         seen = ~np.isnan(x)
@@ -92,10 +92,10 @@ def reference_window(mean, offset, start, length, norm_mean, norm_std, max_delta
         if hour < start:
             continue
         t = hour - start
-        mask[t] = seen
+        observed[t] = seen
         delta[t] = np.where(last_hour < 0, max_delta, np.minimum(hour - last_hour, max_delta))
         values[t] = np.where(last_hour < 0, 0.0, (last - norm_mean) / norm_std)
-    return values, mask, delta
+    return values, observed, delta
 
 
 @pytest.fixture()
@@ -135,12 +135,12 @@ def test_for_hours(tiny):
     assert item["values"].shape == (5, 2) and int(item["stay"]) == 2 and int(item["start"]) == 0
 
 
-def test_fill_mask_delta_by_hand(tiny):
+def test_fill_observed_delta_by_hand(tiny):
     ds = WindowDataset(tiny, None, length=3, stride=1, max_delta=2.0)
     # stay 0, window [2, 5): feature 0 last seen at hour 1 (value 1.0), feature 1 at hour 0 (10.0)
     item = ds[int(np.flatnonzero((ds.window_index == [0, 2]).all(1))[0])]
     assert item["values"].dtype == torch.float32 and item["stay"].dtype == torch.int64
-    np.testing.assert_allclose(item["mask"].numpy(), [[0, 0], [0, 0], [1, 1]])
+    np.testing.assert_allclose(item["observed"].numpy(), [[0, 0], [0, 0], [1, 1]])
     # carried in across the window start: (1 - 1) / 2 = 0 and (10 - 10) / 4 = 0; then observed
     np.testing.assert_allclose(item["values"].numpy(), [[0, 0], [0, 0], [1.0, 1.0]])
     # feature 0: 1, 2 hours since hour 1; feature 1: 2, 3 -> capped at 2
@@ -151,7 +151,7 @@ def test_fill_mask_delta_by_hand(tiny):
 def test_before_first_observation(tiny):
     ds = WindowDataset(tiny, "val", length=7, stride=1, max_delta=48.0)
     item = ds[0]
-    v, m, d = item["values"].numpy(), item["mask"].numpy(), item["delta"].numpy()
+    v, m, d = item["values"].numpy(), item["observed"].numpy(), item["delta"].numpy()
     # feature 0 first seen at hour 2: value 0 and delta max_delta before it, then 0, 1, 2, ...
     np.testing.assert_allclose(d[:, 0], [48, 48, 0, 1, 2, 3, 4])
     np.testing.assert_allclose(v[:, 0], [0, 0, 2, 2, 2, 2, 2])  # (5 - 1) / 2
@@ -164,7 +164,7 @@ def test_does_not_read_other_stays(tiny):
     # stay 1 starts right after stay 0, whose last hour is fully observed: nothing carries over
     ds = WindowDataset(tiny, None, length=2, stride=1)
     item = ds[int(np.flatnonzero((ds.window_index == [1, 0]).all(1))[0])]
-    np.testing.assert_allclose(item["mask"].numpy(), [[1, 0], [0, 0]])
+    np.testing.assert_allclose(item["observed"].numpy(), [[1, 0], [0, 0]])
     np.testing.assert_allclose(item["delta"].numpy()[:, 1], [48, 48])
 
 
@@ -204,7 +204,7 @@ def test_dataset_matches_reference_on_random_stays(tmp_path):
         item = ds[i]
         stay, start = ds.window_index[i]
         want = reference_window(mean, offset[stay], start, 6, norm_mean, norm_std, 10.0)
-        for key, w in zip(("values", "mask", "delta"), want):
+        for key, w in zip(("values", "observed", "delta"), want):
             np.testing.assert_allclose(item[key].numpy(), w, rtol=1e-5, atol=1e-6)
 
 

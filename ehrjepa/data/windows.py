@@ -4,7 +4,7 @@ A window is `length` consecutive hours of one stay. Each item holds, per hour an
 - `values`: the hourly mean, forward-filled within the stay and normalised with the train
   statistics; the fill starts at the stay's hour 0, so an observation made before the window
   start carries into it. Before the first observation the value is 0 (the train mean).
-- `mask`: 1 where the feature was observed in that hour.
+- `observed`: 1 where the feature was observed in that hour.
 - `delta`: hours since the last observation in the stay (0 where observed), capped at
   `max_delta`; `max_delta` before any observation.
 
@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 
 
 @numba.njit(cache=True, nogil=True)
-def fill_window(mean, offset, start, length, norm_mean, norm_std, max_delta, values, mask, delta):
-    """Fill values/mask/delta [length, F] for hours [start, start + length) of the stay whose
+def fill_window(mean, offset, start, length, norm_mean, norm_std, max_delta, values, observed, delta):
+    """Fill values/observed/delta [length, F] for hours [start, start + length) of the stay whose
     first row in `mean` is `offset`. Hours before `start` are scanned backwards only as far as
     needed to find each feature's last observation."""
     n_features = mean.shape[1]
@@ -52,11 +52,11 @@ def fill_window(mean, offset, start, length, norm_mean, norm_std, max_delta, val
             if not np.isnan(x):
                 last[f] = x
                 last_hour[f] = hour
-                mask[t, f] = 1.0
+                observed[t, f] = 1.0
                 delta[t, f] = 0.0
                 values[t, f] = (x - norm_mean[f]) / norm_std[f]
             else:
-                mask[t, f] = 0.0
+                observed[t, f] = 0.0
                 if last_hour[f] < 0:
                     delta[t, f] = max_delta
                     values[t, f] = 0.0
@@ -166,13 +166,13 @@ class WindowDataset(Dataset):
         stay, start = self.window_index[i]
         shape = (self.length, self.n_features)
         values = np.empty(shape, np.float32)
-        mask = np.empty(shape, np.float32)
+        observed = np.empty(shape, np.float32)
         delta = np.empty(shape, np.float32)
         fill_window(self._mean_array(), self._offset[stay], start, self.length, self.norm_mean,
-                    self.norm_std, self.max_delta, values, mask, delta)
+                    self.norm_std, self.max_delta, values, observed, delta)
         return {
             "values": torch.from_numpy(values),
-            "mask": torch.from_numpy(mask),
+            "observed": torch.from_numpy(observed),
             "delta": torch.from_numpy(delta),
             "stay": torch.tensor(stay, dtype=torch.int64),
             "start": torch.tensor(start, dtype=torch.int64),

@@ -25,7 +25,7 @@ def gather_hours(x: Tensor, index: Tensor) -> Tensor:
 
 
 class HourEmbedding(nn.Module):
-    """A 2-layer MLP over [value, observation mask, log1p(hours since observed)] of every feature
+    """A 2-layer MLP over [value, observed indicator, log1p(hours since observed)] of every feature
     in an hour (3F inputs), plus the sinusoidal embedding of the hour's index in the window.
 
     The hours since the last observation are fed as log1p(delta) (0 to ~3.9 for the 48-hour cap)
@@ -45,15 +45,15 @@ class HourEmbedding(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.register_buffer("pos", sinusoid(max_hours, width), persistent=False)
 
-    def forward(self, values: Tensor, mask: Tensor, delta: Tensor, index: Tensor | None = None) -> Tensor:
-        """values, mask, delta [B, T, F] -> tokens [B, T, width], or [B, L, width] for the hours
+    def forward(self, values: Tensor, observed: Tensor, delta: Tensor, index: Tensor | None = None) -> Tensor:
+        """values, observed, delta [B, T, F] -> tokens [B, T, width], or [B, L, width] for the hours
         in `index` (int64 [B, L]) only; the gather comes first so unused hours cost nothing."""
         if values.shape[-1] != self.n_features:
             raise ValueError(f"HourEmbedding: expected {self.n_features} features, got {values.shape[-1]}")
         if values.shape[1] > self.pos.shape[0]:
             raise ValueError(f"HourEmbedding: window of {values.shape[1]} hours is longer than "
                              f"max_hours={self.pos.shape[0]} the model was built for")
-        x = torch.cat([values, mask, torch.log1p(delta)], dim=-1)
+        x = torch.cat([values, observed, torch.log1p(delta)], dim=-1)
         if index is None:
             pos = self.pos[: x.shape[1]]
         else:

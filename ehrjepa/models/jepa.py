@@ -61,15 +61,15 @@ class JEPA(nn.Module):
         self._ema_kernel = None  # resolved on the first CUDA momentum_update
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        values, mask, delta = batch["values"], batch["mask"], batch["delta"]
+        values, observed, delta = batch["values"], batch["observed"], batch["delta"]
         context_index, context_lengths = batch["context_index"], batch["context_lengths"]
         target_index, target_lengths = batch["target_index"], batch["target_lengths"]
 
         with torch.no_grad():
-            h = self.targets(values, mask, delta)  # [B, T, D], every hour
+            h = self.targets(values, observed, delta)  # [B, T, D], every hour
             target = gather_hours(h, target_index)  # [B, Lt, D]
 
-        z = self.encoder(values, mask, delta, context_index, context_lengths)
+        z = self.encoder(values, observed, delta, context_index, context_lengths)
         pred = self.predictor(z, context_index, context_lengths, target_index, target_lengths)
 
         if self.cfg.loss == "smooth_l1":
@@ -82,24 +82,24 @@ class JEPA(nn.Module):
         stats = {"n_targets": n_targets.detach(), "n_context": context_lengths.sum().detach()}
         return loss, stats
 
-    def targets(self, values: Tensor, mask: Tensor, delta: Tensor) -> Tensor:
+    def targets(self, values: Tensor, observed: Tensor, delta: Tensor) -> Tensor:
         """The regression targets of every hour [B, T, D] (fp32): the target encoder sees all hours;
         its output is layer-normed, or with model.target_layers = k > 1 the last k blocks' outputs
         are layer-normed, averaged and layer-normed again (data2vec's targets)."""
         k = self.cfg.target_layers
         if k == 1:
-            h = self.target_encoder(values, mask, delta)
+            h = self.target_encoder(values, observed, delta)
             return F.layer_norm(h.float(), h.shape[-1:])
-        _, blocks = self.target_encoder(values, mask, delta, last_k=k)
+        _, blocks = self.target_encoder(values, observed, delta, last_k=k)
         h = torch.stack([F.layer_norm(b.float(), b.shape[-1:]) for b in blocks]).mean(0)
         return F.layer_norm(h, h.shape[-1:])
 
-    def embed(self, values: Tensor, mask: Tensor, delta: Tensor, encoder: str = "target") -> Tensor:
+    def embed(self, values: Tensor, observed: Tensor, delta: Tensor, encoder: str = "target") -> Tensor:
         """Features of every hour, all hours as context: [B, T, D]. For probes and validation."""
         if encoder not in ("target", "context"):
             raise ValueError(f"embed: encoder must be 'target' or 'context', got {encoder!r}")
         module = self.target_encoder if encoder == "target" else self.encoder
-        return module(values, mask, delta)
+        return module(values, observed, delta)
 
     @torch.no_grad()
     def momentum_update(self, momentum: float | Tensor) -> None:

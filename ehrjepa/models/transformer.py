@@ -69,12 +69,12 @@ class Encoder(nn.Module):
         self.embed = HourEmbedding(n_features, width, max_hours)
         self.transformer = Transformer(width, depth, heads, mlp_ratio, dropout, backend)
 
-    def forward(self, values: Tensor, mask: Tensor, delta: Tensor, index: Tensor | None = None,
+    def forward(self, values: Tensor, observed: Tensor, delta: Tensor, index: Tensor | None = None,
                 lengths: Tensor | None = None, last_k: int = 0) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """values, mask, delta [B, T, F]; index int64 [B, L] (ascending, padded), lengths int64 [B].
+        """values, observed, delta [B, T, F]; index int64 [B, L] (ascending, padded), lengths int64 [B].
         Returns [B, L, width] ([B, T, width] without index); with last_k > 0, also the raw
         outputs of the last k blocks (see Transformer.forward)."""
-        x = self.embed(values, mask, delta, index)
+        x = self.embed(values, observed, delta, index)
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
         return self.transformer(x, lengths, last_k)

@@ -13,8 +13,8 @@ def embed_stays(model, dataset, encoder: str = "target", device: str = "cpu", ba
                 progress: bool = True, desc: str = "embed") -> tuple[np.ndarray, np.ndarray]:
     """Mean-pooled embeddings of every window in `dataset`, in dataset order.
 
-    model: anything with `embed(values, mask, delta, encoder=...) -> [B, T, D]` (a JEPA);
-    dataset: items with `values`, `mask`, `delta` [T, F] and `stay` (WindowDataset.for_hours).
+    model: anything with `embed(values, observed, delta, encoder=...) -> [B, T, D]` (a JEPA);
+    dataset: items with `values`, `observed`, `delta` [T, F] and `stay` (WindowDataset.for_hours).
     Returns (float32 [N, D], stay row indices int64 [N]). The model is put in eval mode on `device`.
     """
     import torch
@@ -27,7 +27,7 @@ def embed_stays(model, dataset, encoder: str = "target", device: str = "cpu", ba
     pooled, stays = [], []
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-            hidden = model.embed(batch["values"].to(device), batch["mask"].to(device),
+            hidden = model.embed(batch["values"].to(device), batch["observed"].to(device),
                                  batch["delta"].to(device), encoder=encoder)
             pooled.append(hidden.float().mean(dim=1).cpu().numpy())
             stays.append(np.asarray(batch["stay"], dtype=np.int64))

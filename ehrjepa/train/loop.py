@@ -305,7 +305,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                 losses, embs = [], []
                 for b in val_batches:
                     losses.append(model(b)[0].float())
-                    e = model.embed(b["values"], b["mask"], b["delta"], encoder="target")
+                    e = model.embed(b["values"], b["observed"], b["delta"], encoder="target")
                     embs.append(e.float().reshape(-1, e.shape[-1]))
                 emb = torch.cat(embs)
                 out = {"val_loss": float(torch.stack(losses).mean()), "rankme": rankme(emb),
