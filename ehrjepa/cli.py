@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from ehrjepa import __version__
+
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
     "synth": ("ehrjepa.synth", "write synthetic data in the MIMIC-IV v2.2 schema"),
@@ -23,6 +25,7 @@ SUBCOMMANDS = {
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `command`'s module is imported and configured (all of them if None)."""
     parser = argparse.ArgumentParser(prog="ehrjepa", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ehrjepa {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

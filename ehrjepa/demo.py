@@ -6,6 +6,8 @@ Each stage goes through the same command a user would type, so the demo shows th
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for everything the demo writes (default: ./demo_out)")
     p.add_argument("--patients", type=int, default=2000, help="synthetic patients (default: 2000)")
     p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: configs/micro.yaml's train.max_steps)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data, split, masks and training (default: 0)")
     p.add_argument("--config", type=Path, default=REPO / "configs" / "micro.yaml", help="training config (default: configs/micro.yaml)")
     p.add_argument("--skip-probe", action="store_true", help="stop after pretraining")
 
@@ -27,7 +29,7 @@ def _stage(name: str) -> float:
 
 
 def summarise(processed) -> str:
-    """A few lines on what preprocessing produced: stays, hours, labels, coverage per feature."""
+    """What preprocessing produced beyond its own per-table counts: splits, hours, deaths, coverage."""
     import numpy as np
 
     stays = processed.stays
@@ -43,10 +45,32 @@ def summarise(processed) -> str:
         observed = np.asarray(processed.count[:] > 0).mean(axis=0)
         cov = ", ".join(f"{f} {o:.0%}" for f, o in zip(processed.features, observed))
         lines.append(f"hours observed per feature: {cov}")
-    for table, acc in processed.manifest["tables"].items():
-        dropped = ", ".join(f"{k} {v}" for k, v in acc["dropped"].items() if v) or "none"
-        lines.append(f"{table}: read {acc['rows_read']}, kept {acc['rows_kept']}, dropped: {dropped}")
     return "\n".join(lines)
+
+
+MARKER = ".ehrjepa-demo"  # marks a folder the demo made, so a rerun may replace what it wrote
+STAGE_DIRS = ("mimic", "processed", "run", "probe")
+
+
+def prepare_out(out: Path) -> str | None:
+    """Make `out` ready for a fresh demo; returns an error message, or None.
+
+    A rerun starts fresh in the same folder: the folders an earlier demo wrote there are removed
+    first. A folder the demo did not make (no marker file, not empty) is never touched.
+    """
+    if out.exists() and not out.is_dir():
+        return f"{out} is a file, not a folder; choose another --out"
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        return (f"{out} is not empty and was not made by `ehrjepa demo`; choose another --out "
+                "(the demo only replaces folders it made itself)")
+    reran = [name for name in STAGE_DIRS if (out / name).exists()]
+    for name in reran:
+        shutil.rmtree(out / name)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by `ehrjepa demo`; a rerun replaces this folder's contents\n")
+    if reran:
+        print(f"{out} holds an earlier demo: starting fresh (removed {', '.join(reran)})")
+    return None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -54,6 +78,10 @@ def main(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     mimic, data, run, report = out / "mimic", out / "processed", out / "run", out / "probe"
+    error = prepare_out(out)
+    if error:
+        print(f"ehrjepa demo: {error}", file=sys.stderr)
+        return 2
     t_all = time.perf_counter()
 
     t = _stage(f"1/4 synth: {args.patients} synthetic patients in the MIMIC-IV v2.2 schema -> {mimic}")
@@ -89,9 +117,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"({time.perf_counter() - t:.1f} s)")
 
     print(f"\ndemo done in {time.perf_counter() - t_all:.0f} s. Everything is under {out}/:")
-    print(f"  {mimic}/        synthetic MIMIC-IV tables (hosp/, icu/)")
-    print(f"  {data}/   stays.parquet, mean.npy, count.npy, features.json, manifest.json")
-    print(f"  {run}/         config.yaml, metrics.csv, tb/, checkpoints/")
+    listing = [(mimic, "synthetic MIMIC-IV tables (hosp/, icu/)"),
+               (data, "stays.parquet, mean.npy, count.npy, features.json, manifest.json"),
+               (run, "config.yaml, metrics.csv, tb/, checkpoints/")]
     if not args.skip_probe:
-        print(f"  {report}/       report.json, report.md, *.png")
+        listing.append((report, "report.json, report.md, *.png"))
+    width = max(len(f"{path}/") for path, _ in listing)
+    for path, what in listing:
+        print(f"  {f'{path}/':<{width}}  {what}")
     return 0

@@ -1,5 +1,6 @@
 """`ehrjepa demo` end to end, shrunk: every stage runs through the CLI and leaves its outputs."""
 import json
+import re
 
 from ehrjepa.cli import main
 
@@ -22,3 +23,29 @@ def test_demo_runs_every_stage(tmp_path, capsys):
     assert set(ran) | skipped == {"mortality_hosp", "los_gt_3d", "los_gt_7d"}
     for task in ran:
         assert set(report["tasks"][task]) == {"jepa", "random_init", "raw_features"}
+
+
+def test_demo_twice_starts_fresh_in_the_same_folder(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--patients", "60", "--steps", "4", "--seed", "1", "--skip-probe"]
+    assert main(args) == 0
+    (out / "run" / "stale.txt").write_text("from the first run")
+    capsys.readouterr()
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "starting fresh" in printed
+    assert not (out / "run" / "stale.txt").exists()
+    assert (out / "run" / "checkpoints" / "last.pt").exists()
+    # the folder list is aligned: every description starts in the same column
+    listing = [line for line in printed.splitlines() if line.startswith(f"  {out}")]
+    assert len(listing) == 3
+    assert len({re.match(r"  \S+\s+", line).end() for line in listing}) == 1
+
+
+def test_demo_never_touches_a_folder_it_did_not_make(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("a user's file")
+    assert main(["demo", "--out", str(out), "--patients", "60", "--steps", "4"]) == 2
+    assert "not made by `ehrjepa demo`" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "a user's file"
