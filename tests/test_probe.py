@@ -17,10 +17,13 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ehrjepa.data import open_processed
+from ehrjepa.data.processed import SPLITS
 from ehrjepa.probe.baselines import STATS, raw_feature_names, raw_features
-from ehrjepa.probe.evaluate import bootstrap, evaluate_all, percentile_ci, ranked_metrics, unseen_positions_note
+from ehrjepa.probe.fit import evaluate_all
+from ehrjepa.probe.metrics import bootstrap, percentile_ci, ranked_metrics
 from ehrjepa.probe.report import markdown, results_table, write_report
-from ehrjepa.probe.tasks import SPLITS, TASKS, skip_reason, task_labels
+from ehrjepa.probe.run import unseen_positions_note
+from ehrjepa.probe.tasks import HOURS, TASKS, skip_reason, task_labels
 
 FEATURES = ["heart_rate", "lactate", "sodium"]
 
@@ -86,7 +89,7 @@ def write_processed(out, n_stays=900, seed=0, death_rate=None):
     return SimpleNamespace(z=z, death=death, n_hours=n_hours)
 
 
-def cohort_rows(processed, split, hours=24):
+def cohort_rows(processed, split, hours=HOURS):
     rows = processed.split_indices(split)
     return rows[processed.stays.column("n_hours").to_numpy()[rows] >= hours]
 
@@ -98,7 +101,7 @@ def planted(tmp_path_factory):
     return open_processed(out), truth
 
 
-def probe_inputs(processed, hours=24):
+def probe_inputs(processed, hours=HOURS):
     """x {method: {split: X}} with raw_features and a fake 'embedding', and labels {task: {split: y}}."""
     rows = {s: cohort_rows(processed, s, hours) for s in SPLITS}
     raw = {s: raw_features(processed, rows[s], hours) for s in SPLITS}
@@ -368,12 +371,12 @@ def test_note_on_hours_the_context_never_covered():
 
 @pytest.mark.parametrize("name", ["micro", "small", "base", "large"])
 def test_shipped_configs_cover_the_probe_hours(name):
-    """A run of any shipped config has seen every one of the 24 hours the probe embeds as context."""
+    """A run of any shipped config has seen every one of the HOURS hours the probe embeds as context."""
     from ehrjepa.config import load_config
 
     from conftest import REPO
 
-    assert unseen_positions_note(load_config(REPO / "configs" / f"{name}.yaml"), 24) is None
+    assert unseen_positions_note(load_config(REPO / "configs" / f"{name}.yaml"), HOURS) is None
 
 
 def test_run_probe_and_cli_end_to_end(tmp_path, capsys, one_torch_thread):
@@ -386,7 +389,7 @@ def test_run_probe_and_cli_end_to_end(tmp_path, capsys, one_torch_thread):
     make_run(run, len(FEATURES))
     report = run_probe(run, data_dir, tmp_path / "report", n_bootstrap=50, progress=False, batch_size=64)
     assert report["checkpoint"].endswith("best.pt") and report["step"] == 42
-    assert report["encoder"] == "target" and "mean over hours [0, 24)" in report["pooling"]
+    assert report["encoder"] == "target" and f"mean over hours [0, {HOURS})" in report["pooling"]
     n_test = len(cohort_rows(processed, "test"))
     assert report["cohort"]["test"]["with_hours"] == n_test
     for task in TASKS:
@@ -417,7 +420,7 @@ def test_run_probe_and_cli_end_to_end(tmp_path, capsys, one_torch_thread):
 
 
 def test_checkpoint_defaults_to_best_then_last(tmp_path):
-    from ehrjepa.probe.evaluate import resolve_checkpoint
+    from ehrjepa.probe.run import resolve_checkpoint
 
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()

@@ -1,18 +1,25 @@
 """`ehrjepa probe`: frozen-encoder embeddings, logistic-regression probes, baselines and a report.
 
+    tasks.py       the tasks, their labels and HOURS, the hours [0, HOURS) the probe embeds
+    baselines.py   raw_features: per-feature summary statistics of the same hours
+    embeddings.py  mean-pooled embeddings of a frozen encoder
+    metrics.py     AUROC, AUPRC and the paired bootstrap
+    fit.py         the logistic-regression probes, one per (task, method)
+    run.py         run_probe: a whole run, from its checkpoint to REPORT
+    report.py      REPORT/report.json, report.md and the plots
+    cli.py         `ehrjepa probe`
+
 `run_probe(run_dir, data_dir, out_dir, ...) -> dict` is the Python API (used by the CLI and the
 demo); torch and scikit-learn are imported only when it runs.
 """
 
 
 def run_probe(*args, **kwargs) -> dict:
-    from ehrjepa.probe.evaluate import run_probe as _run_probe
+    """Probe a pretrained run (jepa) against random_init and raw_features.
+
+    run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder="target", hours=tasks.HOURS,
+              device="cpu", batch_size=256, n_bootstrap=1000, seed=0, progress=True) -> report dict
+    Writes out_dir/report.json, report.md and PNG plots; see ehrjepa.probe.run.run_probe."""
+    from ehrjepa.probe.run import run_probe as _run_probe
 
     return _run_probe(*args, **kwargs)
-
-
-run_probe.__doc__ = """Probe a pretrained run (jepa) against random_init and raw_features.
-
-    run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder="target", hours=24, device="cpu",
-              batch_size=256, n_bootstrap=1000, seed=0, progress=True) -> report dict
-    Writes out_dir/report.json, report.md and PNG plots."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ehrjepa.probe.tasks import HOURS
+
 STATS = ("last", "mean", "min", "max", "observed")
 
 
@@ -19,7 +21,7 @@ def raw_feature_names(features: list[str]) -> list[str]:
     return [f"{name}.{stat}" for stat in STATS for name in features]
 
 
-def raw_features(processed, rows: np.ndarray, hours: int = 24, chunk: int = 2048) -> np.ndarray:
+def raw_features(processed, rows: np.ndarray, hours: int = HOURS, chunk: int = 2048) -> np.ndarray:
     """float32 [len(rows), 5 * F] summary statistics over hours [0, hours) of stay rows `rows`."""
     rows = np.asarray(rows, dtype=np.int64)
     offset = processed.stays.column("offset").to_numpy()[rows].astype(np.int64)

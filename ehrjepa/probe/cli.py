@@ -12,26 +12,31 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ehrjepa.probe.tasks import HOURS
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run directory of `ehrjepa train` (RUN)")
     parser.add_argument("--data", required=True, help="processed data directory of `ehrjepa preprocess` (OUT)")
     parser.add_argument("--out", required=True, help="report directory to write (REPORT)")
     parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint to probe (default RUN/checkpoints/best.pt, else last.pt)")
+                        help="checkpoint to probe (default: RUN/checkpoints/best.pt, else last.pt)")
     parser.add_argument("--encoder", choices=("target", "context"), default="target",
-                        help="which encoder embeds the stays (default: the EMA target encoder)")
-    parser.add_argument("--hours", type=int, default=24, help="embed and summarise hours [0, HOURS) of stays "
-                        "with at least HOURS hours (default 24)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--batch-size", type=int, default=256, help="stays per embedding batch")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap, probes and random_init")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+                        help="which encoder embeds the stays: the EMA target encoder or the context "
+                             "encoder (default: %(default)s)")
+    parser.add_argument("--hours", type=int, default=HOURS, help="embed and summarise hours [0, HOURS) of "
+                        "stays with at least HOURS hours (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=256, help="stays per embedding batch (default: %(default)s)")
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="bootstrap resamples for the intervals (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the bootstrap, probes and random_init (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (default: show them)")
 
 
 def main(args: argparse.Namespace) -> int:
-    from ehrjepa.probe.evaluate import run_probe
+    from ehrjepa.probe.run import run_probe
     from ehrjepa.probe.report import comparison_lines, report_notes, results_table
 
     if args.hours < 1:

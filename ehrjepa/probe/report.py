@@ -1,8 +1,8 @@
 """The probe report: REPORT/report.json, REPORT/report.md and PNG plots (matplotlib, Agg).
 
 Plots: `roc_{task}.png` (test ROC curves of every method), `pca.png` (2-D PCA of the stay
-embeddings coloured by outcome, jepa beside random_init), `training_curves.png` (loss,
-val_loss and RankMe from RUN/metrics.csv).
+embeddings coloured by outcome, e.g. "died in hospital" / "survived", jepa beside random_init),
+`training_curves.png` (loss, val_loss and RankMe from RUN/metrics.csv).
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+
+from ehrjepa.probe.tasks import OUTCOMES
 
 # Below these, the markdown says plainly that the test split is tiny (the numbers cannot rank the
 # methods) or small (read the intervals, not the point estimates).
@@ -157,7 +159,9 @@ def plot_pca(embeddings: dict[str, np.ndarray], labels: dict[str, np.ndarray], p
             known = ~np.isnan(y)
             colors = np.where(y[known] == 1, "tab:red", "tab:blue")
             ax.scatter(xy[shown[known], 0], xy[shown[known], 1], s=4, alpha=0.5, c=colors, rasterized=True)
-            handles = [Line2D([], [], ls="", marker="o", color=color, label=f"{value} (n={int((labels[task] == value).sum())})")
+            names = OUTCOMES.get(task, (f"not {task}", task))
+            handles = [Line2D([], [], ls="", marker="o", color=color,
+                              label=f"{names[value]} (n={int((labels[task] == value).sum())})")
                        for value, color in ((0, "tab:blue"), (1, "tab:red"))]
             ax.legend(handles=handles, fontsize=7)
             drawn = f", {int(known.sum())} of {int((~np.isnan(labels[task])).sum())} drawn" if n > len(shown) else ""

@@ -1,0 +1,156 @@
+"""`run_probe`: probe a whole pretrained run and write its report.
+
+Loads the run's checkpoint, embeds the first hours of every stay with its frozen encoder (jepa)
+and with an untrained encoder of the same architecture (random_init), summarises the same hours
+per feature (raw_features), fits the probes of `fit.py` for every task and writes REPORT.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ehrjepa.data.processed import SPLITS
+from ehrjepa.probe.fit import C_GRID, evaluate_all
+from ehrjepa.probe.tasks import HOURS, TASKS, class_counts
+
+
+def resolve_checkpoint(run_dir: Path, checkpoint: str | Path | None) -> Path:
+    """The checkpoint to probe: the one given, else RUN/checkpoints/best.pt, else last.pt."""
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        return path
+    for name in ("best.pt", "last.pt"):
+        path = Path(run_dir) / "checkpoints" / name
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"no checkpoint in {Path(run_dir) / 'checkpoints'} (looked for best.pt, last.pt); "
+                            f"pass --checkpoint PATH")
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} asked for, but CUDA is not available")
+    return device
+
+
+def random_init_like(config, n_features: int, max_hours: int, seed: int = 0):
+    """An untrained JEPA of the same architecture (same config), built with a fixed seed."""
+    import torch
+
+    from ehrjepa.train.loop import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(config, n_features, max_hours).eval()
+
+
+def unseen_positions_note(config, hours: int) -> str | None:
+    """A note when the probe embeds hour positions that the context encoder never saw as context
+    in pretraining (the EMA target encoder only copies what the context encoder learned), or None.
+
+    With the future mask the context is hours [0, mask.context_hours) of each window; with
+    multiblock, any hour of the data.length-hour window."""
+    future = config.mask.kind == "future"
+    seen = config.mask.context_hours if future else config.data.length
+    if hours <= seen:
+        return None
+    fix = (f"data.length={hours + config.mask.target_hours}, mask.context_hours={hours}" if future
+           else f"data.length={hours}")
+    return (f"the encoder saw hour positions [0, {seen}) as context in pretraining (mask.kind="
+            f"{config.mask.kind}); hours {seen}-{hours - 1} of the {hours} embedded here are positions it never "
+            f"learned from. Pretrain with windows whose context covers the probe's hours ({fix}); on the "
+            f"synthetic data, unseen positions cost the small model most of its gain over random_init (README, "
+            f"\"The small model on CPU\")")
+
+
+def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "target", hours: int = HOURS,
+              device: str = "cpu", batch_size: int = 256, n_bootstrap: int = 1000, seed: int = 0,
+              progress: bool = True) -> dict:
+    """Probe a pretrained run against random_init and raw_features; write REPORT and return its dict."""
+    import torch
+
+    from ehrjepa.data import WindowDataset, open_processed
+    from ehrjepa.probe.baselines import raw_features
+    from ehrjepa.probe.embeddings import embed_stays, pooling_description
+    from ehrjepa.probe.report import write_report
+    from ehrjepa.probe.tasks import task_labels
+    from ehrjepa.train import load_model
+
+    if encoder not in ("target", "context"):
+        raise ValueError(f"encoder must be 'target' or 'context', not {encoder!r}")
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    ckpt_path = resolve_checkpoint(run_dir, checkpoint)
+    device = resolve_device(device)
+    processed = open_processed(data_dir)
+    model, config = load_model(ckpt_path, map_location="cpu")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    step, n_features, max_hours = ckpt.get("step"), int(ckpt["n_features"]), int(ckpt["max_hours"])
+    del ckpt
+    if n_features != len(processed.features):
+        raise ValueError(f"checkpoint {ckpt_path} was trained on {n_features} features, but {data_dir} "
+                         f"has {len(processed.features)}")
+    if hours > max_hours:
+        raise ValueError(f"--hours {hours} is longer than the model's max_hours {max_hours} ({ckpt_path})")
+    untrained = random_init_like(config, n_features, max_hours, seed)
+
+    datasets = {split: WindowDataset.for_hours(processed, split, hours) for split in SPLITS}
+    rows = {split: datasets[split].window_index[:, 0].astype(np.int64) for split in SPLITS}
+    x = {"jepa": {}, "random_init": {}, "raw_features": {}}
+    for split in SPLITS:
+        for method, m in (("jepa", model), ("random_init", untrained)):
+            emb, stay = embed_stays(m, datasets[split], encoder, device, batch_size, progress,
+                                    desc=f"embed {method} {split}")
+            if not np.array_equal(stay, rows[split]):
+                raise RuntimeError(f"{method} {split}: embeddings came back in another order than the stays")
+            x[method][split] = emb
+        x["raw_features"][split] = raw_features(processed, rows[split], hours)
+    per_split = {split: task_labels(processed.stays, rows[split]) for split in SPLITS}
+    labels = {task: {split: per_split[split][task] for split in SPLITS} for task in TASKS}
+    tasks, skipped, comparisons, curves = evaluate_all(x, labels, n_bootstrap, seed, progress=progress)
+
+    split_col = np.asarray(processed.stays.column("split").to_pylist())
+    cohort = {split: {"stays": int((split_col == split).sum()), "with_hours": int(len(rows[split]))}
+              for split in SPLITS}
+    label_counts = {task: {split: dict(zip(("n", "positives", "unknown"), class_counts(labels[task][split])))
+                           for split in SPLITS} for task in TASKS}
+    report = {
+        "tasks": tasks,
+        "skipped": skipped,
+        "comparisons": comparisons,
+        "encoder": encoder,
+        "pooling": pooling_description(encoder, hours),
+        "hours": hours,
+        "methods": {"jepa": f"logistic regression on the {encoder} encoder of the checkpoint",
+                    "random_init": f"the same on an untrained encoder of the same architecture (seed {seed})",
+                    "raw_features": "logistic regression on per-feature last, mean, min, max, observed "
+                                    f"fraction over hours [0, {hours})"},
+        "checkpoint": str(ckpt_path),
+        "step": step,
+        "run": str(run_dir),
+        "data": str(Path(data_dir)),
+        "device": device,
+        "cohort": cohort,
+        "labels": label_counts,
+        "n_bootstrap": n_bootstrap,
+        "seed": seed,
+        "c_grid": list(C_GRID),
+    }
+    # the PCA plot shows every stay of the cohort, all splits together
+    nonempty = [s for s in SPLITS if len(rows[s])]
+    embeddings = {m: np.concatenate([x[m][s] for s in nonempty]) for m in ("jepa", "random_init")} if nonempty else None
+    all_labels = {task: np.concatenate([labels[task][s] for s in nonempty]) for task in TASKS} if nonempty else None
+    unseen = unseen_positions_note(config, hours)
+    notes = [unseen] if unseen else []
+    if not nonempty:
+        notes.append(f"no stay has {hours} hours or more: nothing to probe")
+    report["notes"] = notes
+    write_report(report, out_dir, curves=curves, embeddings=embeddings, labels=all_labels,
+                 metrics_csv=run_dir / "metrics.csv")
+    return report
