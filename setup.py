@@ -11,7 +11,7 @@ setup(
     # kernels/ is installed as ehrjepa.kernels so that no generic top-level `kernels` lands in
     # site-packages.
     packages=["ehrjepa", "ehrjepa.data", "ehrjepa.models", "ehrjepa.train", "ehrjepa.probe",
-              "ehrjepa.kernels"],
+              "ehrjepa.synth", "ehrjepa.kernels"],
     package_dir={"ehrjepa": "ehrjepa", "ehrjepa.kernels": "kernels"},
     install_requires=[
         "torch>=2.5",

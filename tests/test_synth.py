@@ -10,7 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from ehrjepa import synth
-from ehrjepa.synth import SCHEMAS, write_synthetic
+from ehrjepa.synth import SCHEMAS, batches, write_synthetic
+from ehrjepa.synth.chartevents import chartevents
+from ehrjepa.synth.stays import draw_patients, stays_and_admissions
 
 TABLES = ["hosp/patients", "hosp/admissions", "hosp/labevents", "hosp/d_labitems",
           "icu/icustays", "icu/chartevents", "icu/d_items"]
@@ -86,7 +88,7 @@ def test_deterministic(tmp_path):
 
 def test_full_batches_do_not_depend_on_total(tmp_path, monkeypatch):
     """Batches have their own random streams: a longer run starts with a shorter one's batches."""
-    monkeypatch.setattr(synth, "BATCH_PATIENTS", 8)
+    monkeypatch.setattr(batches, "BATCH_PATIENTS", 8)
     write_synthetic(tmp_path / "small", 16, seed=1, fmt="csv", progress=False)
     write_synthetic(tmp_path / "large", 21, seed=1, fmt="csv", progress=False)
     for table in ("icu/icustays", "icu/chartevents", "hosp/labevents"):
@@ -264,9 +266,9 @@ def test_outcome_depends_on_trajectory():
 def test_vitals_follow_severity():
     """Heart rate rises and blood pressure falls with the latent severity."""
     rng = np.random.default_rng(1)
-    pat = synth._patients(rng, 0, 60)
-    stays, _ = synth._stays_and_admissions(rng, pat)
-    ce = synth._chartevents(rng, stays).to_pandas()
+    pat = draw_patients(rng, 0, 60)
+    stays, _ = stays_and_admissions(rng, pat)
+    ce = chartevents(rng, stays).to_pandas()
     ce["hour"] = ((ce.charttime - ce.stay_id.map(dict(zip(stays["stay_id"], stays["intime"].astype(
         "datetime64[s]"))))).dt.total_seconds() // 3600).clip(lower=0).astype(int)
     row = {s: i for i, s in enumerate(stays["stay_id"])}
