@@ -304,3 +304,32 @@ def test_train_step_benchmark_smoke(tmp_path):
     rows = json.loads(out.read_text())["results"]
     assert [r["mode"] for r in rows] == ["eager_fp32", "eager_bf16"]
     assert all(r["seq_s"] > 0 and r["mfu_pct"] > 0 and r["size"] == "micro" for r in rows)
+
+
+def test_build_save_and_load_model_round_trip(tmp_path):
+    from ehrjepa.config import config_to_dict, load_config
+    from ehrjepa.models import build_model, count_parameters, load_model, save_checkpoint
+
+    cfg = load_config(None, ["model.size=micro", "data.max_hours=32"])
+    torch.manual_seed(0)
+    model = build_model(cfg, F_)
+    assert model.max_hours == 32 and count_parameters(None) == 0
+    assert count_parameters(model, trainable_only=True) < count_parameters(model)
+    save_checkpoint({"model": model.state_dict(), "optimizer": {}, "step": 3, "n_features": F_,
+                     "config": config_to_dict(cfg)}, tmp_path / "c.pt")
+    loaded, cfg2, ckpt = load_model(tmp_path / "c.pt")
+    assert cfg2 == cfg and ckpt["step"] == 3 and "model" not in ckpt and not loaded.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+
+
+def test_resolve_device():
+    from ehrjepa.device import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu")

@@ -215,8 +215,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, m
     build = loop.build_model
     calls = {"n": 0}
 
-    def build_with_nan_at_step_7(cfg, n_features, max_hours):
-        model = build(cfg, n_features, max_hours)
+    def build_with_nan_at_step_7(cfg, n_features):
+        model = build(cfg, n_features)
         forward = model.forward
 
         def poisoned(batch):
@@ -270,3 +270,17 @@ def test_cli_train_and_resume(tmp_path, data_dir, capsys):
     assert "train.lrr" in capsys.readouterr().err
     assert main(["train", "--config", str(MICRO), "--run-dir", str(tmp_path / "r3")]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_read_metrics_errors_name_the_line_and_series_skip_blanks(tmp_path):
+    from ehrjepa.train.metrics import metric_series
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,loss,val_loss\n1,0.5,\n2,0.25,0.4\n")
+    assert metric_series(read_metrics(path)) == {"loss": ([1, 2], [0.5, 0.25]), "val_loss": ([2], [0.4])}
+    path.write_text("step,loss\n1,0.5\n2,abc\n")
+    with pytest.raises(ValueError, match=r"line 3: column 'loss'"):
+        read_metrics(path)
+    path.write_text("loss\n0.5\n")
+    with pytest.raises(ValueError, match="no 'step' column"):
+        read_metrics(path)

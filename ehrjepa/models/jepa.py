@@ -121,8 +121,16 @@ class JEPA(nn.Module):
         torch._foreach_lerp_(self._ema_target, self._ema_online, 1.0 - momentum)
 
 
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (elements) of a module."""
+def build_model(cfg, n_features: int) -> JEPA:
+    """The JEPA of a run config (`ehrjepa.config.Config`): `cfg.model` shapes, a position table of
+    `cfg.data.max_hours` hours, `n_features` input features (the processed data's)."""
+    return JEPA(cfg.model, n_features=n_features, max_hours=cfg.data.max_hours)
+
+
+def count_parameters(module: nn.Module | None, trainable_only: bool = False) -> int:
+    """Number of parameters (elements) of a module; 0 for None (a part a model does not have)."""
+    if module is None:
+        return 0
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 

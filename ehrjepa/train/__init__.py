@@ -1,4 +1,6 @@
-"""JEPA pretraining: the loop (`train`), checkpoints, schedules, metrics, and `load_model`.
+"""JEPA pretraining: the loop (`train`), RNG capture for resume, schedules, metrics.
+
+Models and checkpoint files (build_model, load_model) live in `ehrjepa.models`.
 
 Heavy imports (torch) happen on first use, so `ehrjepa --help` stays fast.
 """
@@ -15,14 +17,9 @@ def train(cfg, run_dir, resume: bool = False, progress: bool = True) -> dict:
 
 
 def load_model(ckpt_path: str | Path, map_location="cpu"):
-    """(JEPA in eval mode, Config) from a checkpoint, loaded with `weights_only=True`."""
-    from ehrjepa.config import config_from_dict
-    from ehrjepa.train.checkpoint import load_checkpoint
-    from ehrjepa.train.loop import build_model
+    """(JEPA in eval mode, Config). Transitional: use `ehrjepa.models.load_model`, which also
+    returns the checkpoint dict; this one goes once the probe has switched."""
+    from ehrjepa.models.checkpoint import load_model as _load_model
 
-    ckpt = load_checkpoint(ckpt_path, map_location=map_location)
-    cfg = config_from_dict(ckpt["config"], source=f"{ckpt_path} (config)")
-    model = build_model(cfg, int(ckpt["n_features"]), int(ckpt["max_hours"]))
-    model.load_state_dict(ckpt["model"])
-    model.to(map_location if isinstance(map_location, str) else "cpu").eval()
+    model, cfg, _ = _load_model(ckpt_path, map_location=map_location)
     return model, cfg

@@ -1,53 +1,18 @@
-"""Checkpoints: atomic writes, RNG state capture, and loading with `weights_only=True`.
+"""RNG state capture for exact resume (training only); the checkpoint files themselves are
+written and read by `ehrjepa.models.checkpoint`, re-exported here.
 
-A checkpoint holds only tensors and plain containers (dict, list, int, float, str, None), so it
-loads with `torch.load(weights_only=True)`, which runs no pickled code.
+The states are tensors and plain containers, so a checkpoint holding them still loads with
+`torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """Write `state` to `path` atomically: a temp file in the same folder, fsync, then rename.
-
-    A crash mid-write leaves the previous file intact, never a truncated one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint written by `save_checkpoint` (weights_only=True); errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated file, not a checkpoint, unsafe pickle content
-        raise RuntimeError(f"{path}: cannot load checkpoint: {e}") from e
-    missing = [k for k in ("model", "optimizer", "step", "config") if k not in ckpt]
-    if missing:
-        raise RuntimeError(f"{path}: not an ehrjepa checkpoint (missing {', '.join(missing)})")
-    return ckpt
+from ehrjepa.models.checkpoint import (CheckpointError, load_checkpoint,  # noqa: F401
+                                       remove_stale_temporaries, save_checkpoint)
 
 
 def rng_state() -> dict:

@@ -31,6 +31,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ehrjepa.config import Config, config_to_dict, save_config
+from ehrjepa.device import resolve_device  # noqa: F401  (old name, until the probe switches)
+from ehrjepa.models.jepa import count_parameters
 from ehrjepa.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ehrjepa.train.metrics import MetricsLog, collapse_warning, rankme, target_std
 from ehrjepa.train.schedules import cosine, linear, lr_at
@@ -57,10 +59,13 @@ def open_data(cfg: Config):
     return train_set, val_set, train_set.n_features
 
 
-def build_model(cfg: Config, n_features: int, max_hours: int) -> torch.nn.Module:
+def build_model(cfg: Config, n_features: int, max_hours: int | None = None) -> torch.nn.Module:
+    """`ehrjepa.models.build_model` (the loop calls it through this name so tests can swap it).
+    `max_hours` is transitional, for the probe's old call; the config's data.max_hours is used."""
     from ehrjepa.models import JEPA
 
-    return JEPA(cfg.model, n_features=n_features, max_hours=max_hours)
+    return JEPA(cfg.model, n_features=n_features,
+                max_hours=cfg.data.max_hours if max_hours is None else max_hours)
 
 
 def make_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -93,23 +98,6 @@ class ResumableSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return max(0, self.num_samples - self.skip)
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda if available else cpu; 'cuda' -> this process's GPU under torchrun."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"train.device={name} but CUDA is not available "
-                               "(use train.device=cpu or auto)")
-        if name == "cuda":
-            name = f"cuda:{local_rank}"
-    return torch.device(name)
-
-
-def count_parameters(module: torch.nn.Module | None) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -198,7 +186,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                             pin_memory=cuda, generator=loader_gen)
 
         # ---- model and optimizer ------------------------------------------------------------
-        model = build_model(cfg, n_features, d.max_hours).to(device)
+        model = build_model(cfg, n_features).to(device)
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
         groups = make_param_groups(model, t.weight_decay)
