@@ -363,8 +363,8 @@ def _triton():
             import triton
             import triton.language as language
         except ImportError as e:  # pragma: no cover - depends on the install
-            raise RuntimeError("backend='triton' needs the triton package "
-                               "(pip install 'ehrjepa[gpu]'); use backend='torch'") from e
+            raise RuntimeError("backend='triton' needs the triton package (pip install "
+                               "'triton>=3.0', Linux x86_64 wheels); use backend='torch'") from e
         tl = language
         _attn_fwd = triton.jit(_attn_fwd)
         _attn_bwd_delta = triton.jit(_attn_bwd_delta)
@@ -451,10 +451,10 @@ def _prec(dtype):
 
 
 def _triton_forward(q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale):
-    kern = _triton()
     B, H, _, D = q.shape
     Lq, Lk = q_index.shape[1], kv_index.shape[1]
-    _check_head_dim(D)
+    _check_head_dim(D)  # a bad argument is reported before a missing Triton
+    kern = _triton()
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     new = torch.full if _FILL_NAN else (lambda shape, _v, **kw: torch.empty(shape, **kw))
     out = new((B, H, Lq, D), float("nan"), dtype=q.dtype, device=q.device)

@@ -85,7 +85,8 @@ def _triton():
             import triton
             import triton.language as language
         except ImportError as e:  # pragma: no cover - depends on the install
-            raise RuntimeError("backend='triton' needs the triton package; use backend='torch'") from e
+            raise RuntimeError("backend='triton' needs the triton package (pip install "
+                               "'triton>=3.0', Linux x86_64 wheels); use backend='torch'") from e
         tl = language
         _ema_kernel = triton.jit(_ema_kernel)
         _KERNEL = _ema_kernel
