@@ -317,3 +317,15 @@ def test_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "icu/chartevents.csv" in out and "rows/s" in out
     assert (tmp_path / "hosp" / "labevents.csv").exists()
+
+
+def test_help_shows_every_default():
+    """Each option's help says its default, or that it is required."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    synth.configure(parser)
+    for action in parser._actions:
+        if action.dest != "help":
+            text = action.help % {"default": action.default}
+            assert "default" in text or ("required" in text and action.required), action.dest

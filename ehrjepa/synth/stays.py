@@ -132,9 +132,8 @@ def stays_and_admissions(rng, pat: dict) -> tuple[dict, dict]:
     return stays, adms
 
 
-
 def small_tables(rng, pat: dict, stays: dict, adms: dict, providers: list) -> dict:
-    """patients, admissions and icustays of a batch."""
+    """The patients, admissions and icustays tables of a batch."""
     A, S, P = len(adms["pat"]), len(stays["hours"]), len(pat["age"])
     # death date: in-hospital deaths, and 10 % of the others within a year of their last discharge
     last_adm = np.searchsorted(adms["pat"], np.arange(P), side="right") - 1
