@@ -1,6 +1,6 @@
 """Kernel benchmark: masked gather-attention and the fused EMA against what users would pick instead.
 
-    python -m bench kernels [--quick] [--json PATH] [--png PATH]
+    python -m bench kernels [--quick] [--only SECTION] [--json PATH] [--png PATH] [--results CSV]
 
 Everything is measured in the same run, on the same device:
 - ceilings: device copy bandwidth and bf16 matmul rate;
@@ -13,8 +13,12 @@ Everything is measured in the same run, on the same device:
 - EMA of fp32 target parameters with ViT-like shapes (21.3 M: 384 wide x 12 deep; 302 M: 1024 x
   24): per-parameter loop (I-JEPA), foreach mul+add, foreach lerp, one lerp on a flat buffer, ours.
   us and GB/s at 12 bytes per parameter.
-With --quick (or without CUDA) the shapes are tiny so that every code path runs in well under a
-minute on a CPU; on CPU the Triton kernels run in the interpreter (TRITON_INTERPRET=1).
+Each variant gets a status: "ok"; "interpreter" (on CPU our kernels run in Triton's interpreter,
+TRITON_INTERPRET=1, which executes them as NumPy: it proves they run, its time is no speed);
+"unavailable: REASON" (e.g. Triton not installed, no FlexAttention backward on CPU: the other
+variants still run); or "failed: ERROR". With --quick (or without CUDA) the shapes are tiny, so
+every path runs in well under a minute on a CPU. Rows go to bench/results.csv (see
+bench/results.py; a --quick run records only with --results).
 """
 from __future__ import annotations
 
@@ -25,19 +29,38 @@ import os
 import platform
 import time
 
+from bench import results
+
 ATTN_CASES = [(512, 20), (128, 256), (32, 1024), (8, 4096)]
 ATTN_CASES_QUICK = [(2, 20), (1, 40)]
 EMA_MODELS = [("21.3M (384x12)", 384, 12), ("302M (1024x24)", 1024, 24)]
 EMA_MODELS_QUICK = [("tiny (32x1)", 32, 1)]
 ATTN_COLUMNS = ["gather_sdpa_mask", "gather_flex", "truncate_sdpa", "ours", "ours_fused_gather"]
 EMA_COLUMNS = ["loop", "foreach_mul_add", "foreach_lerp", "flat_lerp", "ours"]
+OURS = {"ours", "ours_fused_gather"}
+SECTIONS = ("ceilings", "attention", "ema")
+INTERPRETER_NOTE = ("interpreter: Triton's CPU interpreter runs the kernel as NumPy; the time "
+                    "shows that it runs, not how fast it is")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes (CPU smoke run)")
+    parser.add_argument("--only", action="append", choices=SECTIONS,
+                        help="run only this section (repeatable; default: all)")
     parser.add_argument("--json", type=str, default=None, help="write results as JSON here")
     parser.add_argument("--png", type=str, default=None, help="write a plot here")
     parser.add_argument("--rep", type=int, default=None, help="timed repetitions per variant")
+    results.add_option(parser)
+
+
+def triton_status(device) -> tuple[str, str]:
+    """(status our kernels get on this device, Triton's version). On CPU, TRITON_INTERPRET must be
+    set before this first import of Triton."""
+    try:
+        import triton
+    except ImportError:
+        return "unavailable: triton is not installed", "absent"
+    return ("ok" if device == "cuda" else "interpreter"), triton.__version__
 
 
 def bench(fn, device, warmup=3, rep=20):
@@ -77,8 +100,24 @@ def ceilings(device, quick, rep):
     return {"copy_GBps": 2 * n * 4 / ms / 1e6, "bf16_matmul_TFLOPs": 2 * m ** 3 / ms2 / 1e9}
 
 
-def attention_case(B, T, device, dtype, rep, H=6, D=64, seed=0):
-    """One B x T row of the attention table: {variant: ms} plus TFLOP/s and a correctness check."""
+def time_variants(row, variants, status, device, rep, unit, scale, rate):
+    """Time every runnable variant into row[NAME + unit] (ms x scale) and row[NAME + "_" + rate's
+    name] (only for status "ok"); a variant that raises is marked failed, the others go on."""
+    rate_name, rate_of = rate
+    for name, fn in variants.items():
+        try:
+            ms = bench(fn, device, warmup=1 if device == "cpu" else 3, rep=rep)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory at one size
+            status[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            continue
+        row[name + unit] = ms * scale
+        if status[name] == "ok":
+            row[name + "_" + rate_name] = rate_of(ms)
+    row["status"] = status
+
+
+def attention_case(B, T, device, dtype, rep, ours_status="ok", H=6, D=64, seed=0):
+    """One B x T row of the attention table: {variant: ms}, statuses, TFLOP/s and a check."""
     import torch
     import torch.nn.functional as F
     from ehrjepa.kernels import masked_gather_attention
@@ -124,10 +163,13 @@ def attention_case(B, T, device, dtype, rep, H=6, D=64, seed=0):
         return masked_gather_attention(q, k, v, index, keep_d, backend="triton",
                                        check_index=False)
 
-    variants = {"gather_sdpa_mask": sdpa_mask, "truncate_sdpa": truncate, "ours": ours,
-                "ours_fused_gather": ours_fused}
     row = {"B": B, "T": T, "H": H, "D": D, "max_keep": L, "min_keep": int(keep.min()),
            "dtype": str(dtype).replace("torch.", ""), "GFLOP": flops / 1e9}
+    status = {name: "ok" for name in ATTN_COLUMNS}
+    forward = {"gather_sdpa_mask": sdpa_mask, "truncate_sdpa": truncate}
+    status.update(dict.fromkeys(OURS, ours_status))
+    if not ours_status.startswith("unavailable"):
+        forward.update(ours=ours, ours_fused_gather=ours_fused)
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         flex = torch.compile(flex_attention)
@@ -138,28 +180,25 @@ def attention_case(B, T, device, dtype, rep, H=6, D=64, seed=0):
             q, k, v = proj(gathered())
             return flex(q, k, v, block_mask=block_mask)
         run_flex().float().sum().backward()  # compile (or fail) here, outside the timing
-        variants["gather_flex"] = run_flex
-    except Exception as e:  # e.g. no FlexAttention backward on CPU
-        row["gather_flex_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        forward["gather_flex"] = run_flex
+    except Exception as e:  # noqa: BLE001 - e.g. no FlexAttention backward on CPU
+        status["gather_flex"] = f"unavailable: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
 
-    # correctness: ours against SDPA with the key mask on the valid rows
-    with torch.no_grad():
-        want, got, got_fused = sdpa_mask(), ours(), ours_fused()
-        rows = valid[:, None, :, None]
-        row["max_abs_diff_vs_sdpa"] = float(((got - want).abs() * rows).max())
-        row["max_abs_diff_fused_vs_sdpa"] = float(((got_fused - want).abs() * rows).max())
+    if "ours" in forward:  # correctness: ours against SDPA with the key mask on the valid rows
+        with torch.no_grad():
+            want, got, got_fused = sdpa_mask(), ours(), ours_fused()
+            rows = valid[:, None, :, None]
+            row["max_abs_diff_vs_sdpa"] = float(((got - want).abs() * rows).max())
+            row["max_abs_diff_fused_vs_sdpa"] = float(((got_fused - want).abs() * rows).max())
 
-    for name in ATTN_COLUMNS:
-        fn = variants.get(name)
-        if fn is None:
-            continue
-
-        def step(fn=fn):
+    def step(fn):
+        def run():
             x.grad = None
             fn().float().sum().backward()
-        ms = bench(step, device, warmup=1 if device == "cpu" else 3, rep=rep)
-        row[name + "_ms"] = ms
-        row[name + "_TFLOPs"] = flops / ms / 1e9
+        return run
+    variants = {name: step(forward[name]) for name in ATTN_COLUMNS if name in forward}
+    time_variants(row, variants, status, device, rep, "_ms", 1.0,
+                  ("TFLOPs", lambda ms: flops / ms / 1e9))
     return row
 
 
@@ -172,94 +211,136 @@ def vit_shapes(dim, depth, mlp=4):
 
 
 def ema_variants(shapes, device, m=0.996):
-    """The EMA rivals and ours on fresh tensors of these shapes: (variants, targets, online, n)."""
+    """The EMA rivals and ours on fresh tensors of these shapes: (variants, targets, context, n)."""
     import torch
     from ehrjepa.kernels import ema_update_
 
-    online = [torch.randn(s, device=device) for s in shapes]
+    context = [torch.randn(s, device=device) for s in shapes]
     targets = [torch.randn(s, device=device) for s in shapes]
-    n = sum(p.numel() for p in online)
-    flat_o, flat_t = torch.randn(n, device=device), torch.randn(n, device=device)
+    n = sum(p.numel() for p in context)
+    flat_c, flat_t = torch.randn(n, device=device), torch.randn(n, device=device)
 
     def loop():  # I-JEPA's way: one mul and one add per parameter
         with torch.no_grad():
-            for o, t in zip(online, targets):
-                t.mul_(m).add_((1.0 - m) * o.detach())
+            for c, t in zip(context, targets):
+                t.mul_(m).add_((1.0 - m) * c.detach())
 
     variants = {
         "loop": loop,
         "foreach_mul_add": lambda: (torch._foreach_mul_(targets, m),
-                                    torch._foreach_add_(targets, online, alpha=1 - m)),
-        "foreach_lerp": lambda: torch._foreach_lerp_(targets, online, 1 - m),
-        "flat_lerp": lambda: flat_t.lerp_(flat_o, 1 - m),
-        "ours": lambda: ema_update_(targets, online, m, backend="triton"),
+                                    torch._foreach_add_(targets, context, alpha=1 - m)),
+        "foreach_lerp": lambda: torch._foreach_lerp_(targets, context, 1 - m),
+        "flat_lerp": lambda: flat_t.lerp_(flat_c, 1 - m),
+        "ours": lambda: ema_update_(targets, context, m, backend="triton"),
     }
-    return variants, targets, online, n
+    return variants, targets, context, n
 
 
-def ema_case(name, dim, depth, device, rep):
+def ema_case(name, dim, depth, device, rep, ours_status="ok"):
     import torch
     from ehrjepa.kernels import ema_update_
 
     m = 0.996
-    variants, targets, online, n = ema_variants(vit_shapes(dim, depth), device, m)
+    variants, targets, context, n = ema_variants(vit_shapes(dim, depth), device, m)
     row = {"model": name, "params_M": n / 1e6}
-    check = [t.clone() for t in targets]
-    torch._foreach_lerp_(check, online, 1 - m)
-    ours_t = [t.clone() for t in targets]
-    ema_update_(ours_t, online, m, backend="triton")
-    row["max_ulp_vs_foreach_lerp"] = max(
-        int((a.view(torch.int32).long() - b.view(torch.int32).long()).abs().max())
-        for a, b in zip(ours_t, check))
-    del check, ours_t
-    for key, fn in variants.items():
-        ms = bench(fn, device, warmup=1 if device == "cpu" else 3, rep=rep)
-        row[key + "_us"] = ms * 1e3
-        row[key + "_GBps"] = 12 * n / ms / 1e6
+    status = {key: "ok" for key in EMA_COLUMNS}
+    status["ours"] = ours_status
+    if ours_status.startswith("unavailable"):
+        del variants["ours"]
+    else:
+        check = [t.clone() for t in targets]
+        torch._foreach_lerp_(check, context, 1 - m)
+        ours_t = [t.clone() for t in targets]
+        ema_update_(ours_t, context, m, backend="triton")
+        row["max_ulp_vs_foreach_lerp"] = max(
+            int((a.view(torch.int32).long() - b.view(torch.int32).long()).abs().max())
+            for a, b in zip(ours_t, check))
+        del check, ours_t
+    time_variants(row, variants, status, device, rep, "_us", 1e3,
+                  ("GBps", lambda ms: 12 * n / ms / 1e6))
     return row
 
 
-def fmt(v, digits=2):
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:,.{digits}f}"
-    return str(v)
+# ------------------------------------------------------------------------------------------------
+# output: markdown, results.csv rows, plot
+
+def _cell(row, name, unit, rate, digits):
+    """'0.590 (12.3)' when ok; the time marked as the interpreter's; else the status's first word."""
+    status = row["status"][name]
+    if status == "interpreter":
+        return f"{row[name + unit]:,.1f} (interpreter)"
+    if status != "ok":
+        return status.split(":")[0]
+    return f"{row[name + unit]:,.{digits}f} ({row[name + '_' + rate]:,.1f})"
+
+
+def _table(rows, columns, label, unit, rate, digits, check):
+    lines = [f"| {label} | " + " | ".join(columns) + f" | {check[1]} |",
+             "|---" * (len(columns) + 2) + "|"]
+    for r in rows:
+        lines.append(f"| {r['_label']} | " + " | ".join(_cell(r, c, unit, rate, digits) for c in columns)
+                     + f" | {check[2](r[check[0]]) if check[0] in r else 'n/a'} |")
+    notes = {f"{name}: {s}" for r in rows for name, s in r["status"].items() if s not in ("ok", "interpreter")}
+    if any("interpreter" in r["status"].values() for r in rows):
+        notes.add(INTERPRETER_NOTE)
+    return lines + [""] + sorted(notes) + [""]
 
 
 def markdown(res):
     lines = [f"device: {res['device']}; torch {res['torch']}; triton {res['triton']}; "
              f"{res['date']}", ""]
-    c = res.get("ceilings", {})
-    lines += [f"ceilings: copy {fmt(c.get('copy_GBps'), 0)} GB/s, bf16 matmul "
-              f"{fmt(c.get('bf16_matmul_TFLOPs'), 1)} TFLOP/s", ""]
+    c = res.get("ceilings")
+    if c:
+        lines += [f"ceilings: copy {c['copy_GBps']:,.3g} GB/s, bf16 matmul "
+                  f"{c['bf16_matmul_TFLOPs']:.3g} TFLOP/s", ""]
     if res.get("attention"):
-        lines += ["attention fwd+bwd, ms (TFLOP/s on valid tokens)", "",
-                  "| B x T | " + " | ".join(ATTN_COLUMNS) + " | max abs diff vs SDPA |",
-                  "|---" * (len(ATTN_COLUMNS) + 2) + "|"]
         for r in res["attention"]:
-            cells = []
-            for col in ATTN_COLUMNS:
-                ms = r.get(col + "_ms")
-                cells.append("n/a" if ms is None else f"{ms:.3f} ({r[col + '_TFLOPs']:.1f})")
-            lines.append(f"| {r['B']} x {r['T']} | " + " | ".join(cells) +
-                         f" | {r['max_abs_diff_vs_sdpa']:.2e} |")
-        for r in res["attention"]:
-            if "gather_flex_error" in r:
-                lines.append(f"\nFlexAttention n/a at {r['B']} x {r['T']}: {r['gather_flex_error']}")
-                break
-        lines.append("")
+            r["_label"] = f"{r['B']} x {r['T']}"
+        lines += ["attention fwd+bwd, ms (TFLOP/s on valid tokens)", ""]
+        lines += _table(res["attention"], ATTN_COLUMNS, "B x T", "_ms", "TFLOPs", 3,
+                        ("max_abs_diff_vs_sdpa", "max abs diff vs SDPA", "{:.2e}".format))
     if res.get("ema"):
-        lines += ["EMA of fp32 targets, us (GB/s at 12 bytes/param)", "",
-                  "| model | " + " | ".join(EMA_COLUMNS) + " | max ulp vs foreach lerp |",
-                  "|---" * (len(EMA_COLUMNS) + 2) + "|"]
         for r in res["ema"]:
-            cells = [f"{r[c + '_us']:,.1f} ({r[c + '_GBps']:,.0f})" for c in EMA_COLUMNS]
-            lines.append(f"| {r['model']} | " + " | ".join(cells) +
-                         f" | {r['max_ulp_vs_foreach_lerp']} |")
+            r["_label"] = r["model"]
+        lines += ["EMA of fp32 targets, us (GB/s at 12 bytes/param)", ""]
+        lines += _table(res["ema"], EMA_COLUMNS, "model", "_us", "GBps", 1,
+                        ("max_ulp_vs_foreach_lerp", "max ulp vs foreach lerp", str))
     for section, err in res.get("errors", {}).items():
-        lines.append(f"\n{section} failed: {err}")
+        lines.append(f"{section} failed: {err}")
+    for part in ("attention", "ema"):
+        for r in res.get(part) or []:
+            r.pop("_label", None)
     return "\n".join(lines)
+
+
+def result_rows(section, row):
+    """The results.csv rows of one case (or of the ceilings)."""
+    if section == "ceilings":
+        return [{"benchmark": "kernels", "case": "ceilings", "tool": "device copy",
+                 "value": row["copy_GBps"], "unit": "GB/s"},
+                {"benchmark": "kernels", "case": "ceilings", "tool": "bf16 matmul",
+                 "value": row["bf16_matmul_TFLOPs"], "unit": "TFLOP/s"}]
+    if section == "attention":
+        case, columns, scale, rate, unit = f"attention {row['B']}x{row['T']}", ATTN_COLUMNS, 1e-3, \
+            "TFLOPs", "TFLOP/s"
+        shape = (f"B={row['B']} T={row['T']} H={row['H']} D={row['D']} {row['dtype']}, kept "
+                 f"{row['min_keep']}-{row['max_keep']}")
+        note = {"ours": row.get("max_abs_diff_vs_sdpa"), "ours_fused_gather": row.get("max_abs_diff_fused_vs_sdpa")}
+        note = {k: f"max abs diff vs SDPA {v:.2e}" for k, v in note.items() if v is not None}
+        key = "_ms"
+    else:
+        case, columns, scale, rate, unit = f"ema {row['model']}", EMA_COLUMNS, 1e-6, "GBps", "GB/s"
+        shape = f"{row['params_M']:.2f}M fp32 params"
+        ulp = row.get("max_ulp_vs_foreach_lerp")
+        note = {"ours": f"max ulp vs foreach lerp {ulp}"} if ulp is not None else {}
+        key = "_us"
+    out = []
+    for name in columns:
+        t = row.get(name + key)
+        out.append({"benchmark": "kernels", "case": case, "shape": shape, "tool": name,
+                    "wall_s": None if t is None else t * scale, "value": row.get(name + "_" + rate),
+                    "unit": unit, "status": row["status"][name], "note": note.get(name)})
+    return out
 
 
 def plot(res, path):
@@ -283,9 +364,9 @@ def plot(res, path):
     ax = axes[1]
     width = 0.8 / len(EMA_COLUMNS)
     for i, col in enumerate(EMA_COLUMNS):
-        ax.bar([j + i * width for j in range(len(ema))], [r[col + "_GBps"] for r in ema], width,
-               label=col)
-    copy = res.get("ceilings", {}).get("copy_GBps")
+        ax.bar([j + i * width for j in range(len(ema))], [r.get(col + "_GBps", math.nan) for r in ema],
+               width, label=col)
+    copy = (res.get("ceilings") or {}).get("copy_GBps")
     if copy:
         ax.axhline(copy, color="k", linestyle="--", linewidth=1, label="copy ceiling")
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(ema))])
@@ -310,43 +391,52 @@ def main(argv=None) -> int:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     quick = args.quick or device == "cpu"
-    if device == "cpu":  # the Triton paths run in the interpreter (read at first Triton use)
+    if device == "cpu":  # our kernels run in the interpreter (read at Triton's first import)
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "absent"
+    ours_status, triton_version = triton_status(device)
     rep = args.rep or (2 if device == "cpu" else 20)
     res = {"device": torch.cuda.get_device_name() if device == "cuda" else
            f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} threads)",
-           "torch": torch.__version__, "triton": triton_version, "quick": quick,
-           "date": time.strftime("%Y-%m-%d"), "errors": {}}
+           "torch": torch.__version__, "triton": triton_version, "ours_status": ours_status,
+           "quick": quick, "date": time.strftime("%Y-%m-%d"), "errors": {}}
+    record = results.destination(args.results, quick)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    sections = [
-        ("ceilings", lambda: ceilings(device, quick, rep)),
-        ("attention", lambda: [attention_case(B, T, device, dtype, rep, H=2 if quick and device == "cpu" else 6)
-                               for B, T in (ATTN_CASES_QUICK if quick else ATTN_CASES)]),
-        ("ema", lambda: [ema_case(n, d, depth, device, rep)
-                         for n, d, depth in (EMA_MODELS_QUICK if quick else EMA_MODELS)]),
-    ]
-    for name, fn in sections:
+    H = 2 if quick and device == "cpu" else 6
+    cases = {
+        "ceilings": [lambda: ceilings(device, quick, rep)],
+        "attention": [lambda B=B, T=T: attention_case(B, T, device, dtype, rep, ours_status, H=H)
+                      for B, T in (ATTN_CASES_QUICK if quick else ATTN_CASES)],
+        "ema": [lambda m=m: ema_case(*m, device, rep, ours_status)
+                for m in (EMA_MODELS_QUICK if quick else EMA_MODELS)],
+    }
+    for name in args.only or SECTIONS:
         t = time.time()
-        try:
-            res[name] = fn()
-        except Exception as e:  # one failing section must not cost the others
-            res["errors"][name] = f"{type(e).__name__}: {e}"[:400]
+        for run in cases[name]:
+            try:
+                row = run()
+            except Exception as e:  # noqa: BLE001 - one failing case must not cost the others
+                res["errors"][name] = f"{type(e).__name__}: {e}"[:400]
+                continue
+            if name == "ceilings":
+                res[name] = row
+            else:
+                res.setdefault(name, []).append(row)
+            if record:  # row by row: a killed run keeps what it measured
+                results.append_rows(result_rows(name, row), record, packages=("torch", "triton"))
         print(f"[{name}: {time.time() - t:.1f} s]", flush=True)
         if device == "cuda":
             torch.cuda.empty_cache()
-    table = markdown(res)
-    print(table)
+    print(markdown(res))
+    if record:
+        print(f"rows appended to {record}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(res, fh, indent=1)
     if args.png:
         plot(res, args.png)
-    return 1 if res["errors"] else 0
+    failed = [f"{n}: {s}" for part in ("attention", "ema") for r in res.get(part) or []
+              for n, s in r["status"].items() if s.startswith("failed")]
+    return 1 if res["errors"] or failed else 0
 
 
 if __name__ == "__main__":

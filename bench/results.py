@@ -42,6 +42,21 @@ def results_path(path: str | Path | None = None) -> Path:
     return Path(path or os.environ.get("EHRJEPA_RESULTS") or RESULTS_CSV)
 
 
+def add_option(parser) -> None:
+    """The --results option every benchmark takes."""
+    parser.add_argument("--results", metavar="CSV", default=None,
+                        help="append the measured rows to this CSV (default: $EHRJEPA_RESULTS, "
+                             "else bench/results.csv; --quick runs record only when given one)")
+
+
+def destination(path=None, quick=False) -> Path | None:
+    """Where a run records its rows: `path`, else $EHRJEPA_RESULTS, else bench/results.csv, except
+    that a --quick smoke run records nothing unless told where."""
+    if path or os.environ.get("EHRJEPA_RESULTS"):
+        return results_path(path)
+    return None if quick else RESULTS_CSV
+
+
 def machine() -> str:
     """A short description of this machine: the GPU if torch (already imported) sees one."""
     torch = sys.modules.get("torch")

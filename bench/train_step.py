@@ -1,11 +1,13 @@
 """Sequences/s and MFU of a full JEPA train step: forward, backward, AdamW step, EMA update.
 
     python -m bench train_step                       # every case and mode that applies here
-    python -m bench train_step --quick               # CPU: small at 8 x 20, a few steps
+    python -m bench train_step --quick               # CPU: small-8x20, a few steps
     python -m bench train_step --case small-64x256 --mode compile_bf16_ro --mode ours --json out.json
 
-Cases (future masks, 25 features): small 256 x 20 (15 context + 5 target hours), small 64 x 256
-(192 + 64), base 64 x 256 (192 + 64). Modes:
+Cases (future masks, 25 features), named size-BxT after what runs: small-8x20 (15 context + 5
+target hours; the CPU default), small-256x20 (15 + 5), small-64x256 (192 + 64), base-64x256
+(192 + 64); --size and --batch rename a case's rows accordingly. Each measured row is appended to
+bench/results.csv as it finishes (see bench/results.py; --quick runs only with --results). Modes:
 - eager_fp32, eager_bf16 (autocast): the model as is;
 - compile_bf16: torch.compile of the model's forward (loss included), default mode;
 - compile_bf16_ro: the same with mode="reduce-overhead" (CUDA graphs): the rival to beat;
@@ -29,7 +31,10 @@ import platform
 import sys
 import time
 
-CASES = {  # name -> (size, batch, hours, context hours, target hours)
+from bench import results
+
+CASES = {  # name (size-BxT, what runs) -> (size, batch, hours, context hours, target hours)
+    "small-8x20": ("small", 8, 20, 15, 5),  # the CPU case
     "small-256x20": ("small", 256, 20, 15, 5),
     "small-64x256": ("small", 64, 256, 192, 64),
     "base-64x256": ("base", 64, 256, 192, 64),
@@ -43,14 +48,14 @@ N_FEATURES = 25
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--case", action="append", choices=list(CASES),
-                        help="repeatable; default: all on CUDA, small-256x20 on CPU")
+                        help="repeatable; default: all but small-8x20 on CUDA, small-8x20 on CPU")
     parser.add_argument("--mode", action="append", choices=MODES,
                         help="repeatable; default: all that apply (CPU: eager_fp32, eager_bf16)")
     parser.add_argument("--batch", type=int, help="override the batch size of every case")
     parser.add_argument("--size", choices=["micro", "tiny", "small", "base", "large"],
                         help="override the model size of every case (micro: a quick smoke run)")
     parser.add_argument("--quick", action="store_true",
-                        help="few steps; on CPU also batch 8 (unless --batch)")
+                        help="few steps")
     parser.add_argument("--steps", type=int,
                         help="timed steps (default: 30 on CUDA, 10 on CPU; CPU reports the median step)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default: 5 on CUDA, 3 on CPU)")
@@ -58,6 +63,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="MFU denominator (default 989 on CUDA, measured bf16 matmul on CPU)")
     parser.add_argument("--threads", type=int, help="CPU: torch threads (default: torch's choice)")
     parser.add_argument("--json", help="also write the results here")
+    results.add_option(parser)
 
 
 def make_batch(B, T, C, P, device):
@@ -176,12 +182,9 @@ def run_one(case, mode, device, args) -> dict:
     from ehrjepa.models import JEPA, ModelConfig
 
     size, B, T, C, P = CASES[case]
-    size = args.size or size
-    if args.batch:
-        B = args.batch
-    elif args.quick and device.type == "cpu":
-        B = 8
-    row = {"case": case, "size": size, "batch": B, "hours": T, "context": C, "target": P, "mode": mode}
+    size, B = args.size or size, args.batch or B
+    # the row is named by what ran: --size and --batch rename it
+    row = {"case": f"{size}-{B}x{T}", "size": size, "batch": B, "hours": T, "context": C, "target": P, "mode": mode}
     torch._dynamo.reset()
     torch.manual_seed(0)
     try:
@@ -217,6 +220,18 @@ def run_one(case, mode, device, args) -> dict:
     return row
 
 
+def result_row(row, args, machine) -> dict:
+    """The results.csv row of one (case, mode)."""
+    out = {"benchmark": "train_step", "case": row["case"], "tool": row["mode"],
+           "shape": f"B={row['batch']} T={row['hours']} ({row['context']} + {row['target']})"}
+    if "error" in row:
+        return {**out, "status": f"failed: {row['error']}"}
+    how = "median step" if "ms_min" in row else "mean step"
+    note = f"{how} of {args.steps} after {args.warmup} warm-up; {machine}"
+    return {**out, "wall_s": row["ms"] / 1e3, "value": row["seq_s"], "unit": "seq/s",
+            "note": note + (f"; {row['note']}" if row.get("note") else "")}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench train_step", description=__doc__.splitlines()[0])
     configure(parser)
@@ -234,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
-    cases = args.case or (list(CASES) if cuda else ["small-256x20"])
+    cases = args.case or ([c for c in CASES if c != "small-8x20"] if cuda else ["small-8x20"])
     modes = args.mode or [m for m in MODES if cuda or m not in CUDA_ONLY and m != "compile_bf16"]
     skipped = [m for m in modes if m in CUDA_ONLY and not cuda]
     modes = [m for m in modes if m not in skipped]
@@ -258,12 +273,15 @@ def main(argv: list[str] | None = None) -> int:
 
     measured = ceilings()
     print(f"# train step on {name}, torch {torch.__version__}", flush=True)
+    record = results.destination(args.results, args.quick)
     rows = []
     for case in cases:
         for mode in modes:
             row = run_one(case, mode, device, args)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
+            if record:  # row by row: a killed run keeps what it measured
+                results.append_rows([result_row(row, args, name)], record)
     # The matmul ceilings again after the steps (a shared machine's load changes): keep the best.
     measured = {k: max(v, w) for (k, v), w in zip(measured.items(), ceilings().values())}
     peak = args.peak_tflops or (989.0 if cuda else measured["bf16"])

@@ -1,0 +1,50 @@
+"""`python -m bench kernels` runs the rivals it can and says why the others did not run: with Triton
+hidden, ours is "unavailable" and the table still prints; with Triton on CPU, ours is timed in the
+interpreter and labelled as such, in the table, the JSON and the results rows."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HIDE_TRITON = "import sys; sys.modules['triton'] = None; "
+
+
+def run_bench(tmp_path, prelude=""):
+    out, csv_path = tmp_path / "kernels.json", tmp_path / "results.csv"
+    code = (prelude + "from bench.__main__ import main; "
+            f"sys.exit(main(['kernels', '--quick', '--only', 'ema', '--rep', '1', "
+            f"'--json', {str(out)!r}, '--results', {str(csv_path)!r}]))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", "import sys; " + code], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(csv_path, newline="") as f:
+        rows = {r["tool"]: r for r in csv.DictReader(f)}
+    return json.loads(out.read_text()), proc.stdout, rows
+
+
+def test_without_triton_the_rivals_run_and_ours_is_unavailable(tmp_path):
+    res, table, rows = run_bench(tmp_path, HIDE_TRITON)
+    (ema,) = res["ema"]
+    assert res["triton"] == "absent"
+    assert ema["status"]["ours"] == "unavailable: triton is not installed"
+    assert "ours_us" not in ema and ema["foreach_lerp_us"] > 0
+    assert "ours: unavailable: triton is not installed" in table
+    assert rows["ours"]["status"].startswith("unavailable") and rows["ours"]["wall_s"] == ""
+    assert rows["foreach_lerp"]["status"] == "ok" and float(rows["foreach_lerp"]["wall_s"]) > 0
+
+
+def test_interpreter_timings_are_labelled(tmp_path):
+    pytest.importorskip("triton")
+    res, table, rows = run_bench(tmp_path)
+    (ema,) = res["ema"]
+    assert ema["status"]["ours"] == "interpreter" and ema["ours_us"] > 0
+    assert "ours_GBps" not in ema  # a rate from the interpreter would read as a speed
+    assert "(interpreter)" in table and "not how fast" in table
+    assert rows["ours"]["status"] == "interpreter" and rows["ours"]["value"] == ""
+    assert ema["max_ulp_vs_foreach_lerp"] <= 1
