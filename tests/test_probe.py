@@ -304,6 +304,14 @@ def test_report_notes_a_missing_metrics_file_and_writes_strict_json(tmp_path):
     loaded = json.loads((tmp_path / "report.json").read_text())  # strict: NaN became null
     assert loaded["tasks"]["t"]["m"]["auroc"] is None and loaded["tasks"]["t"]["m"]["n"] == 1000
     assert any("nope.csv not found" in n for n in loaded["notes"])
+    # a damaged metrics.csv costs the training curves, not the report
+    damaged = tmp_path / "metrics.csv"
+    damaged.write_bytes(b"step,loss\n1,\xff\xfe\x00\n")
+    report.pop("notes")
+    write_report(report, tmp_path / "r2", metrics_csv=damaged)
+    loaded = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert loaded["plots"] == [] and [n for n in loaded["notes"] if f"{damaged} cannot be read" in n]
+    assert not list((tmp_path / "r2").glob(".*.tmp"))  # the atomic writes left no temp file
     assert "n is tiny" not in markdown(report) and "n is small" not in markdown(report)
     report["tasks"]["t"]["m"]["n"] = 14
     assert "**n is tiny for t**: the test split has n = 14 stays with 300 positives" in markdown(report)
@@ -316,14 +324,13 @@ def make_run(run_dir, n_features, seed=0):
     import torch
 
     from ehrjepa.config import config_to_dict, load_config
-    from ehrjepa.train.checkpoint import save_checkpoint
-    from ehrjepa.train.loop import build_model
+    from ehrjepa.models import build_model, save_checkpoint
 
     from conftest import REPO
 
     cfg = load_config(REPO / "configs" / "micro.yaml")
     torch.manual_seed(seed + 1)
-    model = build_model(cfg, n_features, cfg.data.max_hours)
+    model = build_model(cfg, n_features)
     state = {"model": model.state_dict(), "optimizer": {}, "step": 42, "config": config_to_dict(cfg),
              "n_features": n_features, "max_hours": cfg.data.max_hours, "best_val_loss": 0.5}
     save_checkpoint(state, run_dir / "checkpoints" / "best.pt")
@@ -415,6 +422,7 @@ def test_run_probe_and_cli_end_to_end(tmp_path, capsys, one_torch_thread):
     assert loaded["cohort"]["test"]["with_hours"] == len(cohort_rows(processed, "test", hours=12))
 
     # a run without checkpoints is a clear error
+    (tmp_path / "empty").mkdir()
     rc = cli(["--run", str(tmp_path / "empty"), "--data", str(data_dir), "--out", str(tmp_path / "r3")])
     assert rc == 1 and "no checkpoint in" in capsys.readouterr().err
 
@@ -431,3 +439,97 @@ def test_checkpoint_defaults_to_best_then_last(tmp_path):
     assert resolve_checkpoint(tmp_path, ckpts / "last.pt") == ckpts / "last.pt"
     with pytest.raises(FileNotFoundError, match="nope.pt does not exist"):
         resolve_checkpoint(tmp_path, tmp_path / "nope.pt")
+
+
+def test_help_shows_every_default():
+    import argparse
+
+    from ehrjepa.probe import cli as probe_cli
+
+    parser = argparse.ArgumentParser(prog="ehrjepa probe")
+    probe_cli.configure(parser)
+    text = " ".join(parser.format_help().split())
+    for option, default in (("--hours HOURS", HOURS), ("--batch-size BATCH_SIZE", 256),
+                            ("--bootstrap BOOTSTRAP", 1000), ("--seed SEED", 0), ("--device DEVICE", "auto"),
+                            ("--encoder {target,context}", "target")):
+        shown = text.split(option, 2)[2].split(" --")[0]  # the option's help, after the usage line
+        assert f"(default: {default})" in shown, (option, shown)
+    assert "(default: RUN/checkpoints/best.pt, else last.pt)" in text
+
+
+def test_pca_legend_names_the_outcome(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from ehrjepa.probe.report import plot_pca
+
+    legends = []
+    original = Axes.legend
+    monkeypatch.setattr(Axes, "legend", lambda ax, handles, **kw: legends.append(
+        [h.get_label() for h in handles]) or original(ax, handles=handles, **kw))
+    y = np.array([0, 1, 1, 0, 0, np.nan])
+    plot_pca({"jepa": np.random.default_rng(0).normal(size=(6, 4))},
+             {"mortality_hosp": y, "los_gt_3d": y}, tmp_path / "pca.png")
+    assert legends == [["survived (n=3)", "died in hospital (n=2)"],
+                       ["ICU stay <= 3 days (n=3)", "ICU stay > 3 days (n=2)"]]
+
+
+def damage(kind, run, data_dir, tmp_path):
+    """Break one input of a probe the way `kind` says; returns the CLI arguments and the file the
+    error must name."""
+    import torch
+
+    best = run / "checkpoints" / "best.pt"
+    args = {"--run": run, "--data": data_dir, "--out": tmp_path / "report"}
+    if kind == "missing run dir":
+        args["--run"] = named = tmp_path / "no_such_run"
+    elif kind == "empty checkpoint":
+        best.write_bytes(b"")
+        named = best
+    elif kind == "truncated checkpoint":
+        best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
+        named = best
+    elif kind == "not a checkpoint":
+        torch.save({"weights": torch.zeros(3)}, best)
+        named = best
+    elif kind == "weights of another model":
+        state = torch.load(best, weights_only=True)
+        state["model"] = {k: v for i, (k, v) in enumerate(state["model"].items()) if i % 2}
+        torch.save(state, best)
+        named = best
+    elif kind == "other features":
+        make_run(run, len(FEATURES) + 1)
+        named = best
+    elif kind == "missing data dir":
+        args["--data"] = named = tmp_path / "no_such_data"
+    elif kind == "damaged features.json":
+        (data_dir / "features.json").write_text('{"features": [')
+        named = data_dir
+    elif kind == "stays without death_hosp":
+        stays = pq.read_table(data_dir / "stays.parquet")
+        pq.write_table(stays.drop_columns(["death_hosp"]), data_dir / "stays.parquet")
+        named = data_dir / "stays.parquet"
+    elif kind == "report dir is a file":
+        args["--out"] = named = tmp_path / "report.txt"
+        named.write_text("not a folder")
+    return [str(v) for item in args.items() for v in item] + ["--no-progress", "--device", "cpu"], named
+
+
+FAULTS = ["missing run dir", "empty checkpoint", "truncated checkpoint", "not a checkpoint",
+          "weights of another model", "other features", "missing data dir", "damaged features.json",
+          "stays without death_hosp", "report dir is a file"]
+
+
+@pytest.mark.parametrize("kind", FAULTS)
+def test_a_fault_is_one_line_naming_the_file(kind, tmp_path, capsys):
+    data_dir = tmp_path / "processed"
+    write_processed(data_dir, n_stays=60, seed=5)
+    run = tmp_path / "run"
+    make_run(run, len(FEATURES))
+    argv, named = damage(kind, run, data_dir, tmp_path)
+    rc = cli(argv)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith("ehrjepa probe: "), captured.err
+    assert str(named) in lines[0], lines[0]
+    assert "Traceback" not in captured.err
+    assert not (tmp_path / "report" / "report.json").exists()

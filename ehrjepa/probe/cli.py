@@ -46,8 +46,9 @@ def main(args: argparse.Namespace) -> int:
         report = run_probe(args.run, args.data, args.out, checkpoint=args.checkpoint, encoder=args.encoder,
                            hours=args.hours, device=args.device, batch_size=args.batch_size,
                            n_bootstrap=args.bootstrap, seed=args.seed, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"ehrjepa probe: {e}", file=sys.stderr)
+    except (OSError, ValueError, RuntimeError) as e:  # each names its file on its first line
+        text = str(e).strip()
+        print(f"ehrjepa probe: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
         return 1
     print(f"\nprobe of {report['checkpoint']} (step {report['step']}); embeddings: {report['pooling']}\n")
     print(results_table(report))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -173,8 +174,11 @@ def plot_pca(embeddings: dict[str, np.ndarray], labels: dict[str, np.ndarray], p
     plt.close(fig)
 
 
-def read_metrics(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{column: (steps, values)} of every numeric column of RUN/metrics.csv, blanks dropped."""
+def read_curves(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{column: (steps, values)} of every numeric column of RUN/metrics.csv, blanks dropped.
+
+    Not `ehrjepa.train.metrics.read_metrics`: evaluation does not import the training app (and
+    torch with it), and a column that is not numeric is skipped here, not an error."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "step" not in reader.fieldnames:
@@ -201,7 +205,7 @@ def read_metrics(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def plot_training_curves(metrics_csv: Path, path: Path) -> bool:
     """Loss and val_loss (left) and RankMe (right) against step; False when there is nothing to plot."""
-    series = read_metrics(metrics_csv)
+    series = read_curves(metrics_csv)
     if not any(k in series for k in ("loss", "val_loss", "rankme")):
         return False
     plt = _pyplot()
@@ -255,14 +259,28 @@ def write_report(report: dict, out_dir: Path, curves: dict | None = None, embedd
     notes = report.setdefault("notes", [])
     if metrics_csv is not None:
         if Path(metrics_csv).is_file():
-            if plot_training_curves(Path(metrics_csv), out_dir / "training_curves.png"):
-                plots.append("training_curves.png")
+            try:
+                drawn = plot_training_curves(Path(metrics_csv), out_dir / "training_curves.png")
+            except (ValueError, csv.Error) as e:  # a damaged metrics.csv costs the curves, not the report
+                notes.append(f"{metrics_csv} cannot be read ({str(e).strip().splitlines()[0]}): no training curves")
             else:
-                notes.append(f"{metrics_csv} has no loss, val_loss or rankme values: no training curves")
+                if drawn:
+                    plots.append("training_curves.png")
+                else:
+                    notes.append(f"{metrics_csv} has no loss, val_loss or rankme values: no training curves")
         else:
             notes.append(f"{metrics_csv} not found: no training curves")
     report["plots"] = plots
-    with open(out_dir / "report.json", "w") as f:
-        json.dump(_plain(report), f, indent=2, allow_nan=False)
-    (out_dir / "report.md").write_text(markdown(report))
+    write_atomic(out_dir / "report.json", json.dumps(_plain(report), indent=2, allow_nan=False))
+    write_atomic(out_dir / "report.md", markdown(report))
     return report
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temp file beside `path`, then rename it: never half a report on a crash."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

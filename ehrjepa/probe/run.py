@@ -22,6 +22,8 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str | Path | None) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
         return path
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist (the --run-dir of `ehrjepa train`)")
     for name in ("best.pt", "last.pt"):
         path = Path(run_dir) / "checkpoints" / name
         if path.is_file():
@@ -30,25 +32,53 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str | Path | None) -> Path:
                             f"pass --checkpoint PATH")
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} asked for, but CUDA is not available")
-    return device
-
-
-def random_init_like(config, n_features: int, max_hours: int, seed: int = 0):
+def random_init_like(config, n_features: int, seed: int = 0):
     """An untrained JEPA of the same architecture (same config), built with a fixed seed."""
     import torch
 
-    from ehrjepa.train.loop import build_model
+    from ehrjepa.models import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(config, n_features, max_hours).eval()
+        return build_model(config, n_features).eval()
+
+
+def one_line(path, what: str, e: Exception) -> str:
+    """The first line of error `e`, led by `path` and `what` failed unless it names `path` already."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    if isinstance(e, KeyError):
+        first = f"missing key {first}"
+    return first if str(path) in first else f"{path}: {what}: {first}"
+
+
+def load_trained(ckpt_path: Path):
+    """(model, config, checkpoint dict without weights) of `ckpt_path`, read once.
+
+    A checkpoint whose weights do not fit its own config (a damaged or hand-edited file) is a
+    one-line RuntimeError naming the file, not torch's list of every missing key."""
+    from ehrjepa.models import load_model
+
+    try:
+        return load_model(ckpt_path, map_location="cpu")
+    except FileNotFoundError:
+        raise
+    except (KeyError, ValueError, RuntimeError) as e:
+        if str(e).startswith("Error(s) in loading state_dict"):  # torch's list of keys, many lines
+            e = RuntimeError("its weights do not fit the model its own config describes (keys or shapes differ)")
+        raise RuntimeError(one_line(ckpt_path, "cannot load the model", e)) from e
+
+
+def open_data(data_dir):
+    """`open_processed(data_dir)`; a damaged file in it is a one-line ValueError naming the folder."""
+    from ehrjepa.data import open_processed
+
+    try:
+        return open_processed(data_dir)
+    except FileNotFoundError:
+        raise
+    except (KeyError, ValueError, OSError) as e:
+        raise ValueError(one_line(data_dir, "cannot read the processed data", e)) from e
 
 
 def unseen_positions_note(config, hours: int) -> str | None:
@@ -74,34 +104,39 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
               device: str = "cpu", batch_size: int = 256, n_bootstrap: int = 1000, seed: int = 0,
               progress: bool = True) -> dict:
     """Probe a pretrained run against random_init and raw_features; write REPORT and return its dict."""
-    import torch
-
-    from ehrjepa.data import WindowDataset, open_processed
+    from ehrjepa.data import WindowDataset
+    from ehrjepa.device import resolve_device
     from ehrjepa.probe.baselines import raw_features
     from ehrjepa.probe.embeddings import embed_stays, pooling_description
     from ehrjepa.probe.report import write_report
     from ehrjepa.probe.tasks import task_labels
-    from ehrjepa.train import load_model
 
     if encoder not in ("target", "context"):
         raise ValueError(f"encoder must be 'target' or 'context', not {encoder!r}")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     ckpt_path = resolve_checkpoint(run_dir, checkpoint)
     device = resolve_device(device)
-    processed = open_processed(data_dir)
-    model, config = load_model(ckpt_path, map_location="cpu")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    step, n_features, max_hours = ckpt.get("step"), int(ckpt["n_features"]), int(ckpt["max_hours"])
-    del ckpt
+    processed = open_data(data_dir)
+    model, config, ckpt = load_trained(ckpt_path)
+    step, n_features, max_hours = ckpt.get("step"), int(ckpt["n_features"]), config.data.max_hours
     if n_features != len(processed.features):
         raise ValueError(f"checkpoint {ckpt_path} was trained on {n_features} features, but {data_dir} "
                          f"has {len(processed.features)}")
     if hours > max_hours:
         raise ValueError(f"--hours {hours} is longer than the model's max_hours {max_hours} ({ckpt_path})")
-    untrained = random_init_like(config, n_features, max_hours, seed)
+    untrained = random_init_like(config, n_features, seed)
 
     datasets = {split: WindowDataset.for_hours(processed, split, hours) for split in SPLITS}
     rows = {split: datasets[split].window_index[:, 0].astype(np.int64) for split in SPLITS}
+    try:
+        per_split = {split: task_labels(processed.stays, rows[split]) for split in SPLITS}
+    except ValueError as e:
+        raise ValueError(one_line(Path(data_dir) / "stays.parquet", "cannot label the tasks", e)) from e
+    labels = {task: {split: per_split[split][task] for split in SPLITS} for task in TASKS}
+    if out_dir.exists() and not out_dir.is_dir():  # fail before the embedding, not after it
+        raise FileExistsError(f"{out_dir} is a file: the report needs a folder there")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
     x = {"jepa": {}, "random_init": {}, "raw_features": {}}
     for split in SPLITS:
         for method, m in (("jepa", model), ("random_init", untrained)):
@@ -111,8 +146,6 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
                 raise RuntimeError(f"{method} {split}: embeddings came back in another order than the stays")
             x[method][split] = emb
         x["raw_features"][split] = raw_features(processed, rows[split], hours)
-    per_split = {split: task_labels(processed.stays, rows[split]) for split in SPLITS}
-    labels = {task: {split: per_split[split][task] for split in SPLITS} for task in TASKS}
     tasks, skipped, comparisons, curves = evaluate_all(x, labels, n_bootstrap, seed, progress=progress)
 
     split_col = np.asarray(processed.stays.column("split").to_pylist())
@@ -135,7 +168,7 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
         "step": step,
         "run": str(run_dir),
         "data": str(Path(data_dir)),
-        "device": device,
+        "device": str(device),
         "cohort": cohort,
         "labels": label_counts,
         "n_bootstrap": n_bootstrap,

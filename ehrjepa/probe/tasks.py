@@ -40,7 +40,7 @@ def _float_column(stays, name: str) -> np.ndarray:
     import pyarrow.compute as pc
 
     if name not in stays.column_names:
-        raise ValueError(f"stays.parquet has no column {name!r} (columns: {stays.column_names})")
+        raise ValueError(f"no column {name!r} in the stays table (columns: {stays.column_names})")
     col = pc.cast(stays.column(name), pa.float64())
     return col.to_numpy(zero_copy_only=False).astype(np.float64)  # nulls become NaN
 
