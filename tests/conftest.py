@@ -1,7 +1,8 @@
 """Shared test setup.
 
 Without a GPU the Triton kernels run in the interpreter, which must be switched on before any
-kernel module is imported.
+kernel module is imported. Benchmarks that tests run record their rows in a temporary results
+file, never in the committed bench/results.csv.
 """
 import os
 from pathlib import Path
@@ -27,3 +28,16 @@ def demo_dir() -> Path:
     if not (DEMO_DIR / "hosp" / "labevents.csv.gz").exists():
         pytest.skip(f"MIMIC-IV demo not found at {DEMO_DIR}")
     return DEMO_DIR
+
+
+@pytest.fixture(scope="session", autouse=True)
+def results_csv(tmp_path_factory) -> Path:
+    """EHRJEPA_RESULTS for the whole session (child processes inherit it)."""
+    path = tmp_path_factory.mktemp("results") / "results.csv"
+    saved = os.environ.get("EHRJEPA_RESULTS")
+    os.environ["EHRJEPA_RESULTS"] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop("EHRJEPA_RESULTS", None)
+    else:
+        os.environ["EHRJEPA_RESULTS"] = saved
