@@ -71,6 +71,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+SECTIONS = ("data", "model", "mask", "train")
+
+
 class ConfigError(ValueError):
     """A config file or override that does not fit the dataclasses; the message says where."""
 
@@ -262,6 +265,13 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    # an empty file would train the default (small) model: almost surely not what was meant
+    if raw is None or (isinstance(raw, dict) and not raw):
+        raise ConfigError(f"{path}: the config is empty; it needs at least one of the sections "
+                          f"{', '.join(SECTIONS)} (see configs/micro.yaml)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections {', '.join(SECTIONS)}, "
+                          f"got {type(raw).__name__} {raw!r:.60}")
     return config_from_dict(raw, overrides, source=str(path))
 
 

@@ -106,3 +106,11 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_defaults_without_a_file():
     cfg = load_config(None, ["train.seed=3"])
     assert cfg.train.seed == 3 and cfg.train.momentum == 0.996 and cfg.train.momentum_end == 1.0
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n", "- 1\n- 2\n", "train:\n"])
+def test_an_empty_or_section_less_config_is_an_error_naming_the_file(tmp_path, text):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)

@@ -34,9 +34,13 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        # torch.save reports a failed write (full disk, file size limit) as a zip-writer
+        # RuntimeError; the OSError behind it says what happened
+        if not isinstance(e, OSError) and isinstance(e.__context__, OSError):
+            raise e.__context__ from None
         raise
     return path
 

@@ -8,25 +8,35 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML run config, e.g. configs/micro.yaml; with --resume "
-                                         "the run's own RUN/config.yaml is the default")
+    parser.add_argument("--config", help="YAML run config, e.g. configs/micro.yaml (default: "
+                                         "required for a new run; RUN/config.yaml with --resume)")
     parser.add_argument("--data", help="processed data folder (the OUT of `ehrjepa preprocess`); "
-                                       "sets data.path")
-    parser.add_argument("--run-dir", required=True, help="where checkpoints and logs go")
+                                       "sets data.path (default: the config's data.path)")
+    parser.add_argument("--run-dir", required=True,
+                        help="where checkpoints and logs go (required)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.max_steps=200 (repeatable)")
+                        help="override a config value, e.g. --set train.max_steps=200 (repeatable; "
+                             "default: none)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --run-dir from checkpoints/last.pt, exactly")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+                        help="continue the run in --run-dir from its newest checkpoint that loads "
+                             "(checkpoints/last.pt), exactly (default: start a new run)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (default: a progress bar on stderr)")
 
 
 def main(args: argparse.Namespace) -> int:
     from ehrjepa.config import ConfigError, load_config
-    from ehrjepa.train.loop import TrainingDiverged, train
+    from ehrjepa.models.checkpoint import CheckpointError
+    from ehrjepa.train.loop import CheckpointWriteFailed, TrainingDiverged, train
+    from ehrjepa.train.run_folder import checkpoint_candidates
 
     master = int(os.environ.get("RANK", "0")) == 0
     run_dir = Path(args.run_dir)
     config_path = args.config
+    if args.resume and not checkpoint_candidates(run_dir / "checkpoints"):
+        print(f"ehrjepa train: no run to resume in {run_dir} (no checkpoint in "
+              f"{run_dir / 'checkpoints'})", file=sys.stderr)
+        return 2
     if config_path is None:
         if not args.resume:
             print("ehrjepa train: --config is required (unless --resume)", file=sys.stderr)
@@ -43,24 +53,29 @@ def main(args: argparse.Namespace) -> int:
         print(f"ehrjepa train: config {config_path}, data {cfg.data.path or '(none)'}, run {run_dir}")
     try:
         summary = train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
-    except TrainingDiverged as e:  # every rank stops at the same step; rank 0 says so
+    except (TrainingDiverged, CheckpointWriteFailed) as e:  # every rank stops at the same step
         if master:
             print(f"ehrjepa train: {e}", file=sys.stderr)
         return 1
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
+    except (FileExistsError, FileNotFoundError, ValueError, CheckpointError) as e:
         print(f"ehrjepa train: {e}", file=sys.stderr)
         return 2
-    if master:
-        best = summary["best_val_loss"]
-        final = summary["final_loss"]
+    if not master:
+        return 0
+    best = summary["best_val_loss"]
+    final = summary["final_loss"]
+    if summary["already_finished"]:
+        print(f"done: the run in {run_dir} is already finished at step {summary['steps']} of "
+              f"{summary['max_steps']}; nothing to do")
+    else:
         print(f"done: {summary['steps']} of {summary['max_steps']} steps"
               + (" (stopped early: train.stop_after; continue with --resume)"
                  if summary["stopped_early"] else ""))
-        print(f"  final loss     {final:.4f}" if final is not None else "  final loss     -")
-        print(f"  best val loss  {best:.4f}" if best is not None else "  best val loss  -")
-        print(f"  checkpoints    last {summary['last']}" + (f", best {summary['best']}"
-                                                             if summary["best"] else ""))
-        print(f"  logs           {run_dir / 'metrics.csv'}, {run_dir / 'tb'}")
-        for w in summary["warnings"]:
-            print(f"  warning        {w}")
+    print(f"  final loss     {final:.4f}" if final is not None else "  final loss     - (none logged)")
+    print(f"  best val loss  {best:.4f}" if best is not None else "  best val loss  -")
+    print(f"  checkpoints    last {summary['last']}" + (f", best {summary['best']}"
+                                                         if summary["best"] else ""))
+    print(f"  logs           {run_dir / 'metrics.csv'}, {run_dir / 'tb'}")
+    for w in summary["warnings"]:
+        print(f"  warning        {w}")
     return 0

@@ -7,11 +7,16 @@ torch.compile and fused AdamW; CPU runs the same code eager in fp32 (determinist
 Exact resume: a checkpoint holds the model (encoder, predictor, target encoder), the optimizer,
 the step (the schedules are pure functions of it), the RNG states and the data position (epoch
 and batches consumed). The sampler's order and the masks depend only on (seed, epoch, batch), so
-a resumed run skips to the next batch and sees the same windows with the same masks.
+a resumed run skips to the next batch and sees the same windows with the same masks. A damaged
+last.pt falls back to the newest checkpoint that loads (train/run_folder.py).
 
 The loss of every step is kept on the device and read back once per log interval (one host
 sync), where NaN/inf is checked before anything is logged, validated or saved: a diverged run
 stops with the step named and never overwrites a good checkpoint.
+
+`train()` reads top to bottom: processes, seeds, data, model, restore, then the loop, whose
+parts are the functions below it (train_step, read_back, validate, save_checkpoints); where the
+run is lives in one `RunState`.
 """
 from __future__ import annotations
 
@@ -19,9 +24,9 @@ import itertools
 import math
 import os
 import random
-import shutil
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +38,33 @@ from tqdm import tqdm
 from ehrjepa.config import Config, config_to_dict, save_config
 from ehrjepa.device import resolve_device  # noqa: F401  (old name, until the probe switches)
 from ehrjepa.models.jepa import count_parameters
-from ehrjepa.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from ehrjepa.train.metrics import MetricsLog, collapse_warning, rankme, target_std
+from ehrjepa.train.checkpoint import rng_state, save_checkpoint, set_rng_state
+from ehrjepa.train.metrics import MetricsLog, collapse_warning, rankme, read_metrics, target_std
+from ehrjepa.train.run_folder import checkpoint_candidates, clean_stale_temporaries, load_newest
 from ehrjepa.train.schedules import cosine, linear, lr_at
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient norm became NaN or inf; the message names the step."""
+
+
+class CheckpointWriteFailed(RuntimeError):
+    """A checkpoint could not be written (e.g. a full disk); the message names the file and the
+    last good checkpoint, which is left as it was."""
+
+
+@dataclass
+class RunState:
+    """Where a run is. A checkpoint restores the first four; the rest is this invocation's."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # the data position: epoch ...
+    consumed: int = 0  # ... and batches of it already drawn (this rank)
+    best_val: float = math.inf  # lowest validation loss so far
+    saved_step: int | None = None  # step of the newest checkpoint on disk ...
+    saved_path: Path | None = None  # ... and its file
+    last_loss: float | None = None  # the newest loss read back
+    warnings: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,16 +130,8 @@ def _to_device(batch: dict, device: torch.device) -> dict:
             for k, v in batch.items()}
 
 
-def _publish(src: Path, dst: Path) -> None:
-    """Make `dst` the same checkpoint as `src` atomically (hard link, else copy; then rename)."""
-    tmp = dst.with_name(f".{dst.name}.link.tmp")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+def _quiet(msg: str) -> None:
+    pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,13 +140,13 @@ def _publish(src: Path, dst: Path) -> None:
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Pretrain a JEPA as `cfg` says, writing checkpoints and logs under `run_dir`.
 
-    Returns a summary dict (steps, final_loss, best_val_loss, checkpoint paths, warnings).
-    Raises TrainingDiverged when the loss becomes NaN/inf (the last good checkpoint stays).
+    Returns a summary dict (steps, final_loss, best_val_loss, checkpoint paths, warnings,
+    already_finished). Raises TrainingDiverged when the loss becomes NaN/inf and
+    CheckpointWriteFailed when a checkpoint cannot be written (the last good checkpoint stays).
     """
     t, d = cfg.train, cfg.data
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    last_path = ckpt_dir / "last.pt"
 
     # ---- processes: one, or one per device under torchrun -----------------------------------
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -143,15 +160,13 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
         raise ValueError(f"data.batch_size ({d.batch_size}) must be divisible by the number of "
                          f"processes ({world})")
     local_batch = d.batch_size // world
-    if resume and not last_path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
-    if not resume and last_path.is_file():
-        raise FileExistsError(f"{run_dir} already holds a run ({last_path}); pass --resume to "
-                              "continue it or choose another --run-dir")
-
-    def say(msg: str) -> None:
-        if master:
-            tqdm.write(msg)
+    say = tqdm.write if master else _quiet
+    check_run_folder(run_dir, resume)
+    if master:
+        stale = clean_stale_temporaries(run_dir)
+        if stale:
+            say(f"removed {len(stale)} temporary file(s) a killed run left in {run_dir}: "
+                + ", ".join(p.name for p in stale))
 
     metrics = None
     own_group = False
@@ -204,24 +219,12 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
             f"epoch), {len(val_set)} validation windows, {n_features} features")
 
         # ---- resume -------------------------------------------------------------------------
-        step, epoch, consumed, best_val = 0, 0, 0, math.inf
-        if resume:
-            ckpt = load_checkpoint(last_path, map_location="cpu")
-            if ckpt["n_features"] != n_features:
-                raise ValueError(f"{last_path}: the model was trained on {ckpt['n_features']} "
-                                 f"features, the data at {d.path} has {n_features}")
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            step = int(ckpt["step"])
-            epoch = int(ckpt["data_position"]["epoch"])
-            consumed = int(ckpt["data_position"]["batches"])
-            if ckpt.get("best_val_loss") is not None:
-                best_val = float(ckpt["best_val_loss"])
-            set_rng_state(ckpt["rng"])
-            del ckpt
-            say(f"resumed from {last_path} at step {step} (epoch {epoch}, batch {consumed})")
-        start_step = step
-        end_step = t.max_steps if t.stop_after == 0 else min(t.max_steps, step + t.stop_after)
+        state = restore(run_dir, model, optimizer, n_features, d.path, say) if resume else RunState()
+        start_step = state.step
+        if state.step >= t.max_steps:  # nothing left to do: report the run as it stands
+            state.last_loss = last_logged_loss(run_dir / "metrics.csv", state.step)
+            return _summary(cfg, run_dir, state, start_step, counts, world)
+        end_step = t.max_steps if t.stop_after == 0 else min(t.max_steps, state.step + t.stop_after)
 
         # ---- device path: compile and DDP wrap the forward; the raw model is saved ----------
         forward = model
@@ -237,175 +240,74 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
         say(f"device: {device} x {world} process(es), {mode}"
             + (f"; CPU runs eager fp32, {torch.get_num_threads()} thread(s)" if not cuda else ""))
 
-        # ---- the fixed validation batches (rank 0) ------------------------------------------
-        val_batches = []
-        if master and d.val_batches > 0:
-            if len(val_set) == 0:
-                say("warning: the val split has no windows; validation is off")
-            else:
-                order = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(t.seed))
-                val_collator = make_collator(cfg, seed=t.seed + 1)
-                if hasattr(val_collator, "set_epoch"):
-                    val_collator.set_epoch(0)
-                for chunk in order[: d.val_batches * d.batch_size].split(d.batch_size):
-                    val_batches.append(_to_device(val_collator([val_set[i] for i in chunk.tolist()]),
-                                                  device))
-
-        # ---- logs ---------------------------------------------------------------------------
+        # ---- the fixed validation batches and the logs (rank 0) -----------------------------
+        val_batches = validation_batches(cfg, val_set, device, say) if master else []
         if master:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
-            metrics = MetricsLog(run_dir, resume_step=step if resume else None)
-            say(f"run: {run_dir} (metrics.csv, tb/, checkpoints/), steps {step} -> {end_step} "
+            # a fresh run drops the rows of an earlier attempt that died before its first checkpoint
+            fresh_leftovers = (run_dir / "metrics.csv").exists()
+            metrics = MetricsLog(run_dir, resume_step=state.step if resume or fresh_leftovers else None)
+            say(f"run: {run_dir} (metrics.csv, tb/, checkpoints/), steps {state.step} -> {end_step} "
                 f"of {t.max_steps}")
 
-        def batches():
-            """Batches forever from the current (epoch, consumed) position; updates it."""
-            nonlocal epoch, consumed
-            while True:
-                sampler.set_position(epoch, consumed * local_batch)
-                loader_gen.manual_seed(t.seed + epoch)
-                if hasattr(collator, "set_epoch"):
-                    collator.set_epoch(epoch)
-                for batch in loader:
-                    consumed += 1
-                    yield batch
-                epoch, consumed = epoch + 1, 0
-
-        def checkpoint_state() -> dict:
-            return {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "config": config_to_dict(cfg),
-                "rng": rng_state(),
-                "data_position": {"epoch": epoch, "batches": consumed},
-                "best_val_loss": best_val if math.isfinite(best_val) else None,
-                "n_features": n_features,
-                "max_hours": d.max_hours,
-                "world_size": world,
-            }
-
-        def validate() -> dict:
-            """Validation loss, RankMe and target std on the fixed batches (rank 0)."""
-            model.eval()
-            with torch.no_grad(), autocast, torch.random.fork_rng(devices=[device] if cuda else []):
-                losses, embs = [], []
-                for b in val_batches:
-                    losses.append(model(b)[0].float())
-                    e = model.embed(b["values"], b["observed"], b["delta"], encoder="target")
-                    embs.append(e.float().reshape(-1, e.shape[-1]))
-                emb = torch.cat(embs)
-                out = {"val_loss": float(torch.stack(losses).mean()), "rankme": rankme(emb),
-                       "target_std": target_std(emb), "_rows": emb.shape[0], "_width": emb.shape[1]}
-            model.train()
-            return out
-
-        def check_replicas() -> None:
-            """Every rank must hold the same EMA target encoder (DDP keeps them in step)."""
-            sums = torch.stack([p.detach().double().sum() for p in model.target_encoder.parameters()])
-            gathered = [torch.empty_like(sums) for _ in range(world)]
-            dist.all_gather(gathered, sums)
-            if not all(torch.equal(gathered[0], g) for g in gathered[1:]):
-                raise RuntimeError(f"step {step}: the EMA target encoders differ across ranks")
-
         # ---- the loop -----------------------------------------------------------------------
-        bar = tqdm(total=end_step, initial=step, disable=not (master and progress),
+        bar = tqdm(total=end_step, initial=state.step, disable=not (master and progress),
                    desc="train", unit="step", dynamic_ncols=True)
         pending = []  # (step, loss, grad_norm, lr, wd, momentum) not yet read back
-        last_loss, last_stats, saved_step, warn_list = None, {}, (start_step if resume else None), []
+        last_stats = {}
         timer = time.perf_counter()
-        data = batches() if step < end_step else iter(())
-        while step < end_step:
-            lr = lr_at(step, t.lr, t.min_lr, t.warmup_steps, t.max_steps)
-            wd = cosine(step, t.weight_decay, t.weight_decay_end, t.max_steps)
-            momentum = linear(step, t.momentum, t.momentum_end, t.max_steps)
-            for g, decay in zip(optimizer.param_groups, decays):
-                g["lr"] = lr
-                g["weight_decay"] = wd if decay else 0.0
-
+        data = batches(state, sampler, loader, loader_gen, collator, t.seed, local_batch)
+        while state.step < end_step:
+            lr, wd, momentum = set_schedules(optimizer, decays, cfg, state.step)
             batch = _to_device(next(data), device)
-            with autocast:
-                loss, stats = forward(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, t.grad_clip if t.grad_clip > 0
-                                                       else math.inf)
-            optimizer.step()
-            model.momentum_update(momentum)
-            step += 1
+            loss, grad_norm, last_stats = train_step(model, forward, optimizer, trainable, batch,
+                                                     autocast, t.grad_clip, momentum)
+            state.step += 1
             bar.update(1)
-            # clones: with CUDA graphs (compile_mode=reduce-overhead) the next replay overwrites outputs
-            pending.append((step, loss.detach().float().clone(), grad_norm.detach().float().clone(),
-                            lr, wd, momentum))
-            last_stats = stats
+            pending.append((state.step, loss, grad_norm, lr, wd, momentum))
 
+            step = state.step
             do_val = bool(val_batches) and (step % t.val_every == 0 or step == t.max_steps)
             do_ckpt = step % t.ckpt_every == 0 or step == end_step
             if not (step % t.log_every == 0 or do_ckpt or step % t.val_every == 0):
                 continue
 
             # -- read back the pending steps (one sync), stop on NaN/inf before anything else
-            losses = torch.stack([p[1] for p in pending])
-            norms = torch.stack([p[2] for p in pending])
-            if ddp:  # every rank sees the same mean loss, so all stop at the same step
-                dist.all_reduce(losses)
-                losses /= world
-            losses, norms = losses.tolist(), norms.tolist()
-            elapsed = time.perf_counter() - timer
-            seq_per_s = len(pending) * d.batch_size / max(elapsed, 1e-9)
-            for (s, _, _, lr_s, wd_s, mom_s), loss_s, norm_s in zip(pending, losses, norms):
-                if not (math.isfinite(loss_s) and math.isfinite(norm_s)):
-                    what = "loss" if not math.isfinite(loss_s) else "gradient norm"
-                    value = loss_s if not math.isfinite(loss_s) else norm_s
-                    kept = (f"the last good checkpoint is {last_path} (step {saved_step})"
-                            if saved_step is not None else "no checkpoint was written")
-                    raise TrainingDiverged(f"{what} is {value} at step {s}; training stopped, {kept}")
-                if metrics is not None and s != step:  # this step's row is written below
-                    metrics.write({"step": s, "loss": loss_s, "lr": lr_s, "wd": wd_s,
-                                   "momentum": mom_s, "grad_norm": norm_s, "seq_per_s": seq_per_s})
-            last_loss = losses[-1]
+            row = read_back(pending, state, metrics, world, d.batch_size,
+                            time.perf_counter() - timer)
             pending = []
-            row = {"step": step, "loss": last_loss, "lr": lr, "wd": wd, "momentum": momentum,
-                   "grad_norm": norms[-1], "seq_per_s": seq_per_s}
             for k, v in last_stats.items():  # the model's own stats: TensorBoard only
                 if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1):
                     row[f"stats/{k}"] = float(v)
-            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", seq_s=f"{seq_per_s:,.0f}")
+            bar.set_postfix(loss=f"{state.last_loss:.4f}", lr=f"{lr:.2e}",
+                            seq_s=f"{row['seq_per_s']:,.0f}")
 
             # -- validation and the collapse check (rank 0)
             if do_val and master:
-                v = validate()
+                v = validate(model, val_batches, autocast, device)
                 row.update({k: v[k] for k in ("val_loss", "rankme", "target_std")})
                 warning = collapse_warning(v["rankme"], v["target_std"], v["_width"], v["_rows"],
                                            t.collapse_rankme, t.collapse_std)
                 if warning:
-                    warn_list.append(f"step {step}: {warning}")
+                    state.warnings.append(f"step {step}: {warning}")
                     say(f"warning: step {step}: {warning}")
             if ddp and step % t.val_every == 0:
-                check_replicas()
+                check_replicas(model, world, step)
             if metrics is not None:
                 metrics.write(row)
                 metrics.flush()
 
-            # -- checkpoints (rank 0): step_N.pt, last.pt, best.pt
+            # -- checkpoints (rank 0): step_N.pt, best.pt, last.pt, each its own file
             if master:
-                paths = []
-                if step % t.ckpt_every == 0:
-                    paths.append(ckpt_dir / f"step_{step:07d}.pt")
-                if do_ckpt:
-                    paths.append(last_path)
-                is_best = "val_loss" in row and row["val_loss"] < best_val
-                if is_best:
-                    best_val = row["val_loss"]
+                paths = [ckpt_dir / f"step_{step:07d}.pt"] if step % t.ckpt_every == 0 else []
+                if "val_loss" in row and row["val_loss"] < state.best_val:
+                    state.best_val = row["val_loss"]
                     paths.append(ckpt_dir / "best.pt")
-                if paths:
-                    save_checkpoint(checkpoint_state(), paths[0])
-                    for p in paths[1:]:
-                        _publish(paths[0], p)
-                    if last_path not in paths:
-                        _publish(paths[0], last_path)
-                    saved_step = step
+                if paths or do_ckpt:
+                    paths.append(ckpt_dir / "last.pt")
+                    save_checkpoints(checkpoint_state(model, optimizer, cfg, state, n_features, world),
+                                     paths, state)
                     _prune(ckpt_dir, t.keep_ckpts)
             timer = time.perf_counter()  # throughput leaves out validation and saving
         bar.close()
@@ -417,21 +319,189 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
             metrics.close()
         if own_group and dist.is_initialized():
             dist.destroy_process_group()
+    return _summary(cfg, run_dir, state, start_step, counts, world)
 
+
+# ---------------------------------------------------------------------------------------------
+# the named steps of train(), in the order it calls them
+
+
+def check_run_folder(run_dir: Path, resume: bool) -> None:
+    """--resume needs a checkpoint in `run_dir`; a new run needs a folder without one."""
+    found = checkpoint_candidates(run_dir / "checkpoints")
+    if resume and not found:
+        raise FileNotFoundError(f"no run to resume in {run_dir} (no checkpoint in "
+                                f"{run_dir / 'checkpoints'})")
+    if not resume and found:
+        raise FileExistsError(f"{run_dir} already holds a run ({found[0]}); pass --resume to "
+                              "continue it or choose another --run-dir")
+
+
+def restore(run_dir: Path, model, optimizer, n_features: int, data_path: str, say) -> RunState:
+    """Load the newest checkpoint that loads into `model`, `optimizer` and the RNGs; its RunState."""
+    path, ckpt = load_newest(run_dir, say)
+    if ckpt["n_features"] != n_features:
+        raise ValueError(f"{path}: the model was trained on {ckpt['n_features']} features, the "
+                         f"data at {data_path} has {n_features}")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    best = ckpt.get("best_val_loss")
+    state = RunState(step=int(ckpt["step"]), epoch=int(ckpt["data_position"]["epoch"]),
+                     consumed=int(ckpt["data_position"]["batches"]),
+                     best_val=math.inf if best is None else float(best),
+                     saved_step=int(ckpt["step"]), saved_path=path)
+    set_rng_state(ckpt["rng"])
+    say(f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.consumed})")
+    return state
+
+
+def last_logged_loss(metrics_csv: Path, step: int) -> float | None:
+    """The newest loss in metrics.csv at or before `step` (None when there is none)."""
+    if not metrics_csv.is_file():
+        return None
+    losses = [r["loss"] for r in read_metrics(metrics_csv)
+              if r.get("loss") is not None and r["step"] <= step]
+    return losses[-1] if losses else None
+
+
+def validation_batches(cfg: Config, val_set, device: torch.device, say) -> list[dict]:
+    """The fixed validation batches: the same windows and masks at every validation."""
+    d, seed = cfg.data, cfg.train.seed
+    if d.val_batches == 0:
+        return []
+    if len(val_set) == 0:
+        say("warning: the val split has no windows; validation is off")
+        return []
+    order = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(seed))
+    collator = make_collator(cfg, seed=seed + 1)
+    if hasattr(collator, "set_epoch"):
+        collator.set_epoch(0)
+    return [_to_device(collator([val_set[i] for i in chunk.tolist()]), device)
+            for chunk in order[: d.val_batches * d.batch_size].split(d.batch_size)]
+
+
+def batches(state: RunState, sampler, loader, loader_gen, collator, seed: int, local_batch: int):
+    """Batches forever from the data position in `state` (epoch, consumed), which they advance."""
+    while True:
+        sampler.set_position(state.epoch, state.consumed * local_batch)
+        loader_gen.manual_seed(seed + state.epoch)
+        if hasattr(collator, "set_epoch"):
+            collator.set_epoch(state.epoch)
+        for batch in loader:
+            state.consumed += 1
+            yield batch
+        state.epoch, state.consumed = state.epoch + 1, 0
+
+
+def set_schedules(optimizer, decays: list[bool], cfg: Config, step: int):
+    """Set this step's learning rate and weight decay on the optimizer; (lr, wd, EMA momentum)."""
+    t = cfg.train
+    lr = lr_at(step, t.lr, t.min_lr, t.warmup_steps, t.max_steps)
+    wd = cosine(step, t.weight_decay, t.weight_decay_end, t.max_steps)
+    momentum = linear(step, t.momentum, t.momentum_end, t.max_steps)
+    for g, decay in zip(optimizer.param_groups, decays):
+        g["lr"] = lr
+        g["weight_decay"] = wd if decay else 0.0
+    return lr, wd, momentum
+
+
+def train_step(model, forward, optimizer, trainable, batch: dict, autocast, grad_clip: float,
+               momentum: float):
+    """One optimizer step and the EMA update; (loss, grad norm, stats), left on the device."""
+    with autocast:
+        loss, stats = forward(batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip if grad_clip > 0 else math.inf)
+    optimizer.step()
+    model.momentum_update(momentum)
+    # clones: with CUDA graphs (compile_mode=reduce-overhead) the next replay overwrites outputs
+    return loss.detach().float().clone(), grad_norm.detach().float().clone(), stats
+
+
+def read_back(pending: list, state: RunState, metrics, world: int, batch_size: int,
+              elapsed: float) -> dict:
+    """Bring the pending losses to the host (one sync), stop on NaN/inf, log all but the newest
+    step; return the newest step's row (the caller adds validation to it)."""
+    losses = torch.stack([p[1] for p in pending])
+    norms = torch.stack([p[2] for p in pending])
+    if world > 1:  # every rank sees the same mean loss, so all stop at the same step
+        dist.all_reduce(losses)
+        losses /= world
+    losses, norms = losses.tolist(), norms.tolist()
+    seq_per_s = len(pending) * batch_size / max(elapsed, 1e-9)
+    for (s, _, _, lr, wd, momentum), loss, norm in zip(pending, losses, norms):
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            what, value = ("loss", loss) if not math.isfinite(loss) else ("gradient norm", norm)
+            raise TrainingDiverged(f"{what} is {value} at step {s}; training stopped, {_kept(state)}")
+        if metrics is not None and s != state.step:  # the newest step's row is written later
+            metrics.write({"step": s, "loss": loss, "lr": lr, "wd": wd, "momentum": momentum,
+                           "grad_norm": norm, "seq_per_s": seq_per_s})
+    state.last_loss = losses[-1]
+    s, _, _, lr, wd, momentum = pending[-1]
+    return {"step": s, "loss": losses[-1], "lr": lr, "wd": wd, "momentum": momentum,
+            "grad_norm": norms[-1], "seq_per_s": seq_per_s}
+
+
+def validate(model, val_batches: list[dict], autocast, device: torch.device) -> dict:
+    """Validation loss, RankMe and target std on the fixed batches (rank 0)."""
+    model.eval()
+    with torch.no_grad(), autocast, torch.random.fork_rng(
+            devices=[device] if device.type == "cuda" else []):
+        losses, embs = [], []
+        for b in val_batches:
+            losses.append(model(b)[0].float())
+            e = model.embed(b["values"], b["observed"], b["delta"], encoder="target")
+            embs.append(e.float().reshape(-1, e.shape[-1]))
+        emb = torch.cat(embs)
+        out = {"val_loss": float(torch.stack(losses).mean()), "rankme": rankme(emb),
+               "target_std": target_std(emb), "_rows": emb.shape[0], "_width": emb.shape[1]}
+    model.train()
+    return out
+
+
+def check_replicas(model, world: int, step: int) -> None:
+    """Every rank must hold the same EMA target encoder (DDP keeps them in step)."""
+    sums = torch.stack([p.detach().double().sum() for p in model.target_encoder.parameters()])
+    gathered = [torch.empty_like(sums) for _ in range(world)]
+    dist.all_gather(gathered, sums)
+    if not all(torch.equal(gathered[0], g) for g in gathered[1:]):
+        raise RuntimeError(f"step {step}: the EMA target encoders differ across ranks")
+
+
+def checkpoint_state(model, optimizer, cfg: Config, state: RunState, n_features: int,
+                     world: int) -> dict:
+    """What a checkpoint holds: enough to resume exactly (max_hours is the config's)."""
     return {
-        "run_dir": str(run_dir),
-        "steps": step,
-        "start_step": start_step,
-        "max_steps": t.max_steps,
-        "stopped_early": step < t.max_steps,
-        "final_loss": last_loss,
-        "best_val_loss": best_val if math.isfinite(best_val) else None,
-        "last": str(last_path) if last_path.exists() else None,
-        "best": str(ckpt_dir / "best.pt") if (ckpt_dir / "best.pt").exists() else None,
-        "warnings": warn_list,
-        "parameters": counts,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": state.step,
+        "config": config_to_dict(cfg),
+        "rng": rng_state(),
+        "data_position": {"epoch": state.epoch, "batches": state.consumed},
+        "best_val_loss": state.best_val if math.isfinite(state.best_val) else None,
+        "n_features": n_features,
         "world_size": world,
     }
+
+
+def save_checkpoints(ckpt: dict, paths: list[Path], state: RunState) -> None:
+    """Write `ckpt` to each path, each file on its own (atomic; no shared storage). A failed
+    write (a full disk) raises CheckpointWriteFailed naming the file and the last good one."""
+    for path in paths:
+        try:
+            save_checkpoint(ckpt, path)
+        except (OSError, RuntimeError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointWriteFailed(f"cannot write checkpoint {path}: {reason}; "
+                                        f"{_kept(state)}") from None
+        state.saved_step, state.saved_path = state.step, path
+
+
+def _kept(state: RunState) -> str:
+    if state.saved_path is None:
+        return "no checkpoint was written"
+    return f"the last good checkpoint is {state.saved_path} (step {state.saved_step})"
 
 
 def _prune(ckpt_dir: Path, keep: int) -> None:
@@ -440,3 +510,24 @@ def _prune(ckpt_dir: Path, keep: int) -> None:
         return
     for old in sorted(ckpt_dir.glob("step_*.pt"))[:-keep]:
         old.unlink()
+
+
+def _summary(cfg: Config, run_dir: Path, state: RunState, start_step: int, counts: dict,
+             world: int) -> dict:
+    ckpt_dir = run_dir / "checkpoints"
+    t = cfg.train
+    return {
+        "run_dir": str(run_dir),
+        "steps": state.step,
+        "start_step": start_step,
+        "max_steps": t.max_steps,
+        "stopped_early": state.step < t.max_steps,
+        "already_finished": start_step >= t.max_steps,
+        "final_loss": state.last_loss,
+        "best_val_loss": state.best_val if math.isfinite(state.best_val) else None,
+        "last": str(ckpt_dir / "last.pt") if (ckpt_dir / "last.pt").exists() else None,
+        "best": str(ckpt_dir / "best.pt") if (ckpt_dir / "best.pt").exists() else None,
+        "warnings": state.warnings,
+        "parameters": counts,
+        "world_size": world,
+    }

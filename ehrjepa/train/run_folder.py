@@ -1,0 +1,65 @@
+"""The run folder's checkpoints: which exist, the newest one that loads, stale temporaries.
+
+RUN/checkpoints/ holds last.pt (the newest state), step_NNNNNNN.pt (every train.ckpt_every steps)
+and best.pt (the lowest validation loss). Each is its own file, written atomically on its own,
+so damage to one cannot reach the others, and a damaged last.pt falls back to the newest step
+checkpoint that loads.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ehrjepa.models.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries
+
+
+class NoRunToResume(FileNotFoundError):
+    """--resume on a folder with no checkpoint: the message names the folder."""
+
+
+def checkpoint_candidates(ckpt_dir: Path) -> list[Path]:
+    """The checkpoints to resume from, best first: last.pt, step_*.pt newest first, best.pt."""
+    ckpt_dir = Path(ckpt_dir)
+    steps = sorted(ckpt_dir.glob("step_*.pt"), reverse=True)
+    return [p for p in [ckpt_dir / "last.pt", *steps, ckpt_dir / "best.pt"] if p.is_file()]
+
+
+def load_newest(run_dir: Path, say=print) -> tuple[Path, dict]:
+    """(path, checkpoint) of the first candidate that loads, saying which damaged ones it passed.
+
+    NoRunToResume when there is no checkpoint at all; CheckpointError (one line, naming every
+    damaged file) when none loads.
+    """
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    candidates = checkpoint_candidates(ckpt_dir)
+    if not candidates:
+        raise NoRunToResume(f"no run to resume in {run_dir} (no checkpoint in {ckpt_dir})")
+    damaged = []
+    for path in candidates:
+        try:
+            ckpt = load_checkpoint(path, map_location="cpu")
+        except CheckpointError as e:
+            damaged.append(f"{path.name} is damaged ({_reason(e, path)})")
+            continue
+        if damaged:
+            say(f"warning: {'; '.join(damaged)}; resuming from {path.name}")
+        return path, ckpt
+    raise CheckpointError(f"no checkpoint in {ckpt_dir} loads: {'; '.join(damaged)}; "
+                          "start a new run in another --run-dir")
+
+
+def clean_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Remove what a killed run left half-written: checkpoint temp files, metrics.csv.tmp."""
+    run_dir = Path(run_dir)
+    stale = remove_stale_temporaries(run_dir / "checkpoints")
+    metrics_tmp = run_dir / "metrics.csv.tmp"
+    if metrics_tmp.is_file():
+        metrics_tmp.unlink()
+        stale.append(metrics_tmp)
+    return stale
+
+
+def _reason(error: Exception, path: Path) -> str:
+    """The error's message without the leading 'PATH: ' the loader puts there."""
+    text = str(error)
+    prefix = f"{path}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
