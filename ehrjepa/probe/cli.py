@@ -2,10 +2,11 @@
 
     ehrjepa probe --run RUN --data OUT --out REPORT
 
-Embeds the first --hours hours of every stay with the frozen encoder of RUN's checkpoint (jepa)
-and with an untrained encoder of the same architecture (random_init), summarises the same hours
-per feature (raw_features), fits logistic-regression probes on the train split with C chosen on
-val, and reports test AUROC/AUPRC with bootstrap intervals in REPORT/report.{json,md} and PNGs.
+Embeds the first --hours hours of every stay with the frozen target encoder (or, with --encoder
+context, the context encoder) of RUN's checkpoint (jepa) and with an untrained encoder of the same
+architecture (random_init), summarises the same hours per feature (raw_features), fits
+logistic-regression probes on the train split with C chosen on val, and reports test AUROC/AUPRC
+with bootstrap intervals in REPORT/report.{json,md} and PNGs. Any fault is one line naming its file.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """`run_probe`: probe a whole pretrained run and write its report.
 
-Loads the run's checkpoint, embeds the first hours of every stay with its frozen encoder (jepa)
-and with an untrained encoder of the same architecture (random_init), summarises the same hours
-per feature (raw_features), fits the probes of `fit.py` for every task and writes REPORT.
+Loads the run's checkpoint once, embeds the first hours of every stay with its frozen EMA target
+encoder, or its context encoder (jepa), and with an untrained encoder of the same architecture
+(random_init), summarises the same hours per feature (raw_features), fits the probes of `fit.py`
+for every task and writes REPORT.
 """
 from __future__ import annotations
 
