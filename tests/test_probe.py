@@ -332,7 +332,7 @@ def make_run(run_dir, n_features, seed=0):
     torch.manual_seed(seed + 1)
     model = build_model(cfg, n_features)
     state = {"model": model.state_dict(), "optimizer": {}, "step": 42, "config": config_to_dict(cfg),
-             "n_features": n_features, "max_hours": cfg.data.max_hours, "best_val_loss": 0.5}
+             "n_features": n_features, "best_val_loss": 0.5}
     save_checkpoint(state, run_dir / "checkpoints" / "best.pt")
     (run_dir / "metrics.csv").write_text("step,loss,lr,val_loss,rankme,target_std\n"
                                          "10,1.0,0.001,,,\n20,0.8,0.001,0.9,3.0,0.2\n")
