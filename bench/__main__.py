@@ -6,6 +6,7 @@ BENCHMARKS = {
     "preprocess": "ehrjepa preprocess against DuckDB, polars and pandas (wall time, peak RSS)",
     "kernels": "Triton kernels against their torch references",
     "train_step": "JEPA train step throughput",
+    "render": "rebuild the tables of bench/RESULTS.md from bench/results.csv",
     "digest": "hashes of synth, preprocess and training outputs (a refactor must not change them)",
 }
 

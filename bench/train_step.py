@@ -220,10 +220,11 @@ def run_one(case, mode, device, args) -> dict:
     return row
 
 
-def result_row(row, args, machine) -> dict:
-    """The results.csv row of one (case, mode)."""
+def result_row(row, args, machine, threads=None) -> dict:
+    """The results.csv row of one (case, mode); `threads`: torch's CPU threads (None on CUDA)."""
     out = {"benchmark": "train_step", "case": row["case"], "tool": row["mode"],
-           "shape": f"B={row['batch']} T={row['hours']} ({row['context']} + {row['target']})"}
+           "shape": f"B={row['batch']} T={row['hours']} ({row['context']} + {row['target']})"
+                    + (f", {threads} thread{'s' if threads > 1 else ''}" if threads else "")}
     if "error" in row:
         return {**out, "status": f"failed: {row['error']}"}
     how = "median step" if "ms_min" in row else "mean step"
@@ -281,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
             if record:  # row by row: a killed run keeps what it measured
-                results.append_rows([result_row(row, args, name)], record)
+                threads = None if cuda else torch.get_num_threads()
+                results.append_rows([result_row(row, args, name, threads)], record)
     # The matmul ceilings again after the steps (a shared machine's load changes): keep the best.
     measured = {k: max(v, w) for (k, v), w in zip(measured.items(), ceilings().values())}
     peak = args.peak_tflops or (989.0 if cuda else measured["bf16"])
