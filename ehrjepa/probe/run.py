@@ -97,7 +97,7 @@ def unseen_positions_note(config, hours: int) -> str | None:
     return (f"the encoder saw hour positions [0, {seen}) as context in pretraining (mask.kind="
             f"{config.mask.kind}); hours {seen}-{hours - 1} of the {hours} embedded here are positions it never "
             f"learned from. Pretrain with windows whose context covers the probe's hours ({fix}); on the "
-            f"synthetic data, unseen positions cost the small model most of its gain over random_init (README, "
+            f"synthetic data, unseen positions cost the small model most of its gain over random_init (docs/results.md, "
             f"\"The small model on CPU\")")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from ehrjepa.data.processed import SPLITS
 
 # The hours [0, HOURS) of each stay that the probe embeds and summarises: the first day, as in the
-# ICU benchmarks the README compares with (mortality at 24 h in YAIB) and the severity scores
+# ICU benchmarks docs/results.md compares with (mortality at 24 h in YAIB) and the severity scores
 # (APACHE, SAPS); long enough to carry signal, short enough that most stays have it. Every shipped
 # config's context covers it (a test), so the encoder saw these hour positions in pretraining.
 HOURS = 24
