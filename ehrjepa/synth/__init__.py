@@ -1,6 +1,6 @@
 """`ehrjepa synth`: synthetic ICU data in the exact MIMIC-IV v2.2 schema.
 
-    ehrjepa synth --out DIR --patients N [--seed S] [--format csv.gz|csv|parquet]
+    ehrjepa synth --out DIR --patients N [--seed S] [--format csv.gz|csv|parquet|meds]
 
 writes DIR/hosp/{patients,admissions,labevents,d_labitems}.EXT and
 DIR/icu/{icustays,chartevents,d_items}.EXT with MIMIC-IV v2.2's column names, order and types
@@ -14,6 +14,9 @@ the start of any longer run with the same seed. Generation is vectorised numpy (
 hours of the latent path only); tables are streamed out batch by batch (pyarrow.csv, ISA-L
 igzip level 1 for csv.gz, pyarrow.parquet with zstd and one row group per batch), so memory
 stays bounded.
+
+--format meds writes the same events as a MEDS dataset instead (DIR/data/, DIR/metadata/, codes
+as MIMIC_IV_MEDS writes them; see ehrjepa/synth/meds.py).
 
 The latent severity model and its outcomes are described in ehrjepa/synth/severity.py.
 
@@ -31,13 +34,16 @@ and just after outtime, and unrelated itemids (alarms, assessments) that a pipel
 
 Modules: schemas (table layouts), dictionaries (items and vocabularies), columns (arrow
 columns), severity (the latent model), stays, chartevents and labevents (the rows of a batch),
-writer (csv, csv.gz, parquet), batches (the batch loop, `write_synthetic`), cli.
+writer (csv, csv.gz, parquet), batches (the batch loop, `write_synthetic`), meds (the MEDS
+dataset), cli.
 """
 from ehrjepa.synth.batches import simulate_batch, write_synthetic
 from ehrjepa.synth.cli import configure, main
+from ehrjepa.synth.meds import write_meds
 from ehrjepa.synth.schemas import MODULE_OF, SCHEMAS
 from ehrjepa.synth.severity import MAX_STAY_HOURS, simulate_stays
 from ehrjepa.synth.writer import FORMATS, parquet_schema
 
 __all__ = ["FORMATS", "MAX_STAY_HOURS", "MODULE_OF", "SCHEMAS", "configure", "main",
-           "parquet_schema", "simulate_batch", "simulate_stays", "write_synthetic"]
+           "parquet_schema", "simulate_batch", "simulate_stays", "write_meds",
+           "write_synthetic"]

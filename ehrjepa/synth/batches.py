@@ -37,34 +37,45 @@ def provider_pool(seed: int) -> list:
     return ["P" + "".join(c) for c in chars[rng.integers(0, 36, (400, 5))]]
 
 
+def simulate_batches(patients: int, seed: int):
+    """The tables of every batch, in order: `simulate_batch` with the id counters carried on."""
+    providers = provider_pool(seed)
+    next_labevent, next_specimen = 1, 0
+    for batch in range(-(-patients // BATCH_PATIENTS)):
+        n = min(BATCH_PATIENTS, patients - batch * BATCH_PATIENTS)
+        tables = simulate_batch(seed, batch, n, next_labevent, next_specimen, providers)
+        next_labevent += tables["labevents"].num_rows
+        next_specimen += tables["labevents"].num_rows  # an upper bound on specimens
+        yield tables
+
+
+def check_arguments(patients: int, fmt: str, formats=FORMATS) -> None:
+    """A ValueError naming the option for a format not in `formats` or fewer than 1 patient."""
+    if fmt not in formats:
+        raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(formats)}")
+    if patients < 1:
+        raise ValueError(f"--patients must be at least 1, got {patients}")
+
+
 def write_tables(out, patients: int, seed: int, fmt: str, progress: bool) -> tuple[dict, dict]:
     """Writes every table; returns (rows per table, seconds spent generating and writing, wall
     clock and CPU time of this process)."""
     from tqdm import tqdm
 
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    if patients < 1:
-        raise ValueError(f"--patients must be at least 1, got {patients}")
+    check_arguments(patients, fmt)
     out = Path(out)
     writers = {}
     for name, schema in SCHEMAS.items():
         (out / MODULE_OF[name]).mkdir(parents=True, exist_ok=True)
         writers[name] = TableWriter(out / MODULE_OF[name] / f"{name}.{fmt}", schema, fmt)
-    providers = provider_pool(seed)
     seconds = {"generate": 0.0, "write": 0.0, "generate_cpu": 0.0, "write_cpu": 0.0}
-    n_batches = -(-patients // BATCH_PATIENTS)
-    next_labevent, next_specimen = 1, 0
     try:
         for name, table in dictionary_tables().items():
             writers[name].write(table)
-        bar = tqdm(range(n_batches), desc="synth", unit="batch", disable=not progress)
-        for batch in bar:
-            t0, c0 = time.perf_counter(), time.process_time()
-            n = min(BATCH_PATIENTS, patients - batch * BATCH_PATIENTS)
-            tables = simulate_batch(seed, batch, n, next_labevent, next_specimen, providers)
-            next_labevent += tables["labevents"].num_rows
-            next_specimen += tables["labevents"].num_rows  # an upper bound on specimens
+        bar = tqdm(total=-(-patients // BATCH_PATIENTS), desc="synth", unit="batch",
+                   disable=not progress)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for tables in simulate_batches(patients, seed):
             t1, c1 = time.perf_counter(), time.process_time()
             for name, table in tables.items():
                 writers[name].write(table)
@@ -73,7 +84,10 @@ def write_tables(out, patients: int, seed: int, fmt: str, progress: bool) -> tup
             seconds["write"] += t2 - t1
             seconds["generate_cpu"] += c1 - c0
             seconds["write_cpu"] += c2 - c1
+            bar.update()
             bar.set_postfix(chartevents=writers["chartevents"].rows)
+            t0, c0 = time.perf_counter(), time.process_time()
+        bar.close()
     finally:
         t2, c2 = time.perf_counter(), time.process_time()
         for w in writers.values():
@@ -85,7 +99,11 @@ def write_tables(out, patients: int, seed: int, fmt: str, progress: bool) -> tup
 
 def write_synthetic(out, patients: int, seed: int = 0, fmt: str = "csv.gz",
                     progress: bool = True) -> dict:
-    """Writes `patients` synthetic patients in the MIMIC-IV v2.2 layout under `out`.
+    """Writes `patients` synthetic patients in the MIMIC-IV v2.2 layout under `out`, or with
+    fmt="meds" as a MEDS dataset in `out` (see meds.py).
 
-    Returns the number of rows written per table (name -> rows)."""
+    Returns the number of rows written per table (name -> rows) or MEDS file group."""
+    if fmt == "meds":
+        from ehrjepa.synth.meds import write_meds
+        return write_meds(out, patients, seed, progress)[0]
     return write_tables(out, patients, seed, fmt, progress)[0]
