@@ -69,11 +69,9 @@ SPLITS_SCHEMA = pa.schema([pa.field("subject_id", pa.int64(), nullable=False),
 
 
 def _code(*parts) -> pa.Array:
-    """Components joined with '//' (strings stay as they are; a null component reads UNK)."""
+    """Components (strings, and at least one array) joined with '//'; a null reads UNK."""
     parts = [p if isinstance(p, str) else pc.fill_null(p.cast(pa.string()), "UNK")
              for p in parts]
-    if all(isinstance(p, str) for p in parts):
-        return "//".join(parts)
     return pc.binary_join_element_wise(*parts, "//")
 
 
