@@ -111,18 +111,18 @@ def compile_attention(dtype: str, head_dim: int, kind: str, cfg: tuple, arch: in
     return _run(fn, types, const, warps, stages, arch, kind, dtype, head_dim, cfg)
 
 
-def compile_ema(online_dtype: str, arch: int = 90, block: int | None = None,
+def compile_ema(context_dtype: str, arch: int = 90, block: int | None = None,
                 warps: int | None = None) -> Compiled:
     from ehrjepa.kernels import ema as E
 
     fn = _jit(E, "_ema_kernel")
     block = block or E.CUDA_BLOCK
     warps = warps or E.CUDA_WARPS
-    o_size = {"fp32": 4, "fp16": 2, "bf16": 2}[online_dtype]
-    types = {"T": "*fp32", "O": f"*{online_dtype}", "TABLE": "*i64", "weight": "fp32",
+    c_size = {"fp32": 4, "fp16": 2, "bf16": 2}[context_dtype]
+    types = {"T": "*fp32", "C": f"*{context_dtype}", "TABLE": "*i64", "weight": "fp32",
              "W_PTR": "*fp32"}
-    const = {"BLOCK": block, "W_FROM_PTR": True, "T_ALIGN": 4, "O_ALIGN": 16 // o_size}
-    return _run(fn, types, const, warps, 1, arch, "ema", online_dtype, None, (block, warps))
+    const = {"BLOCK": block, "W_FROM_PTR": True, "T_ALIGN": 4, "C_ALIGN": 16 // c_size}
+    return _run(fn, types, const, warps, 1, arch, "ema", context_dtype, None, (block, warps))
 
 
 def _run(fn, types, const, warps, stages, arch, kind, dtype, head_dim, cfg) -> Compiled:

@@ -1,16 +1,16 @@
-"""Fused EMA of the target encoder: target = momentum * target + (1 - momentum) * online.
+"""Fused EMA of the target encoder: target = momentum * target + (1 - momentum) * context.
 
-`ema_update_(target_params, online_params, momentum, backend=None)` updates every target tensor in
-place. fp32 targets; online tensors fp32, bf16 or fp16. `momentum` is a float or a 0-d tensor.
+`ema_update_(targets, context, momentum, backend=None)` updates every target tensor in
+place. fp32 targets; context tensors fp32, bf16 or fp16. `momentum` is a float or a 0-d tensor.
 
-Formula: both paths compute torch.lerp's form, fma(o - t, w, t) with w = 1 - momentum (and
-fma(o - t, w - 1, o) when |w| >= 0.5), as torch's CPU and CUDA lerp kernels do, so the Triton
+Formula: both paths compute torch.lerp's form, fma(c - t, w, t) with w = 1 - momentum (and
+fma(c - t, w - 1, c) when |w| >= 0.5), as torch's CPU and CUDA lerp kernels do, so the Triton
 kernel agrees with the foreach-lerp reference to within 1 ulp (bit-exact where both use the FMA).
 
-backend "triton": ONE kernel launch per online dtype (so one for the whole model). Why a pointer
+backend "triton": ONE kernel launch per context dtype (so one for the whole model). Why a pointer
 table and not a flat buffer: a flat buffer needs every parameter to live in one allocation (or a
 copy in and out per step, which triples the traffic); the table leaves the model's tensors where
-they are. Each row of the table is one block of BLOCK elements: (target offset, online offset,
+they are. Each row of the table is one block of BLOCK elements: (target offset, context offset,
 count), offsets in elements from the lowest-addressed tensor of each kind, so the grid has exactly
 as many programs as blocks (no idle programs for small tensors) and the kernel needs no
 integer-to-pointer casts (base pointer + offset works the same in the compiled kernel and in
@@ -33,25 +33,25 @@ INTERPRET_BLOCK = 256  # in the CPU interpreter: small blocks keep the tests qui
 tl = None  # triton.language, bound by _triton() on first use
 
 
-def ema_update_reference(target_params, online_params, momentum):
-    """Plain torch: foreach lerp of each target toward its online tensor by 1 - momentum."""
-    targets, online = list(target_params), list(online_params)
-    online = [o if o.dtype == t.dtype else o.to(t.dtype) for t, o in zip(targets, online)]
+def ema_update_reference(targets, context, momentum):
+    """Plain torch: foreach lerp of each target toward its context tensor by 1 - momentum."""
+    targets, context = list(targets), list(context)
+    context = [c if c.dtype == t.dtype else c.to(t.dtype) for t, c in zip(targets, context)]
     if not targets:
         return
     if isinstance(momentum, torch.Tensor):
         weight = 1 - momentum.to(device=targets[0].device, dtype=torch.float32)
-        torch._foreach_lerp_(targets, online, [weight] * len(targets))
+        torch._foreach_lerp_(targets, context, [weight] * len(targets))
     else:
-        torch._foreach_lerp_(targets, online, 1.0 - float(momentum))
+        torch._foreach_lerp_(targets, context, 1.0 - float(momentum))
 
 
-def _ema_kernel(T, O, TABLE, weight, W_PTR, BLOCK: tl.constexpr, W_FROM_PTR: tl.constexpr,
-                T_ALIGN: tl.constexpr, O_ALIGN: tl.constexpr):
-    """One program = one row of TABLE: up to BLOCK elements of one (target, online) pair."""
+def _ema_kernel(T, C, TABLE, weight, W_PTR, BLOCK: tl.constexpr, W_FROM_PTR: tl.constexpr,
+                T_ALIGN: tl.constexpr, C_ALIGN: tl.constexpr):
+    """One program = one row of TABLE: up to BLOCK elements of one (target, context) pair."""
     row = TABLE + tl.program_id(0).to(tl.int64) * 3
     t_off = tl.multiple_of(tl.load(row), T_ALIGN)
-    o_off = tl.multiple_of(tl.load(row + 1), O_ALIGN)
+    c_off = tl.multiple_of(tl.load(row + 1), C_ALIGN)
     n = tl.load(row + 2)
     if W_FROM_PTR:
         w = 1.0 - tl.load(W_PTR).to(tl.float32)
@@ -60,15 +60,15 @@ def _ema_kernel(T, O, TABLE, weight, W_PTR, BLOCK: tl.constexpr, W_FROM_PTR: tl.
     offs = tl.arange(0, BLOCK)
     if n == BLOCK:
         t = tl.load(T + t_off + offs)
-        o = tl.load(O + o_off + offs).to(tl.float32)
+        c = tl.load(C + c_off + offs).to(tl.float32)
     else:
         t = tl.load(T + t_off + offs, mask=offs < n, other=0.0)
-        o = tl.load(O + o_off + offs, mask=offs < n, other=0.0).to(tl.float32)
-    d = o - t
+        c = tl.load(C + c_off + offs, mask=offs < n, other=0.0).to(tl.float32)
+    d = c - t
     if tl.abs(w) < 0.5:  # torch.lerp's two branches, each one fused multiply-add like torch's
         r = tl.fma(d, w, t)
     else:
-        r = tl.fma(d, w - 1.0, o)
+        r = tl.fma(d, w - 1.0, c)
     if n == BLOCK:
         tl.store(T + t_off + offs, r)
     else:
@@ -97,102 +97,102 @@ def _interpreting():
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-_TABLES: dict = {}  # data pointers -> (table, target base, online base, aligned flags)
+_TABLES: dict = {}  # data pointers -> (table, target base, context base, aligned flags)
 
 
-def _table(targets, online, block):
-    """Per-block table [n_blocks, 3] int64 of (target offset, online offset, count), in elements
-    from the lowest-addressed target / online tensor; cached by the tensors' data pointers."""
+def _table(targets, context, block):
+    """Per-block table [n_blocks, 3] int64 of (target offset, context offset, count), in elements
+    from the lowest-addressed target / context tensor; cached by the tensors' data pointers."""
     key = (block, tuple(map(torch.Tensor.data_ptr, targets)),
-           tuple(map(torch.Tensor.data_ptr, online)))
+           tuple(map(torch.Tensor.data_ptr, context)))
     hit = _TABLES.get(key)
     if hit is not None:
         return hit
-    for i, (t, o) in enumerate(zip(targets, online)):
+    for i, (t, c) in enumerate(zip(targets, context)):
         if t.dtype != torch.float32:
             raise TypeError(f"ema_update_: target tensor {i} is {t.dtype}; targets must be float32")
-        if t.numel() != o.numel() or t.shape != o.shape:
-            raise ValueError(f"ema_update_: tensor {i}: target shape {tuple(t.shape)} != online "
-                             f"shape {tuple(o.shape)}")
-        if not (t.is_contiguous() and o.is_contiguous()):
+        if t.numel() != c.numel() or t.shape != c.shape:
+            raise ValueError(f"ema_update_: tensor {i}: target shape {tuple(t.shape)} != context "
+                             f"shape {tuple(c.shape)}")
+        if not (t.is_contiguous() and c.is_contiguous()):
             raise ValueError(f"ema_update_: tensor {i} is not contiguous (backend='triton' "
                              "needs contiguous parameters; use backend='torch')")
-        if t.device != targets[0].device or o.device != targets[0].device:
+        if t.device != targets[0].device or c.device != targets[0].device:
             raise ValueError(f"ema_update_: tensor {i} is on another device")
     t_base = min(targets, key=torch.Tensor.data_ptr)
-    o_base = min(online, key=torch.Tensor.data_ptr)
-    t_size, o_size = 4, online[0].element_size()
+    c_base = min(context, key=torch.Tensor.data_ptr)
+    t_size, c_size = 4, context[0].element_size()
     t_off = torch.tensor([(t.data_ptr() - t_base.data_ptr()) // t_size for t in targets])
-    o_off = torch.tensor([(o.data_ptr() - o_base.data_ptr()) // o_size for o in online])
+    c_off = torch.tensor([(c.data_ptr() - c_base.data_ptr()) // c_size for c in context])
     numel = torch.tensor([t.numel() for t in targets])
     n_blocks = (numel + block - 1) // block
     owner = torch.repeat_interleave(torch.arange(len(targets)), n_blocks)
     first = torch.cumsum(n_blocks, 0) - n_blocks
     j = torch.arange(int(n_blocks.sum())) - first[owner]  # block number within its tensor
     start = j * block
-    table = torch.stack([t_off[owner] + start, o_off[owner] + start,
+    table = torch.stack([t_off[owner] + start, c_off[owner] + start,
                          torch.clamp(numel[owner] - start, max=block)], 1).contiguous()
     aligned = all(p.data_ptr() % 16 == 0 for p in targets) and \
-        all(p.data_ptr() % 16 == 0 for p in online)
-    t_align, o_align = (16 // t_size, 16 // o_size) if aligned else (1, 1)
-    hit = (table.to(targets[0].device), t_base, o_base, t_align, o_align)
+        all(p.data_ptr() % 16 == 0 for p in context)
+    t_align, c_align = (16 // t_size, 16 // c_size) if aligned else (1, 1)
+    hit = (table.to(targets[0].device), t_base, c_base, t_align, c_align)
     if len(_TABLES) > 64:  # parameters were reallocated many times: forget old tables
         _TABLES.clear()
     _TABLES[key] = hit
     return hit
 
 
-def _ema_triton(targets, online, momentum):
+def _ema_triton(targets, context, momentum):
     kernel = _triton()
     if not targets[0].is_cuda and not _interpreting():
         raise RuntimeError("backend='triton' on CPU tensors runs in Triton's interpreter: set "
                            "TRITON_INTERPRET=1 before the first Triton call, or use backend='torch'")
     block, warps = (INTERPRET_BLOCK, 1) if _interpreting() else (CUDA_BLOCK, CUDA_WARPS)
     groups: dict = {}
-    for t, o in zip(targets, online):
+    for t, c in zip(targets, context):
         if t.numel():
-            groups.setdefault(o.dtype, ([], []))
-            groups[o.dtype][0].append(t)
-            groups[o.dtype][1].append(o)
+            groups.setdefault(c.dtype, ([], []))
+            groups[c.dtype][0].append(t)
+            groups[c.dtype][1].append(c)
     if isinstance(momentum, torch.Tensor):
         w_ptr, weight, from_ptr = momentum.to(device=targets[0].device), 0.0, True
     else:
         w_ptr, weight, from_ptr = targets[0], 1.0 - float(momentum), False
-    for ts, os_ in groups.values():  # one launch per online dtype: one for a uniform model
-        table, t_base, o_base, t_align, o_align = _table(ts, os_, block)
-        kernel[(table.shape[0],)](t_base, o_base, table, weight, w_ptr, BLOCK=block,
-                                  W_FROM_PTR=from_ptr, T_ALIGN=t_align, O_ALIGN=o_align,
+    for ts, cs in groups.values():  # one launch per context dtype: one for a uniform model
+        table, t_base, c_base, t_align, c_align = _table(ts, cs, block)
+        kernel[(table.shape[0],)](t_base, c_base, table, weight, w_ptr, BLOCK=block,
+                                  W_FROM_PTR=from_ptr, T_ALIGN=t_align, C_ALIGN=c_align,
                                   num_warps=warps)
 
 
-def _ema_eager(targets, online, momentum, backend):
+def _ema_eager(targets, context, momentum, backend):
     if backend == "triton":
-        _ema_triton(targets, online, momentum)
+        _ema_triton(targets, context, momentum)
     else:
-        ema_update_reference(targets, online, momentum)
+        ema_update_reference(targets, context, momentum)
 
 
 @torch.library.custom_op("ehrjepa::ema_update_", mutates_args=("targets",))
-def _ema_op(targets: list[torch.Tensor], online: list[torch.Tensor], momentum: torch.Tensor,
+def _ema_op(targets: list[torch.Tensor], context: list[torch.Tensor], momentum: torch.Tensor,
             backend: str) -> None:
-    _ema_eager(targets, online, momentum, backend)
+    _ema_eager(targets, context, momentum, backend)
 
 
 @_ema_op.register_fake
-def _ema_fake(targets, online, momentum, backend):
+def _ema_fake(targets, context, momentum, backend):
     return None
 
 
 @torch.no_grad()
-def ema_update_(target_params, online_params, momentum, backend=None):
-    """target = momentum * target + (1 - momentum) * online, in place, for every pair.
+def ema_update_(targets, context, momentum, backend=None):
+    """target = momentum * target + (1 - momentum) * context, in place, for every pair.
 
     backend: None (Triton on CUDA, foreach lerp on CPU), "triton" or "torch". momentum: float or
     0-d tensor (pass a tensor inside torch.compile so a new value reuses the graph).
     """
-    targets, online = list(target_params), list(online_params)
-    if len(targets) != len(online):
-        raise ValueError(f"ema_update_: {len(targets)} target tensors but {len(online)} online")
+    targets, context = list(targets), list(context)
+    if len(targets) != len(context):
+        raise ValueError(f"ema_update_: {len(targets)} target tensors but {len(context)} context tensors")
     if not targets:
         return
     if backend is None:
@@ -202,6 +202,6 @@ def ema_update_(target_params, online_params, momentum, backend=None):
     if torch.compiler.is_compiling():  # traced: an opaque op, momentum as a tensor
         if not isinstance(momentum, torch.Tensor):
             momentum = torch.tensor(momentum, dtype=torch.float32, device=targets[0].device)
-        torch.ops.ehrjepa.ema_update_(targets, online, momentum, backend)
+        torch.ops.ehrjepa.ema_update_(targets, context, momentum, backend)
     else:  # eager: call straight in (the op dispatch would add tens of microseconds)
-        _ema_eager(targets, online, momentum, backend)
+        _ema_eager(targets, context, momentum, backend)

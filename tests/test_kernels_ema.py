@@ -1,5 +1,5 @@
 """ema_update_: the Triton kernel (interpreter on CPU) against the foreach-lerp reference, in ulps,
-and both against the float64 formula momentum * target + (1 - momentum) * online."""
+and both against the float64 formula momentum * target + (1 - momentum) * context."""
 import importlib.util
 import os
 
@@ -30,27 +30,27 @@ def ulps(a, b):
     return int((ordered(a) - ordered(b)).abs().max()) if a.numel() else 0
 
 
-def make(shapes, online_dtype, device="cpu"):
+def make(shapes, context_dtype, device="cpu"):
     targets = [torch.randn(s, device=device) for s in shapes]
-    online = [torch.randn(s, device=device).to(online_dtype) for s in shapes]
-    return targets, online
+    context = [torch.randn(s, device=device).to(context_dtype) for s in shapes]
+    return targets, context
 
 
-@pytest.mark.parametrize("online_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("context_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("momentum", [0.996, 0.3, "tensor"])
 @pytest.mark.parametrize("backend", ["triton", "torch", None])
-def test_matches_reference_within_one_ulp(backend, momentum, online_dtype):
+def test_matches_reference_within_one_ulp(backend, momentum, context_dtype):
     if backend == "triton" and not CPU_TRITON:
         pytest.skip(WHY_NOT)
     if momentum == "tensor":
         momentum = torch.tensor(0.7 + 0.29 * torch.rand(()).item())
-    targets, online = make(SHAPES, online_dtype)
+    targets, context = make(SHAPES, context_dtype)
     expect = [t.clone() for t in targets]
     before = [t.double() for t in targets]
-    ema_update_reference(expect, online, momentum)
-    ema_update_(targets, online, momentum, backend=backend)
+    ema_update_reference(expect, context, momentum)
+    ema_update_(targets, context, momentum, backend=backend)
     m = float(momentum)
-    for t, e, t0, o in zip(targets, expect, before, online):
+    for t, e, t0, o in zip(targets, expect, before, context):
         assert t.dtype == torch.float32
         assert ulps(t, e) <= 1
         exact = m * t0 + (1 - m) * o.double()  # the update in float64
@@ -60,36 +60,36 @@ def test_matches_reference_within_one_ulp(backend, momentum, online_dtype):
 
 @needs_interpreter
 def test_momentum_one_keeps_and_zero_copies():
-    targets, online = make([(50,), (7,)], torch.float32)
+    targets, context = make([(50,), (7,)], torch.float32)
     saved = [t.clone() for t in targets]
-    ema_update_(targets, online, 1.0, backend="triton")
+    ema_update_(targets, context, 1.0, backend="triton")
     assert all(torch.equal(t, s) for t, s in zip(targets, saved))
-    ema_update_(targets, online, 0.0, backend="triton")
-    assert all(torch.equal(t, o) for t, o in zip(targets, online))
+    ema_update_(targets, context, 0.0, backend="triton")
+    assert all(torch.equal(t, o) for t, o in zip(targets, context))
 
 
 @needs_interpreter
 def test_table_cache_follows_reallocation():
     """A parameter that gets new storage (p.data = ...) is picked up, not written through a stale
     pointer."""
-    targets, online = make([(40,), (9,)], torch.float32)
-    ema_update_(targets, online, 0.5, backend="triton")
+    targets, context = make([(40,), (9,)], torch.float32)
+    ema_update_(targets, context, 0.5, backend="triton")
     targets[1].data = torch.zeros(9)
-    ema_update_(targets, online, 0.5, backend="triton")
-    assert torch.allclose(targets[1], 0.5 * online[1])
+    ema_update_(targets, context, 0.5, backend="triton")
+    assert torch.allclose(targets[1], 0.5 * context[1])
 
 
 def test_bad_input_raises():
-    targets, online = make([(4,), (5,)], torch.float32)
-    with pytest.raises(ValueError, match="2 target tensors but 1 online"):
-        ema_update_(targets, online[:1], 0.9)
+    targets, context = make([(4,), (5,)], torch.float32)
+    with pytest.raises(ValueError, match="2 target tensors but 1 context tensors"):
+        ema_update_(targets, context[:1], 0.9)
     if CPU_TRITON:
         with pytest.raises(ValueError, match="shape"):
-            ema_update_(targets, online[::-1], 0.9, backend="triton")
+            ema_update_(targets, context[::-1], 0.9, backend="triton")
         with pytest.raises(TypeError, match="float32"):
-            ema_update_([t.double() for t in targets], online, 0.9, backend="triton")
+            ema_update_([t.double() for t in targets], context, 0.9, backend="triton")
     with pytest.raises(ValueError, match="backend"):
-        ema_update_(targets, online, 0.9, backend="cuda")
+        ema_update_(targets, context, 0.9, backend="cuda")
 
 
 def test_compiled_changing_momentum_does_not_recompile():
@@ -100,28 +100,28 @@ def test_compiled_changing_momentum_does_not_recompile():
         return gm
 
     @torch.compile(backend=count, fullgraph=True)
-    def step(targets, online, momentum):
-        ema_update_(targets, online, momentum)
+    def step(targets, context, momentum):
+        ema_update_(targets, context, momentum)
 
-    targets, online = make([(6,), (3, 2)], torch.float32)
+    targets, context = make([(6,), (3, 2)], torch.float32)
     for m in (0.9, 0.99, 0.5):
         expect = [t.clone() for t in targets]
-        ema_update_reference(expect, online, torch.tensor(m))
-        step(targets, online, torch.tensor(m))
+        ema_update_reference(expect, context, torch.tensor(m))
+        step(targets, context, torch.tensor(m))
         assert all(ulps(t, e) <= 1 for t, e in zip(targets, expect))
     assert len(frames) == 1
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("online_dtype", [torch.float32, torch.bfloat16])
-def test_cuda_vit_shapes_one_ulp(online_dtype):
+@pytest.mark.parametrize("context_dtype", [torch.float32, torch.bfloat16])
+def test_cuda_vit_shapes_one_ulp(context_dtype):
     shapes = []
     for _ in range(2):
         shapes += [(384,), (1152, 384), (1152,), (384, 384), (1536, 384), (384, 1536), (7,)]
-    targets, online = make(shapes, online_dtype, "cuda")
+    targets, context = make(shapes, context_dtype, "cuda")
     expect = [t.clone() for t in targets]
     for m in (0.996, torch.tensor(0.9, device="cuda"), 0.2):
-        ema_update_reference(expect, online, m)
-        ema_update_(targets, online, m)
+        ema_update_reference(expect, context, m)
+        ema_update_(targets, context, m)
         assert max(ulps(t, e) for t, e in zip(targets, expect)) <= 1
