@@ -14,7 +14,7 @@ from ehrjepa import __version__
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
-    "synth": ("ehrjepa.synth", "write synthetic data in the MIMIC-IV v2.2 schema"),
+    "synth": ("ehrjepa.synth", "write synthetic data in the MIMIC-IV v2.2 schema, or as a MEDS dataset"),
     "preprocess": ("ehrjepa.data.preprocess", "turn MIMIC-IV tables into hourly per-stay arrays"),
     "train": ("ehrjepa.train.cli", "JEPA pretraining on processed data"),
     "probe": ("ehrjepa.probe.cli", "downstream probes of a pretrained encoder against baselines"),
