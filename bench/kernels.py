@@ -1,6 +1,7 @@
 """Kernel benchmark: masked gather-attention and the fused EMA against what users would pick instead.
 
-    python -m bench kernels [--quick] [--only SECTION] [--json PATH] [--png PATH] [--results CSV]
+    python -m bench kernels [--quick] [--only SECTION] [--attn BxT] [--json PATH] [--png PATH]
+                            [--results CSV]
 
 Everything is measured in the same run, on the same device:
 - ceilings: device copy bandwidth and bf16 matmul rate;
@@ -47,10 +48,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes (CPU smoke run)")
     parser.add_argument("--only", action="append", choices=SECTIONS,
                         help="run only this section (repeatable; default: all)")
+    parser.add_argument("--attn", action="append", metavar="BxT", type=_shape,
+                        help="attention B x T to run, e.g. 32x1024 (repeatable; default: "
+                             + ", ".join(f"{b}x{t}" for b, t in ATTN_CASES) + "; --quick: tiny ones)")
     parser.add_argument("--json", type=str, default=None, help="write results as JSON here")
     parser.add_argument("--png", type=str, default=None, help="write a plot here")
     parser.add_argument("--rep", type=int, default=None, help="timed repetitions per variant")
     results.add_option(parser)
+
+
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        B, T = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BxT such as 32x1024, got {text!r}") from None
+    return B, T
 
 
 def triton_status(device) -> tuple[str, str]:
@@ -152,7 +164,7 @@ def attention_case(B, T, device, dtype, rep, ours_status="ok", H=6, D=64, seed=0
         return F.scaled_dot_product_attention(q, k, v)
 
     # check_index=False: the rivals validate nothing, so ours skips its host-synced range check
-    # too (a device-side assert stays), as the model's own layers do
+    # too, as the model's own layers do
     def ours():
         q, k, v = proj(gathered())
         return masked_gather_attention(q, k, v, packed, keep_d, backend="triton",
@@ -405,7 +417,7 @@ def main(argv=None) -> int:
     cases = {
         "ceilings": [lambda: ceilings(device, quick, rep)],
         "attention": [lambda B=B, T=T: attention_case(B, T, device, dtype, rep, ours_status, H=H)
-                      for B, T in (ATTN_CASES_QUICK if quick else ATTN_CASES)],
+                      for B, T in args.attn or (ATTN_CASES_QUICK if quick else ATTN_CASES)],
         "ema": [lambda m=m: ema_case(*m, device, rep, ours_status)
                 for m in (EMA_MODELS_QUICK if quick else EMA_MODELS)],
     }

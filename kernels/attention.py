@@ -36,8 +36,8 @@ LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 BACKENDS = ("triton", "torch")
 # Index/length range check before any launch: costs one host sync per call on CUDA. Set False (or
-# EHRJEPA_CHECK_INDEX=0) to use a device-side assert instead (no sync; a bad index then aborts the
-# CUDA context asynchronously instead of raising IndexError).
+# EHRJEPA_CHECK_INDEX=0) to skip it altogether (no sync, no work): only for indices that are right
+# by construction, since a bad one then reads out of bounds (garbage, or a CUDA memory fault).
 CHECK_INDEX = os.environ.get("EHRJEPA_CHECK_INDEX", "1") != "0"
 _FILL_NAN = False  # tests set this: Triton outputs start as NaN so unwritten elements show up
 tl = None  # triton.language, bound by _triton() on first use
@@ -157,10 +157,10 @@ def _check_shapes(q, k, v, kv_index, kv_lengths, q_index, q_lengths):
             raise ValueError(f"{name}/{lname} must be on {q.device}")
 
 
-def _check_values(q, k, kv_index, kv_lengths, q_index, q_lengths, sync=True):
+def _check_values(q, k, kv_index, kv_lengths, q_index, q_lengths):
     """Raise before any kernel launch if an index within a length is outside [0, N) or a length is
-    outside [0, L]. One host sync on CUDA; during CUDA-graph capture, or with sync False on CUDA,
-    a device-side assert takes its place."""
+    outside [0, L]. One host sync on CUDA; during CUDA-graph capture (no sync allowed) a
+    device-side assert takes its place."""
     def bad(index, lengths, n):
         valid = _valid(index, lengths)
         return (((index < 0) | (index >= n)) & valid).any()
@@ -169,7 +169,7 @@ def _check_values(q, k, kv_index, kv_lengths, q_index, q_lengths, sync=True):
         bad(kv_index, kv_lengths, k.shape[2]), bad(q_index, q_lengths, q.shape[2]),
         ((kv_lengths < 0) | (kv_lengths > kv_index.shape[1])).any(),
         ((q_lengths < 0) | (q_lengths > q_index.shape[1])).any()])
-    if flags.is_cuda and (not sync or torch.cuda.is_current_stream_capturing()):
+    if flags.is_cuda and torch.cuda.is_current_stream_capturing():
         torch._assert_async(~flags.any(), "masked_gather_attention: index or length out of range")
         return
     flags = flags.tolist()
@@ -537,7 +537,8 @@ def _check_triton_device(x):
 def _mga_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_index: torch.Tensor,
             kv_lengths: torch.Tensor, q_index: torch.Tensor, q_lengths: torch.Tensor,
             scale: float, backend: str, check_index: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_values(q, k, kv_index, kv_lengths, q_index, q_lengths, sync=check_index)
+    if check_index:
+        _check_values(q, k, kv_index, kv_lengths, q_index, q_lengths)
     if backend == "triton":
         _check_triton_device(q)
         return _triton_forward(q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale)
@@ -604,8 +605,9 @@ def masked_gather_attention(q, k, v, kv_index, kv_lengths, q_index=None, q_lengt
 
     backend: None (Triton on CUDA, torch on CPU), "triton" or "torch". Raises IndexError if an
     index within a length is outside [0, N) (checked before any kernel runs; one host sync).
-    check_index: None follows CHECK_INDEX; False on CUDA swaps the host-synced check for a
-    device-side assert, for callers whose indices are right by construction (the model's layers).
+    check_index: None follows CHECK_INDEX; False skips the check (no sync, no work), for callers
+    whose indices are right by construction (the model's layers); a bad index then reads out of
+    bounds.
     """
     if backend is None:
         backend = "triton" if q.is_cuda else "torch"

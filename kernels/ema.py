@@ -14,15 +14,18 @@ they are. Each row of the table is one block of BLOCK elements: (target offset, 
 count), offsets in elements from the lowest-addressed tensor of each kind, so the grid has exactly
 as many programs as blocks (no idle programs for small tensors) and the kernel needs no
 integer-to-pointer casts (base pointer + offset works the same in the compiled kernel and in
-Triton's CPU interpreter). Full blocks load and store unmasked, so they vectorise. The table is
-built once per set of data pointers and cached. A float momentum goes in as a scalar argument and
-a tensor momentum as a pointer: neither value is specialised on, so changing it recompiles nothing.
+Triton's CPU interpreter). Full blocks load and store unmasked, so they vectorise. The plan (the
+checks, the table, copied to the device from pinned memory, and the kernel bound to it) is built
+once per set of tensors, keyed by every tensor's address and size; a later call computes that key
+and launches. A float momentum goes in as a scalar argument and a tensor momentum as a pointer:
+neither value is specialised on, so changing it recompiles nothing.
 
 backend "torch" (the CPU default): torch._foreach_lerp_.
 Under torch.compile the update goes through the custom op `torch.ops.ehrjepa.ema_update_`.
 """
 from __future__ import annotations  # kernel annotations stay strings until Triton reads them
 
+import functools
 import os
 
 import torch
@@ -97,17 +100,18 @@ def _interpreting():
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-_TABLES: dict = {}  # data pointers -> (table, target base, context base, aligned flags)
+_PLANS: dict = {}  # (block, data pointers, sizes) -> the launches of one call
 
 
-def _table(targets, context, block):
-    """Per-block table [n_blocks, 3] int64 of (target offset, context offset, count), in elements
-    from the lowest-addressed target / context tensor; cached by the tensors' data pointers."""
-    key = (block, tuple(map(torch.Tensor.data_ptr, targets)),
-           tuple(map(torch.Tensor.data_ptr, context)))
-    hit = _TABLES.get(key)
-    if hit is not None:
-        return hit
+def _key(targets, context, block):
+    """What a plan depends on: every tensor's address and size (a reallocated or resized parameter
+    gets a new plan). C-level maps, no Python loop over the parameters."""
+    return (block, tuple(map(torch.Tensor.data_ptr, targets)),
+            tuple(map(torch.Tensor.data_ptr, context)), tuple(map(torch.Tensor.numel, targets)),
+            tuple(map(torch.Tensor.numel, context)))
+
+
+def _check(targets, context):
     for i, (t, c) in enumerate(zip(targets, context)):
         if t.dtype != torch.float32:
             raise TypeError(f"ema_update_: target tensor {i} is {t.dtype}; targets must be float32")
@@ -119,6 +123,12 @@ def _table(targets, context, block):
                              "needs contiguous parameters; use backend='torch')")
         if t.device != targets[0].device or c.device != targets[0].device:
             raise ValueError(f"ema_update_: tensor {i} is on another device")
+
+
+def _table(targets, context, block):
+    """Per-block table [n_blocks, 3] int64 of (target offset, context offset, count), in elements
+    from the lowest-addressed target / context tensor, on the tensors' device, with the base
+    tensors and alignments the kernel needs."""
     t_base = min(targets, key=torch.Tensor.data_ptr)
     c_base = min(context, key=torch.Tensor.data_ptr)
     t_size, c_size = 4, context[0].element_size()
@@ -132,37 +142,54 @@ def _table(targets, context, block):
     start = j * block
     table = torch.stack([t_off[owner] + start, c_off[owner] + start,
                          torch.clamp(numel[owner] - start, max=block)], 1).contiguous()
+    if table.device != targets[0].device:
+        # from pinned memory, asynchronously: a pageable copy would block the host (and cannot
+        # run while a CUDA graph is captured)
+        table = table.pin_memory().to(targets[0].device, non_blocking=True)
     aligned = all(p.data_ptr() % 16 == 0 for p in targets) and \
         all(p.data_ptr() % 16 == 0 for p in context)
     t_align, c_align = (16 // t_size, 16 // c_size) if aligned else (1, 1)
-    hit = (table.to(targets[0].device), t_base, c_base, t_align, c_align)
-    if len(_TABLES) > 64:  # parameters were reallocated many times: forget old tables
-        _TABLES.clear()
-    _TABLES[key] = hit
-    return hit
+    return table, t_base, c_base, t_align, c_align
 
 
-def _ema_triton(targets, context, momentum):
+def _plan(targets, context, block, warps):
+    """The launches of one call, one per context dtype (one for a uniform model), each a kernel
+    bound to its table: built once per set of tensors, then a call only picks it up."""
+    _check(targets, context)
     kernel = _triton()
-    if not targets[0].is_cuda and not _interpreting():
-        raise RuntimeError("backend='triton' on CPU tensors runs in Triton's interpreter: set "
-                           "TRITON_INTERPRET=1 before the first Triton call, or use backend='torch'")
-    block, warps = (INTERPRET_BLOCK, 1) if _interpreting() else (CUDA_BLOCK, CUDA_WARPS)
     groups: dict = {}
     for t, c in zip(targets, context):
         if t.numel():
             groups.setdefault(c.dtype, ([], []))
             groups[c.dtype][0].append(t)
             groups[c.dtype][1].append(c)
+    launches = []
+    for ts, cs in groups.values():
+        table, t_base, c_base, t_align, c_align = _table(ts, cs, block)
+        launches.append(functools.partial(kernel[(table.shape[0],)], t_base, c_base, table,
+                                          BLOCK=block, T_ALIGN=t_align, C_ALIGN=c_align,
+                                          num_warps=warps))
+    return launches
+
+
+def _ema_triton(targets, context, momentum):
+    if not targets[0].is_cuda and not _interpreting():
+        raise RuntimeError("backend='triton' on CPU tensors runs in Triton's interpreter: set "
+                           "TRITON_INTERPRET=1 before the first Triton call, or use backend='torch'")
+    block, warps = (INTERPRET_BLOCK, 1) if _interpreting() else (CUDA_BLOCK, CUDA_WARPS)
+    key = _key(targets, context, block)
+    launches = _PLANS.get(key)
+    if launches is None:
+        launches = _plan(targets, context, block, warps)
+        if len(_PLANS) > 64:  # parameters were reallocated many times: forget old plans
+            _PLANS.clear()
+        _PLANS[key] = launches
     if isinstance(momentum, torch.Tensor):
         w_ptr, weight, from_ptr = momentum.to(device=targets[0].device), 0.0, True
     else:
         w_ptr, weight, from_ptr = targets[0], 1.0 - float(momentum), False
-    for ts, cs in groups.values():  # one launch per context dtype: one for a uniform model
-        table, t_base, c_base, t_align, c_align = _table(ts, cs, block)
-        kernel[(table.shape[0],)](t_base, c_base, table, weight, w_ptr, BLOCK=block,
-                                  W_FROM_PTR=from_ptr, T_ALIGN=t_align, C_ALIGN=c_align,
-                                  num_warps=warps)
+    for launch in launches:
+        launch(weight, w_ptr, W_FROM_PTR=from_ptr)
 
 
 def _ema_eager(targets, context, momentum, backend):

@@ -79,6 +79,28 @@ def test_table_cache_follows_reallocation():
     assert torch.allclose(targets[1], 0.5 * context[1])
 
 
+@needs_interpreter
+def test_plan_is_built_once_per_set_of_tensors(monkeypatch):
+    """A repeated call reuses the plan (no checks, no table); a tensor of another size, even at
+    the same address, gets a new one."""
+    built = []
+    real = ema._plan
+    monkeypatch.setattr(ema, "_plan", lambda *a: built.append(1) or real(*a))
+    monkeypatch.setattr(ema, "_PLANS", {})
+    targets, context = make([(40,), (9,)], torch.float32)
+    for m in (0.5, 0.9, torch.tensor(0.7)):
+        expect = [t.clone() for t in targets]
+        ema_update_reference(expect, context, m)
+        ema_update_(targets, context, m, backend="triton")
+        assert all(ulps(t, e) <= 1 for t, e in zip(targets, expect))
+    assert len(built) == 1
+    buf = torch.zeros(12)
+    assert ema._key([buf[:4]], [buf[:4]], 256) != ema._key([buf[:5]], [buf[:5]], 256)
+    short = [targets[0][:30], targets[1]]  # same address as before, 30 elements instead of 40
+    ema_update_(short, [context[0][:30], context[1]], 0.5, backend="triton")
+    assert len(built) == 2
+
+
 def test_bad_input_raises():
     targets, context = make([(4,), (5,)], torch.float32)
     with pytest.raises(ValueError, match="2 target tensors but 1 context tensors"):
