@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import mmap
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ import numba as nb
 import numpy as np
 
 from .catalog import Catalog, load_catalog
+from .staging import pause_point, reserve_space, staged_output
 from .processed import FRACTIONS, SPLITS, split_of_subjects
 from .tables import (BAD, BAD_ROW, BLOCK_BYTES, KIND_FLOAT, KIND_INT, KIND_TIME, MISSING, NEED_MORE,
                      OK, PARALLEL_BYTES, CsvBytes, TableStats, _column_plan, _next_newline,
@@ -500,10 +502,15 @@ def _release(*arrays) -> None:
 
 
 def _open_output(path: Path, shape: tuple[int, int], dtype) -> np.ndarray:
-    """A zero-filled .npy file opened as a writable memory map (plain array when empty)."""
+    """A zero-filled .npy file opened as a writable memory map (plain array when empty).
+
+    Its blocks are allocated up front: a full disk is then an error here, not a SIGBUS when a
+    page of the map is first written."""
     if shape[0] * shape[1] == 0:
         return np.zeros(shape, dtype)
-    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    reserve_space(path)
+    return arr
 
 
 def _import_numba_math_without_scipy() -> None:
@@ -526,15 +533,26 @@ def _import_numba_math_without_scipy() -> None:
 
 def preprocess(mimic_dir: str | Path, out: str | Path, config: str | Path | Catalog | None = None,
                on_bad_lines: str = "error", progress: bool = True, seed: int = 0) -> Path:
-    """Turn MIMIC_DIR/{hosp,icu} tables into OUT (see processed.py); returns OUT."""
+    """Turn MIMIC_DIR/{hosp,icu} tables into OUT (see processed.py); returns OUT.
+
+    OUT is built in a temporary folder beside it and moved into place at the end (staging.py), so
+    a run that fails or is killed leaves the previous OUT, or none, never a partial one."""
     if on_bad_lines not in ("error", "skip"):
         raise ValueError(f"on_bad_lines must be 'error' or 'skip', not {on_bad_lines!r}")
     t_start = time.perf_counter()
-    mimic_dir, out = Path(mimic_dir), Path(out)
+    mimic_dir, out = Path(os.path.abspath(mimic_dir)), Path(out)
     if not mimic_dir.is_dir():
         raise FileNotFoundError(f"MIMIC-IV directory not found: {mimic_dir}")
     _import_numba_math_without_scipy()
     catalog = config if isinstance(config, Catalog) else load_catalog(config)
+    with staged_output(out) as tmp:
+        _build(mimic_dir, tmp, catalog, on_bad_lines, progress, seed, t_start)
+    return out
+
+
+def _build(mimic_dir: Path, out: Path, catalog: Catalog, on_bad_lines: str, progress: bool,
+           seed: int, t_start: float) -> None:
+    """Write the processed format into the (empty, temporary) folder `out`."""
     names = catalog.names
     n_features = len(names)
     paths = {name: _require(mimic_dir, name) for name in ("patients", "admissions", "icustays",
@@ -547,7 +565,6 @@ def preprocess(mimic_dir: str | Path, out: str | Path, config: str | Path | Cata
         warnings.append(msg)
         print(f"ehrjepa preprocess: warning: {msg}", file=sys.stderr)
         del paths["chartevents"]
-    out.mkdir(parents=True, exist_ok=True)
     manifest_tables: dict[str, dict] = {}
     seconds: dict[str, float] = {}
 
@@ -628,6 +645,11 @@ def preprocess(mimic_dir: str | Path, out: str | Path, config: str | Path | Cata
                     lk.feature, lk.add, lk.mul, lk.low, lk.high, sums, counts, dropped)
             if big:
                 _release(sums, counts)
+        if st.rows_read == 0:
+            msg = f"{path}: no data rows (header only?): no {name} events"
+            warnings.append(msg)
+            print(f"ehrjepa preprocess: warning: {msg}", file=sys.stderr)
+        pause_point("scan")
         reasons = CHART_REASONS if name == "chartevents" else LAB_REASONS
         manifest_tables[name] = _table_entry(path, st, kept,
                                              {r: int(dropped[REASONS.index(r)]) for r in reasons})
@@ -660,13 +682,13 @@ def preprocess(mimic_dir: str | Path, out: str | Path, config: str | Path | Cata
             "norm": {"mean": [float(x) for x in norm_mean], "std": [float(x) for x in norm_std]},
             "split": {"seed": int(seed), "fractions": list(FRACTIONS)}}
     (out / "features.json").write_text(json.dumps(meta, indent=1))
+    pause_point("write")
     manifest = {"tables": manifest_tables, "warnings": warnings, "n_stays": len(stays),
                 "total_hours": stays.total_hours,
-                "config": str(catalog.path) if catalog.path else None,
+                "config": os.path.abspath(catalog.path) if catalog.path else None,
                 "seconds": {k: round(v, 3) for k, v in seconds.items()}
                 | {"total": round(time.perf_counter() - t_start, 3)}}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return out
 
 
 def _aggregate_parquet(name: str, path: Path, lk, stays: Stays, sums: np.ndarray,
@@ -983,22 +1005,37 @@ def compile_kernels() -> None:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mimic-dir", required=True, help="MIMIC-IV directory holding hosp/ and icu/")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--config", default=None,
+    parser.add_argument("--out", required=True,
+                        help="output directory (replaced whole when the run succeeds)")
+    parser.add_argument("--features", default=None,
                         help="feature catalog (default: the repository's configs/features.yaml)")
+    parser.add_argument("--config", default=None,
+                        help="deprecated alias of --features (default: none)")
     parser.add_argument("--on-bad-lines", choices=("error", "skip"), default="error",
-                        help="malformed CSV rows: stop with the line number, or skip and count them")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the subject-level split")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+                        help="malformed CSV rows: stop with the line number, or skip and count "
+                             "them (default: error)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the subject-level split (default: 0)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (default: bars for tables that take a while)")
 
 
 def main(args: argparse.Namespace) -> int:
+    features = args.features
+    if args.config is not None:
+        if features is not None:
+            print("ehrjepa preprocess: give --features only (--config is its deprecated alias)",
+                  file=sys.stderr)
+            return 2
+        print("ehrjepa preprocess: warning: --config is deprecated here, use --features",
+              file=sys.stderr)
+        features = args.config
     try:
-        out = preprocess(args.mimic_dir, args.out, config=args.config,
+        out = preprocess(args.mimic_dir, args.out, config=features,
                          on_bad_lines=args.on_bad_lines, progress=not args.no_progress,
                          seed=args.seed)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"ehrjepa preprocess: error: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:
+        print(f"ehrjepa preprocess: {e}", file=sys.stderr)
         return 1
     m = json.loads((out / "manifest.json").read_text())
     print(f"{out}: {m['n_stays']} stays, {m['total_hours']} hours, "
@@ -1009,4 +1046,3 @@ def main(args: argparse.Namespace) -> int:
     for w in m["warnings"]:
         print(f"  warning: {w}")
     return 0
-

@@ -42,12 +42,15 @@ OK, NEED_MORE, BAD_ROW = 0, 1, 2
 
 
 def find_table(mimic_dir: str | Path, module: str, name: str) -> Path | None:
-    """MIMIC_DIR/module/name.{csv.gz,csv,parquet}, the first that exists, else None."""
-    for ext in FORMATS:
-        p = Path(mimic_dir) / module / f"{name}{ext}"
-        if p.exists():
-            return p
-    return None
+    """MIMIC_DIR/module/name.{csv.gz,csv,parquet} if exactly one exists, None if none does.
+
+    Two of them (say a csv beside the csv.gz it was inflated from) are an error: which one is
+    current is the user's call, not ours."""
+    found = [p for p in (Path(mimic_dir) / module / f"{name}{ext}" for ext in FORMATS) if p.exists()]
+    if len(found) > 1:
+        raise ValueError(f"{' and '.join(map(str, found))} both exist: keep one of them "
+                         f"(remove or move the other) so that {name} is read from one file")
+    return found[0] if found else None
 
 
 def table_format(path: Path) -> str:
@@ -625,8 +628,49 @@ def _open_bytes(path: Path):
     if path.name.endswith(".gz"):
         from isal import igzip_threaded
 
-        return igzip_threaded.open(raw, "rb", threads=1, block_size=4 << 20), raw
+        return _GzipReader(path, igzip_threaded.open(raw, "rb", threads=1, block_size=4 << 20)), raw
     return raw, raw
+
+
+class _GzipReader:
+    """A gzip stream whose read errors (a truncated download, corrupt bytes) name the file in
+    one line instead of surfacing as a bare EOFError or zlib error from the inflating thread."""
+
+    def __init__(self, path: Path, f):
+        self.path, self.f = path, f
+
+    def _fail(self, e: BaseException):
+        return ValueError(f"{self.path}: truncated or corrupt gzip file ({e}); "
+                          "download or compress it again")
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self.f.read(n)
+        except _GZIP_ERRORS as e:
+            raise self._fail(e) from e
+
+    def readinto(self, b) -> int:
+        try:
+            return self.f.readinto(b)
+        except _GZIP_ERRORS as e:
+            raise self._fail(e) from e
+
+    def close(self) -> None:
+        try:
+            self.f.close()
+        except _GZIP_ERRORS:
+            pass
+
+
+def _gzip_errors() -> tuple:
+    import zlib
+
+    from isal.isal_zlib import error as IsalError
+
+    return EOFError, OSError, zlib.error, IsalError  # gzip.BadGzipFile is an OSError
+
+
+_GZIP_ERRORS = _gzip_errors()
 
 
 def _read_header(f, path: Path) -> tuple[list[str], bytes]:
@@ -952,13 +996,38 @@ def _py_float(v) -> float:
     return parse_float(b, 0, len(b))
 
 
-def _parquet_batches(pf, block_rows: int, columns: list[str]):
+def _parquet_error(path: Path, e: BaseException) -> ValueError:
+    return ValueError(f"{path}: not a readable parquet file, truncated or corrupt? ({e})")
+
+
+def _open_parquet(path: Path, columns) -> "pyarrow.parquet.ParquetFile":  # noqa: F821
+    """The parquet file, checked to hold every wanted column; errors name the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise _parquet_error(path, e) from e
+    names = pf.schema_arrow.names
+    for col in columns:
+        if col not in names:
+            raise ValueError(f"{path}: missing required column {col!r} (columns: {', '.join(names)})")
+    return pf
+
+
+def _parquet_batches(pf, path: Path, block_rows: int, columns: list[str]):
     """Record batches of at most block_rows rows, one row group at a time: a reader over the
     whole file buffers every row group's column chunks (600 MB for 50 M rows), one per row group
-    holds only its own."""
-    for g in range(pf.num_row_groups):
-        yield from pf.iter_batches(batch_size=block_rows, row_groups=[g], columns=columns,
-                                   use_threads=False)
+    holds only its own. A batch that cannot be decoded is an error naming the file."""
+    import pyarrow as pa
+
+    try:
+        for g in range(pf.num_row_groups):
+            yield from pf.iter_batches(batch_size=block_rows, row_groups=[g], columns=columns,
+                                       use_threads=False)
+    except (pa.ArrowException, OSError) as e:
+        raise _parquet_error(path, e) from e
 
 
 def iter_parquet_arrow(path: Path, columns: dict[str, int], stats: TableStats | None = None,
@@ -968,17 +1037,12 @@ def iter_parquet_arrow(path: Path, columns: dict[str, int], stats: TableStats | 
 
     A background thread decodes the next batch while the caller works on this one (pyarrow and
     the numba kernels both release the GIL), so reading overlaps aggregating on two cores."""
-    import pyarrow.parquet as pq
     from concurrent.futures import ThreadPoolExecutor
 
     path = Path(path)
     stats = stats if stats is not None else TableStats(str(path))
-    pf = pq.ParquetFile(path)
-    names = pf.schema_arrow.names
-    for col in columns:
-        if col not in names:
-            raise ValueError(f"{path}: missing required column {col!r} (columns: {', '.join(names)})")
-    batches = _parquet_batches(pf, block_rows, list(columns))
+    pf = _open_parquet(path, columns)
+    batches = _parquet_batches(pf, path, block_rows, list(columns))
     done = 0
     with ThreadPoolExecutor(1) as pool:
         fut = pool.submit(next, batches, None)
@@ -999,17 +1063,11 @@ def iter_parquet_arrow(path: Path, columns: dict[str, int], stats: TableStats | 
 def iter_parquet(path: Path, columns: dict[str, int], stats: TableStats | None = None,
                  block_rows: int = BLOCK_ROWS, progress=None) -> Iterator[dict[str, np.ndarray]]:
     """Yield blocks {column: array} of a parquet table (needed columns only)."""
-    import pyarrow.parquet as pq
-
     path = Path(path)
     stats = stats if stats is not None else TableStats(str(path))
-    pf = pq.ParquetFile(path)
-    names = pf.schema_arrow.names
-    for col in columns:
-        if col not in names:
-            raise ValueError(f"{path}: missing required column {col!r} (columns: {', '.join(names)})")
+    pf = _open_parquet(path, columns)
     done = 0
-    for batch in _parquet_batches(pf, block_rows, list(columns)):
+    for batch in _parquet_batches(pf, path, block_rows, list(columns)):
         stats.rows_read += batch.num_rows
         done += batch.num_rows
         if progress is not None:
@@ -1020,9 +1078,7 @@ def iter_parquet(path: Path, columns: dict[str, int], stats: TableStats | None =
 
 
 def parquet_rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows
+    return _open_parquet(path, ()).metadata.num_rows
 
 
 # -------------------------------------------------------------------------------------------------
