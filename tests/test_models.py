@@ -239,13 +239,13 @@ def test_ema_update_math(as_tensor):
         for p in model.encoder.parameters():
             p.add_(torch.randn_like(p))
     before = [p.clone() for p in model.target_encoder.parameters()]
-    online = [p.clone() for p in model.encoder.parameters()]
+    context = [p.clone() for p in model.encoder.parameters()]
     m = 0.9
     model.momentum_update(torch.tensor(m, dtype=torch.float64) if as_tensor else m)
-    for t, t0, o in zip(model.target_encoder.parameters(), before, online):
+    for t, t0, o in zip(model.target_encoder.parameters(), before, context):
         torch.testing.assert_close(t, m * t0 + (1 - m) * o)
-    for p, o in zip(model.encoder.parameters(), online):
-        assert torch.equal(p, o)  # online weights untouched
+    for p, o in zip(model.encoder.parameters(), context):
+        assert torch.equal(p, o)  # context encoder weights untouched
     model.momentum_update(0.0)
     for t, o in zip(model.target_encoder.parameters(), model.encoder.parameters()):
         assert torch.equal(t, o)
@@ -315,8 +315,9 @@ def test_build_save_and_load_model_round_trip(tmp_path):
     model = build_model(cfg, F_)
     assert model.max_hours == 32 and count_parameters(None) == 0
     assert count_parameters(model, trainable_only=True) < count_parameters(model)
+    # the old layout, with max_hours also at the top level, still loads (the config's is used)
     save_checkpoint({"model": model.state_dict(), "optimizer": {}, "step": 3, "n_features": F_,
-                     "config": config_to_dict(cfg)}, tmp_path / "c.pt")
+                     "max_hours": 32, "config": config_to_dict(cfg)}, tmp_path / "c.pt")
     loaded, cfg2, ckpt = load_model(tmp_path / "c.pt")
     assert cfg2 == cfg and ckpt["step"] == 3 and "model" not in ckpt and not loaded.training
     for k, v in model.state_dict().items():

@@ -1,4 +1,8 @@
-"""`JEPA`: context encoder, predictor and EMA target encoder, with the latent-space loss."""
+"""`JEPA`: context encoder, predictor and EMA target encoder, with the latent-space loss.
+
+One name per part: the "context encoder" (attribute `encoder`, `embed(encoder="context")`) is
+trained by gradients; the "target encoder" is its EMA copy.
+"""
 from __future__ import annotations
 
 import copy
@@ -28,7 +32,8 @@ class JEPA(nn.Module):
 
     forward(batch) -> (loss, stats): the context encoder sees the context hours; the predictor
     predicts, for every target hour, the target encoder's layer-normed feature of that hour,
-    where the target encoder (an EMA copy of the encoder, no gradients) sees all hours.
+    where the target encoder (an EMA copy of the context encoder, no gradients) sees all hours.
+    The context encoder is the attribute `encoder` (a name kept so checkpoints load unchanged).
     The loss is averaged over the valid target tokens only (padding excluded).
     No .item() and no data-dependent Python branches: the step compiles into one graph.
     """
@@ -55,9 +60,9 @@ class JEPA(nn.Module):
         self.target_encoder = copy.deepcopy(self.encoder)
         for p in self.target_encoder.parameters():
             p.requires_grad_(False)
-        # (target, online) parameter pairs for the EMA, in matching order.
+        # (target, context) parameter pairs for the EMA, in matching order.
         self._ema_target = list(self.target_encoder.parameters())
-        self._ema_online = list(self.encoder.parameters())
+        self._ema_context = list(self.encoder.parameters())
         self._ema_kernel = None  # resolved on the first CUDA momentum_update
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -103,7 +108,8 @@ class JEPA(nn.Module):
 
     @torch.no_grad()
     def momentum_update(self, momentum: float | Tensor) -> None:
-        """target = momentum * target + (1 - momentum) * online, for every encoder parameter.
+        """target = momentum * target + (1 - momentum) * context, for every parameter of the
+        context encoder and its EMA copy, the target encoder.
 
         Uses ehrjepa.kernels.ema_update_ on CUDA when it is importable, else one foreach lerp.
         `momentum` may be a float or a 0-d tensor (on the parameters' device, e.g. for a CUDA
@@ -116,9 +122,9 @@ class JEPA(nn.Module):
                     ema_update_ = False
                 self._ema_kernel = ema_update_
             if self._ema_kernel:
-                self._ema_kernel(self._ema_target, self._ema_online, momentum)
+                self._ema_kernel(self._ema_target, self._ema_context, momentum)
                 return
-        torch._foreach_lerp_(self._ema_target, self._ema_online, 1.0 - momentum)
+        torch._foreach_lerp_(self._ema_target, self._ema_context, 1.0 - momentum)
 
 
 def build_model(cfg, n_features: int) -> JEPA:
