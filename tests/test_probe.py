@@ -400,10 +400,20 @@ def test_run_probe_and_cli_end_to_end(tmp_path, capsys, one_torch_thread):
     n_test = len(cohort_rows(processed, "test"))
     assert report["cohort"]["test"]["with_hours"] == n_test
     for task in TASKS:
-        assert set(report["tasks"][task]) == {"jepa", "random_init", "raw_features"}
+        assert list(report["tasks"][task]) == ["jepa", "random_init", "raw_features", "raw_gbdt"]
         assert report["tasks"][task]["jepa"]["n"] == n_test
-    # the planted signal is in lactate's values, which raw_features sees directly
+        assert set(report["comparisons"][task]) == {"jepa - random_init", "jepa - raw_features", "jepa - raw_gbdt"}
+    # the default report's keys: label efficiency only on request
+    assert set(report) == {"tasks", "skipped", "comparisons", "encoder", "pooling", "hours", "methods",
+                           "checkpoint", "step", "run", "data", "device", "cohort", "labels", "n_bootstrap",
+                           "seed", "c_grid", "notes", "plots"}
+    assert set(report["tasks"]["mortality_hosp"]["raw_features"]) == {
+        "auroc", "auroc_ci", "auprc", "auprc_ci", "n", "positives", "C", "val_auroc", "converged", "n_train",
+        "bootstrap_skipped"}
+    assert "Label efficiency" not in (tmp_path / "report" / "report.md").read_text()
+    # the planted signal is in lactate's values, which raw_features and raw_gbdt see directly
     assert report["tasks"]["mortality_hosp"]["raw_features"]["auroc"] > 0.8
+    assert report["tasks"]["mortality_hosp"]["raw_gbdt"]["auroc"] > 0.8
     # even an untrained transformer keeps some of it: embeddings carry the values
     assert report["tasks"]["mortality_hosp"]["random_init"]["auroc"] > 0.6
     for name in ["report.json", "report.md", "pca.png", "training_curves.png"] + [f"roc_{t}.png" for t in TASKS]:
@@ -412,11 +422,15 @@ def test_run_probe_and_cli_end_to_end(tmp_path, capsys, one_torch_thread):
 
     # the CLI: context encoder, other hours, its own output dir; prints the table
     rc = cli(["--run", str(run), "--data", str(data_dir), "--out", str(tmp_path / "r2"),
-              "--encoder", "context", "--hours", "12", "--bootstrap", "20", "--device", "cpu", "--no-progress"])
+              "--encoder", "context", "--hours", "12", "--bootstrap", "20", "--device", "cpu", "--no-progress",
+              "--methods", "raw_features,jepa"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| mortality_hosp | jepa |" in printed and "context encoder" in printed
     loaded = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert list(loaded["tasks"]["mortality_hosp"]) == ["jepa", "raw_features"]  # METHODS order
+    assert set(loaded["methods"]) == {"jepa", "raw_features"}
+    assert set(loaded["comparisons"]["mortality_hosp"]) == {"jepa - raw_features"}
     assert loaded["hours"] == 12 and loaded["encoder"] == "context"
     assert not any("never learned" in n for n in loaded["notes"])  # 12 hours: all seen as context
     assert loaded["cohort"]["test"]["with_hours"] == len(cohort_rows(processed, "test", hours=12))
@@ -451,7 +465,9 @@ def test_help_shows_every_default():
     text = " ".join(parser.format_help().split())
     for option, default in (("--hours HOURS", HOURS), ("--batch-size BATCH_SIZE", 256),
                             ("--bootstrap BOOTSTRAP", 1000), ("--seed SEED", 0), ("--device DEVICE", "auto"),
-                            ("--encoder {target,context}", "target")):
+                            ("--encoder {target,context}", "target"), ("--repeats REPEATS", 5),
+                            ("--methods METHODS", "jepa,random_init,raw_features,raw_gbdt"),
+                            ("--label-fractions F,...", "none")):
         shown = text.split(option, 2)[2].split(" --")[0]  # the option's help, after the usage line
         assert f"(default: {default})" in shown, (option, shown)
     assert "(default: RUN/checkpoints/best.pt, else last.pt)" in text

@@ -4,7 +4,8 @@
     baselines.py   raw_features: per-feature summary statistics of the same hours
     embeddings.py  mean-pooled embeddings of a frozen encoder
     metrics.py     AUROC, AUPRC and the paired bootstrap
-    fit.py         the logistic-regression probes, one per (task, method)
+    fit.py         the probes, one per (task, method): logistic regression, raw_gbdt's trees
+    label_efficiency.py  the probes refit on fractions of the labelled subjects
     run.py         run_probe: a whole run, from its checkpoint to REPORT
     report.py      REPORT/report.json, report.md and the plots
     cli.py         `ehrjepa probe`
@@ -15,10 +16,11 @@ demo); torch and scikit-learn are imported only when it runs.
 
 
 def run_probe(*args, **kwargs) -> dict:
-    """Probe a pretrained run (jepa) against random_init and raw_features.
+    """Probe a pretrained run (jepa) against random_init, raw_features and raw_gbdt.
 
     run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder="target", hours=tasks.HOURS,
-              device="cpu", batch_size=256, n_bootstrap=1000, seed=0, progress=True) -> report dict
+              device="cpu", batch_size=256, n_bootstrap=1000, seed=0, progress=True,
+              methods=fit.METHODS, label_fractions=None, repeats=5) -> report dict
     Writes out_dir/report.json, report.md and PNG plots; see ehrjepa.probe.run.run_probe."""
     from ehrjepa.probe.run import run_probe as _run_probe
 

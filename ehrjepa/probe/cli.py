@@ -1,18 +1,22 @@
 """`ehrjepa probe`: how much a pretrained encoder helps clinical prediction, against baselines.
 
-    ehrjepa probe --run RUN --data OUT --out REPORT
+    ehrjepa probe --run RUN --data OUT --out REPORT [--methods M,...] [--label-fractions F,... --repeats R]
 
 Embeds the first --hours hours of every stay with the frozen target encoder (or, with --encoder
 context, the context encoder) of RUN's checkpoint (jepa) and with an untrained encoder of the same
 architecture (random_init), summarises the same hours per feature (raw_features), fits
-logistic-regression probes on the train split with C chosen on val, and reports test AUROC/AUPRC
-with bootstrap intervals in REPORT/report.{json,md} and PNGs. Any fault is one line naming its file.
+logistic-regression probes on the train split with C chosen on val (and gradient-boosted trees on
+the raw features, raw_gbdt), and reports test AUROC/AUPRC with bootstrap intervals in
+REPORT/report.{json,md} and PNGs. With --label-fractions, every method is also refit on that
+fraction of the train and val subjects, --repeats times, and scored on the full test split.
+Any fault is one line naming its file.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from ehrjepa.probe.fit import METHODS
 from ehrjepa.probe.tasks import HOURS
 
 
@@ -33,20 +37,45 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="bootstrap resamples for the intervals (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the bootstrap, probes and random_init (default: %(default)s)")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma-separated methods to fit, some of " + ", ".join(METHODS) + " (default: %(default)s)")
+    parser.add_argument("--label-fractions", default=None, metavar="F,...",
+                        help="also refit every method on these fractions in (0, 1] of the train and val "
+                             "subjects, e.g. 0.01,0.05,0.1,0.25,1, scored on the full test split "
+                             "(default: none)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="seeded subsamples per label fraction (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (default: show them)")
 
 
 def main(args: argparse.Namespace) -> int:
+    from ehrjepa.probe.label_efficiency import parse_fractions
+    from ehrjepa.probe.report import (comparison_lines, label_efficiency_notes, label_efficiency_table,
+                                      report_notes, results_table)
     from ehrjepa.probe.run import run_probe
-    from ehrjepa.probe.report import comparison_lines, report_notes, results_table
 
     if args.hours < 1:
         print(f"ehrjepa probe: --hours must be >= 1, not {args.hours}", file=sys.stderr)
         return 2
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        print(f"ehrjepa probe: --methods: {', '.join(unknown) or 'none given'}: choose from {', '.join(METHODS)}",
+              file=sys.stderr)
+        return 2
+    if args.repeats < 1:
+        print(f"ehrjepa probe: --repeats must be >= 1, not {args.repeats}", file=sys.stderr)
+        return 2
+    try:
+        fractions = parse_fractions(args.label_fractions) if args.label_fractions is not None else None
+    except ValueError as e:
+        print(f"ehrjepa probe: {e}", file=sys.stderr)
+        return 2
     try:
         report = run_probe(args.run, args.data, args.out, checkpoint=args.checkpoint, encoder=args.encoder,
                            hours=args.hours, device=args.device, batch_size=args.batch_size,
-                           n_bootstrap=args.bootstrap, seed=args.seed, progress=not args.no_progress)
+                           n_bootstrap=args.bootstrap, seed=args.seed, progress=not args.no_progress,
+                           methods=methods, label_fractions=fractions, repeats=args.repeats)
     except (OSError, ValueError, RuntimeError) as e:  # each names its file on its first line
         text = str(e).strip()
         print(f"ehrjepa probe: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
@@ -57,5 +86,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"- {line}")
     for line in comparison_lines(report):
         print(line)
+    if "label_efficiency" in report:
+        print(f"\nlabel efficiency (mean ± sd over {args.repeats} repeats, full test split):\n")
+        print(label_efficiency_table(report))
+        for line in label_efficiency_notes(report):
+            print(f"- {line}")
     print(f"\nreport: {args.out}/report.md, report.json, " + ", ".join(report.get("plots", [])))
     return 0

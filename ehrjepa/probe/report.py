@@ -2,7 +2,8 @@
 
 Plots: `roc_{task}.png` (test ROC curves of every method), `pca.png` (2-D PCA of the stay
 embeddings coloured by outcome, e.g. "died in hospital" / "survived", jepa beside random_init),
-`training_curves.png` (loss, val_loss and RankMe from RUN/metrics.csv).
+`training_curves.png` (loss, val_loss and RankMe from RUN/metrics.csv) and, with label fractions,
+`label_efficiency_{task}.png` (test AUROC against the fraction of labelled subjects).
 """
 from __future__ import annotations
 
@@ -73,6 +74,44 @@ def comparison_lines(report: dict) -> list[str]:
     return lines
 
 
+def _mean_sd(mean, sd) -> str:
+    return _fmt(mean) if sd is None or math.isnan(sd) else f"{_fmt(mean)} ± {_fmt(sd)}"
+
+
+def label_efficiency_table(report: dict) -> str:
+    """The markdown table of report["label_efficiency"]: mean ± sd over repeats per fraction."""
+    lines = ["| task | method | fraction | AUROC mean ± sd | AUPRC mean ± sd | n train | positives train "
+             "| n val | positives val | repeats | skipped |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for task, methods in report.get("label_efficiency", {}).items():
+        for method, fractions in methods.items():
+            for key, r in fractions.items():
+                lines.append(f"| {task} | {method} | {key} | {_mean_sd(r['auroc_mean'], r['auroc_sd'])} | "
+                             f"{_mean_sd(r['auprc_mean'], r['auprc_sd'])} | {_count(r['n_train'])} | "
+                             f"{_count(r['positives_train'])} | {_count(r['n_val'])} | "
+                             f"{_count(r['positives_val'])} | {r['repeats']} | {r['repeats_skipped']} |")
+    return "\n".join(lines)
+
+
+def _count(x) -> str:
+    """A mean count over repeats: whole numbers as such, else one decimal."""
+    if x is None or math.isnan(x):
+        return "-"
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
+
+
+def label_efficiency_notes(report: dict) -> list[str]:
+    """One note per (task, fraction) with skipped repeats: how many and why (the first reason)."""
+    notes = []
+    for task, methods in report.get("label_efficiency", {}).items():
+        for key, r in next(iter(methods.values()), {}).items():
+            if r["repeats_skipped"]:
+                notes.append(f"label fraction {key} of {task}: {r['repeats_skipped']} of "
+                             f"{r['repeats'] + r['repeats_skipped']} repeats skipped, too few in a class "
+                             f"({r['skip_reasons'][0]}{', ...' if len(r['skip_reasons']) > 1 else ''})")
+    return notes
+
+
 def markdown(report: dict) -> str:
     """The human-readable summary."""
     c_grid = report.get("c_grid") or [float("nan")]
@@ -93,6 +132,15 @@ def markdown(report: dict) -> str:
     comps = comparison_lines(report)
     if comps:
         out += ["## Paired differences", ""] + comps + [""]
+    if "label_efficiency" in report:
+        le = report.get("label_efficiency_setup", {})
+        out += ["## Label efficiency", "",
+                f"Every method refit on a fraction of the train and validation subjects (subsampled by "
+                f"subject, {le.get('repeats')} seeded repeats, nested within a repeat), scored on the full "
+                f"test split; mean ± sd over the repeats that could be fit, counts are means.", "",
+                label_efficiency_table(report), ""]
+        notes = label_efficiency_notes(report)
+        out += [f"- {n}" for n in notes] + ([""] if notes else [])
     plots = report.get("plots", [])
     if plots:
         out += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
@@ -171,6 +219,29 @@ def plot_pca(embeddings: dict[str, np.ndarray], labels: dict[str, np.ndarray], p
             ax.set_ylabel(f"PC2 ({explained[1]:.0%})", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_label_efficiency(task: str, methods: dict[str, dict[str, dict]], path: Path) -> None:
+    """Test AUROC against the label fraction (log axis), one line per method, ± sd shaded."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for method, fractions in methods.items():
+        f = np.array([float(k) for k in fractions])
+        mean = np.array([np.nan if r["auroc_mean"] is None else r["auroc_mean"] for r in fractions.values()],
+                        dtype=float)
+        sd = np.array([np.nan if r["auroc_sd"] is None else r["auroc_sd"] for r in fractions.values()],
+                      dtype=float)
+        line, = ax.plot(f, mean, marker="o", ms=4, label=method)
+        band = np.nan_to_num(sd)
+        ax.fill_between(f, mean - band, mean + band, color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_xscale("log")
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="fraction of labelled train and val subjects", ylabel="test AUROC (mean ± sd)",
+           title=f"{task}: label efficiency")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -256,6 +327,10 @@ def write_report(report: dict, out_dir: Path, curves: dict | None = None, embedd
     if embeddings and labels:
         plot_pca(embeddings, labels, out_dir / "pca.png")
         plots.append("pca.png")
+    for task, methods in report.get("label_efficiency", {}).items():
+        name = f"label_efficiency_{task}.png"
+        plot_label_efficiency(task, methods, out_dir / name)
+        plots.append(name)
     notes = report.setdefault("notes", [])
     if metrics_csv is not None:
         if Path(metrics_csv).is_file():

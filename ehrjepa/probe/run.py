@@ -2,8 +2,9 @@
 
 Loads the run's checkpoint once, embeds the first hours of every stay with its frozen EMA target
 encoder, or its context encoder (jepa), and with an untrained encoder of the same architecture
-(random_init), summarises the same hours per feature (raw_features), fits the probes of `fit.py`
-for every task and writes REPORT.
+(random_init), summarises the same hours per feature (raw_features, and raw_gbdt on the same
+features), fits the probes of `fit.py` for every task, with label fractions refits them on
+subsampled labels (`label_efficiency.py`), and writes REPORT.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ehrjepa.data.processed import SPLITS
-from ehrjepa.probe.fit import C_GRID, evaluate_all
+from ehrjepa.probe.fit import C_GRID, GBDT_LEAVES, GBDT_MAX_TREES, GBDT_PATIENCE, METHODS, evaluate_all
 from ehrjepa.probe.tasks import HOURS, TASKS, class_counts
 
 
@@ -101,10 +102,25 @@ def unseen_positions_note(config, hours: int) -> str | None:
             f"\"The small model on CPU\")")
 
 
+def method_descriptions(encoder: str, hours: int, seed: int) -> dict[str, str]:
+    """What each method of METHODS is, in words (report.json "methods")."""
+    summary = f"per-feature last, mean, min, max, observed fraction over hours [0, {hours})"
+    return {"jepa": f"logistic regression on the {encoder} encoder of the checkpoint",
+            "random_init": f"the same on an untrained encoder of the same architecture (seed {seed})",
+            "raw_features": f"logistic regression on {summary}",
+            "raw_gbdt": f"gradient-boosted trees (scikit-learn HistGradientBoostingClassifier, "
+                        f"{' or '.join(map(str, GBDT_LEAVES))} leaves per tree by validation AUROC, up to {GBDT_MAX_TREES} trees early-stopped on the validation "
+                        f"log-loss after {GBDT_PATIENCE} without improvement) on {summary}"}
+
+
 def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "target", hours: int = HOURS,
               device: str = "cpu", batch_size: int = 256, n_bootstrap: int = 1000, seed: int = 0,
-              progress: bool = True) -> dict:
-    """Probe a pretrained run against random_init and raw_features; write REPORT and return its dict."""
+              progress: bool = True, methods=METHODS, label_fractions=None, repeats: int = 5) -> dict:
+    """Probe a pretrained run against the baselines; write REPORT and return its dict.
+
+    methods: which of METHODS to fit (in METHODS order whatever the order given); label_fractions:
+    fractions in (0, 1] of the train and val subjects to refit every method on, `repeats` times
+    each (report["label_efficiency"]); None: no such refits."""
     from ehrjepa.data import WindowDataset
     from ehrjepa.device import resolve_device
     from ehrjepa.probe.baselines import raw_features
@@ -112,8 +128,20 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
     from ehrjepa.probe.report import write_report
     from ehrjepa.probe.tasks import task_labels
 
+    from ehrjepa.probe.label_efficiency import label_efficiency
+
     if encoder not in ("target", "context"):
         raise ValueError(f"encoder must be 'target' or 'context', not {encoder!r}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"methods must be some of {', '.join(METHODS)}, not {', '.join(unknown) or 'none'}")
+    methods = [m for m in METHODS if m in methods]
+    if label_fractions is not None:
+        bad = [f for f in label_fractions if not 0.0 < f <= 1.0]
+        if bad or not label_fractions:
+            raise ValueError(f"label fractions must lie in (0, 1], not {bad or 'none'}")
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, not {repeats}")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     ckpt_path = resolve_checkpoint(run_dir, checkpoint)
     device = resolve_device(device)
@@ -138,15 +166,21 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
         raise FileExistsError(f"{out_dir} is a file: the report needs a folder there")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    x = {"jepa": {}, "random_init": {}, "raw_features": {}}
+    x = {method: {} for method in methods}
     for split in SPLITS:
         for method, m in (("jepa", model), ("random_init", untrained)):
+            if method not in x:
+                continue
             emb, stay = embed_stays(m, datasets[split], encoder, device, batch_size, progress,
                                     desc=f"embed {method} {split}")
             if not np.array_equal(stay, rows[split]):
                 raise RuntimeError(f"{method} {split}: embeddings came back in another order than the stays")
             x[method][split] = emb
-        x["raw_features"][split] = raw_features(processed, rows[split], hours)
+        if "raw_features" in x or "raw_gbdt" in x:
+            raw = raw_features(processed, rows[split], hours)
+            for method in ("raw_features", "raw_gbdt"):
+                if method in x:
+                    x[method][split] = raw
     tasks, skipped, comparisons, curves = evaluate_all(x, labels, n_bootstrap, seed, progress=progress)
 
     split_col = np.asarray(processed.stays.column("split").to_pylist())
@@ -161,10 +195,7 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
         "encoder": encoder,
         "pooling": pooling_description(encoder, hours),
         "hours": hours,
-        "methods": {"jepa": f"logistic regression on the {encoder} encoder of the checkpoint",
-                    "random_init": f"the same on an untrained encoder of the same architecture (seed {seed})",
-                    "raw_features": "logistic regression on per-feature last, mean, min, max, observed "
-                                    f"fraction over hours [0, {hours})"},
+        "methods": {m: d for m, d in method_descriptions(encoder, hours, seed).items() if m in x},
         "checkpoint": str(ckpt_path),
         "step": step,
         "run": str(run_dir),
@@ -176,9 +207,17 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
         "seed": seed,
         "c_grid": list(C_GRID),
     }
+    if label_fractions is not None:
+        subjects = {s: processed.stays.column("subject_id").to_numpy()[rows[s]] for s in SPLITS}
+        probed = {task: labels[task] for task in tasks}  # a task skipped on the full splits stays skipped
+        report["label_efficiency"] = label_efficiency(x, probed, subjects, label_fractions, repeats, seed,
+                                                      progress=progress)
+        report["label_efficiency_setup"] = {"fractions": sorted(label_fractions), "repeats": repeats,
+                                            "subsampled": ["train", "val"], "by": "subject_id"}
     # the PCA plot shows every stay of the cohort, all splits together
     nonempty = [s for s in SPLITS if len(rows[s])]
-    embeddings = {m: np.concatenate([x[m][s] for s in nonempty]) for m in ("jepa", "random_init")} if nonempty else None
+    embedded = [m for m in ("jepa", "random_init") if m in x]
+    embeddings = {m: np.concatenate([x[m][s] for s in nonempty]) for m in embedded} if nonempty and embedded else None
     all_labels = {task: np.concatenate([labels[task][s] for s in nonempty]) for task in TASKS} if nonempty else None
     unseen = unseen_positions_note(config, hours)
     notes = [unseen] if unseen else []

@@ -1,0 +1,145 @@
+"""Label efficiency: every probe refit on a fraction of the labelled subjects, scored on the full test split.
+
+Users pretrain because labels are scarce. For each fraction f and repeat r, the train and the
+validation subjects are each subsampled to ceil(f * their number) subjects (every stay of a chosen
+subject comes along: the splits are by subject, so is the subsample). The validation set picks C
+and stops the trees, so it is kept just as scarce: a full one would leak labels into the fit. The
+test split is never subsampled, so every fraction is scored on the same stays.
+
+Within a repeat, the subjects are drawn as one seeded random order per split and a fraction takes
+its first subjects, so the subsets are nested (the 5 % subjects are among the 25 % ones) and the
+curves do not cross by sampling luck alone. At f = 1 every repeat is the full split.
+
+A (fraction, repeat) whose subsample has too few positives or negatives in train or val for the
+probe (tasks.MIN_CLASS_COUNT) is skipped for every method, counted and its reason reported.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ehrjepa.probe.fit import C_GRID, fit_method
+from ehrjepa.probe.metrics import ranked_metrics
+from ehrjepa.probe.tasks import MIN_CLASS_COUNT, class_counts
+
+SUBSAMPLED = ("train", "val")
+
+
+def parse_fractions(text: str) -> list[float]:
+    """"0.01,0.05,1" -> [0.01, 0.05, 1.0], sorted and unique; ValueError naming a bad entry."""
+    fractions = []
+    for item in text.split(","):
+        try:
+            f = float(item)
+        except ValueError:
+            raise ValueError(f"--label-fractions: {item.strip()!r} is not a number") from None
+        if not 0.0 < f <= 1.0:
+            raise ValueError(f"--label-fractions: {item.strip()} is not in (0, 1]")
+        fractions.append(f)
+    return sorted(set(fractions))
+
+
+def fraction_key(fraction: float) -> str:
+    """The JSON key of a fraction: 0.05 -> "0.05", 1.0 -> "1"."""
+    return f"{fraction:g}"
+
+
+def subject_order(subjects: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The distinct subjects of `subjects` in a random order drawn from `rng`."""
+    return rng.permutation(np.unique(subjects))
+
+
+def take_fraction(subjects: np.ndarray, order: np.ndarray, fraction: float) -> np.ndarray:
+    """Boolean mask of the rows whose subject is among the first ceil(fraction * len(order)) of `order`."""
+    k = min(len(order), math.ceil(fraction * len(order) - 1e-9))
+    return np.isin(subjects, order[:k])
+
+
+def subsample_masks(subjects: dict[str, np.ndarray], fractions, repeats: int, seed: int = 0) -> dict:
+    """{(fraction, repeat): {split: row mask}}: train and val subsampled by subject, test whole.
+
+    subjects: {split: subject id of each row}. Repeat r draws its subject orders from
+    default_rng([seed, r]), so a repeat's subsets do not depend on which fractions are asked for."""
+    masks = {}
+    for r in range(repeats):
+        rng = np.random.default_rng([seed, r])
+        orders = {split: subject_order(subjects[split], rng) for split in SUBSAMPLED}
+        for f in fractions:
+            m = {split: take_fraction(subjects[split], orders[split], f) for split in SUBSAMPLED}
+            m["test"] = np.ones(len(subjects["test"]), dtype=bool)
+            masks[(f, r)] = m
+    return masks
+
+
+def too_few(y_by_split: dict[str, np.ndarray], min_count: dict[str, int] = MIN_CLASS_COUNT) -> str | None:
+    """Why a subsample cannot be probed (too few positives or negatives in train or val), else None."""
+    problems = []
+    for split in SUBSAMPLED:
+        n, pos, _ = class_counts(y_by_split[split])
+        need = min_count[split]
+        if pos < need:
+            problems.append(f"{split} has {pos} positives (need >= {need})")
+        if n - pos < need:
+            problems.append(f"{split} has {n - pos} negatives (need >= {need})")
+    return "; ".join(problems) if problems else None
+
+
+def _sd(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) >= 2 else float("nan")
+
+
+def label_efficiency(x: dict[str, dict[str, np.ndarray]], labels: dict[str, dict[str, np.ndarray]],
+                     subjects: dict[str, np.ndarray], fractions, repeats: int = 5, seed: int = 0,
+                     c_grid=C_GRID, progress: bool = False) -> dict:
+    """Test AUROC/AUPRC of every method of every task at every label fraction, over seeded repeats.
+
+    x: {method: {split: features}}; labels: {task: {split: y}} (NaN: unknown, left out);
+    subjects: {split: subject id of each row}. Returns {task: {method: {fraction key: {"auroc_mean",
+    "auroc_sd", "auprc_mean", "auprc_sd", "n_train", "positives_train", "n_val", "positives_val",
+    "repeats", "repeats_skipped", "skip_reasons"}}}}: the counts are means over the fitted repeats,
+    "repeats" counts those, the sd is over them (null with fewer than 2).
+    """
+    from tqdm.auto import tqdm
+
+    fractions = sorted(fractions)
+    masks = subsample_masks(subjects, fractions, repeats, seed)
+    out = {}
+    bar = tqdm(total=len(labels) * len(fractions) * repeats, desc="label fractions", unit="fit",
+               disable=not progress)
+    for task, y in labels.items():
+        test_known = ~np.isnan(y["test"])
+        y_test = y["test"][test_known].astype(np.int64)
+        out[task] = {method: {} for method in x}
+        for f in fractions:
+            runs = {method: [] for method in x}   # (auroc, auprc) per fitted repeat
+            counts, reasons = [], []
+            for r in range(repeats):
+                bar.update(1)
+                sub = {split: y[split][masks[(f, r)][split]] for split in SUBSAMPLED}
+                reason = too_few(sub)
+                if reason is not None:
+                    reasons.append(f"repeat {r}: {reason}")
+                    continue
+                counts.append([class_counts(sub[split])[:2] for split in SUBSAMPLED])
+                rows = {split: np.flatnonzero(masks[(f, r)][split] & ~np.isnan(y[split])) for split in SUBSAMPLED}
+                for method, xm in x.items():
+                    model, _, _, _ = fit_method(method, np.asarray(xm["train"])[rows["train"]],
+                                                y["train"][rows["train"]].astype(np.int64),
+                                                np.asarray(xm["val"])[rows["val"]],
+                                                y["val"][rows["val"]].astype(np.int64), c_grid, seed)
+                    score = model.decision_function(np.asarray(xm["test"])[test_known])
+                    auroc, auprc, _ = ranked_metrics(y_test, score)
+                    runs[method].append((float(auroc[0]), float(auprc[0])))
+            mean_counts = np.mean(counts, axis=0) if counts else np.full((2, 2), np.nan)
+            for method in x:
+                aurocs = [a for a, _ in runs[method]]
+                auprcs = [p for _, p in runs[method]]
+                out[task][method][fraction_key(f)] = {
+                    "auroc_mean": float(np.mean(aurocs)) if aurocs else float("nan"), "auroc_sd": _sd(aurocs),
+                    "auprc_mean": float(np.mean(auprcs)) if auprcs else float("nan"), "auprc_sd": _sd(auprcs),
+                    "n_train": float(mean_counts[0, 0]), "positives_train": float(mean_counts[0, 1]),
+                    "n_val": float(mean_counts[1, 0]), "positives_val": float(mean_counts[1, 1]),
+                    "repeats": len(aurocs), "repeats_skipped": len(reasons), "skip_reasons": reasons}
+    bar.close()
+    return out
