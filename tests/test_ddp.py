@@ -10,7 +10,7 @@ import torch
 
 from ehrjepa.config import load_config
 from ehrjepa.train import train
-from ehrjepa.train.checkpoint import load_checkpoint
+from ehrjepa.models.checkpoint import load_checkpoint
 from ehrjepa.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from ehrjepa.config import load_config
-from ehrjepa.train import load_model, loop
-from ehrjepa.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ehrjepa.models import load_model
+from ehrjepa.train import loop
+from ehrjepa.models.checkpoint import load_checkpoint, save_checkpoint
+from ehrjepa.train.rng import rng_state, set_rng_state
 from ehrjepa.train.loop import TrainingDiverged, train
 from ehrjepa.train.metrics import COLUMNS, collapse_warning, rankme, read_metrics, target_std
 from ehrjepa.train.schedules import cosine, linear, lr_at
@@ -177,7 +179,7 @@ def test_checkpoint_loads_weights_only_into_a_model(tmp_path, data_dir):
     keys = set(ckpt["model"])
     for part in ("encoder.", "predictor.", "target_encoder."):
         assert any(k.startswith(part) for k in keys), part
-    model, cfg = load_model(run / "checkpoints" / "last.pt")
+    model, cfg, _ = load_model(run / "checkpoints" / "last.pt")
     assert cfg.model.size == "micro" and not model.training and model.max_hours == 48
     for k, v in model.state_dict().items():
         assert torch.equal(v, ckpt["model"][k]), k

@@ -36,9 +36,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ehrjepa.config import Config, config_to_dict, save_config
-from ehrjepa.device import resolve_device  # noqa: F401  (old name, until the probe switches)
+from ehrjepa.device import resolve_device
+from ehrjepa.models import build_model  # a module global, so tests can swap it
 from ehrjepa.models.jepa import count_parameters
-from ehrjepa.train.checkpoint import rng_state, save_checkpoint, set_rng_state
+from ehrjepa.models.checkpoint import save_checkpoint
+from ehrjepa.train.rng import rng_state, set_rng_state
 from ehrjepa.train.metrics import MetricsLog, collapse_warning, rankme, read_metrics, target_std
 from ehrjepa.train.run_folder import checkpoint_candidates, clean_stale_temporaries, load_newest
 from ehrjepa.train.schedules import cosine, linear, lr_at
@@ -82,15 +84,6 @@ def open_data(cfg: Config):
     train_set = WindowDataset(processed, "train", d.length, d.stride, d.max_delta)
     val_set = WindowDataset(processed, "val", d.length, d.stride, d.max_delta)
     return train_set, val_set, train_set.n_features
-
-
-def build_model(cfg: Config, n_features: int, max_hours: int | None = None) -> torch.nn.Module:
-    """`ehrjepa.models.build_model` (the loop calls it through this name so tests can swap it).
-    `max_hours` is transitional, for the probe's old call; the config's data.max_hours is used."""
-    from ehrjepa.models import JEPA
-
-    return JEPA(cfg.model, n_features=n_features,
-                max_hours=cfg.data.max_hours if max_hours is None else max_hours)
 
 
 def make_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -1,5 +1,5 @@
-"""RNG state capture for exact resume (training only); the checkpoint files themselves are
-written and read by `ehrjepa.models.checkpoint`, re-exported here.
+"""RNG state capture for exact resume (training only); the checkpoint files that hold it are
+written and read by `ehrjepa.models.checkpoint`.
 
 The states are tensors and plain containers, so a checkpoint holding them still loads with
 `torch.load(weights_only=True)`.
@@ -10,9 +10,6 @@ import random
 
 import numpy as np
 import torch
-
-from ehrjepa.models.checkpoint import (CheckpointError, load_checkpoint,  # noqa: F401
-                                       remove_stale_temporaries, save_checkpoint)
 
 
 def rng_state() -> dict:
