@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.10",
     # kernels/ is installed as ehrjepa.kernels so that no generic top-level `kernels` lands in
     # site-packages.
-    packages=["ehrjepa", "ehrjepa.data", "ehrjepa.models", "ehrjepa.train", "ehrjepa.probe",
+    packages=["ehrjepa", "ehrjepa.data", "ehrjepa.data.readers", "ehrjepa.models", "ehrjepa.train", "ehrjepa.probe",
               "ehrjepa.synth", "ehrjepa.kernels"],
     package_dir={"ehrjepa": "ehrjepa", "ehrjepa.kernels": "kernels"},
     install_requires=[

@@ -1,7 +1,6 @@
 """`ehrjepa preprocess` rules on tiny hand-written MIMIC-format tables, a plain-Python reference,
 and an end-to-end run on the MIMIC-IV demo."""
 import gzip
-import importlib
 import json
 import math
 from collections import defaultdict
@@ -14,6 +13,7 @@ from hypothesis import strategies as st
 
 from ehrjepa.data import open_processed, preprocess
 from ehrjepa.data.catalog import load_catalog
+from ehrjepa.data.drivers import ScanOptions
 
 T0 = datetime(2150, 1, 1, 10, 0, 0)
 PAT = "subject_id,gender,anchor_age,anchor_year,anchor_year_group,dod"
@@ -296,13 +296,11 @@ def _csv_to_parquet(csv_path, unit, id_type, row_group_size):
 
 
 @pytest.mark.parametrize("unit, id_bits", [("s", 64), ("ms", 64), ("us", 32), ("ns", 64)])
-def test_parquet_nulls_row_groups_and_units_match_csv(tmp_path, unit, id_bits, monkeypatch):
+def test_parquet_nulls_row_groups_and_units_match_csv(tmp_path, unit, id_bits):
     """The parquet path (aggregate_arrow over Arrow buffers) keeps and drops exactly what the csv
     path does: nulls (valuenum, stay_id, subject_id, hadm_id, charttime, itemid), timestamps in
     any unit, ids of any width, several row groups and batches."""
     import pyarrow as pa
-
-    pp = importlib.import_module("ehrjepa.data.preprocess")  # the module, not the function
 
     stays, rows, labs = _stays_and_events()
     rows += [chart(10, ts(0.5), HR, ""), chart("", ts(0.5), HR, 61), chart(10, "", HR, 62),
@@ -317,9 +315,10 @@ def test_parquet_nulls_row_groups_and_units_match_csv(tmp_path, unit, id_bits, m
         if fmt == "parquet":
             for module, name in (("icu", "chartevents"), ("hosp", "labevents"), ("icu", "icustays")):
                 _csv_to_parquet(root / module / f"{name}.csv", unit, id_type, row_group_size=16)
-            monkeypatch.setattr(pp, "PARQUET_BLOCK_ROWS", 7)  # batches inside row groups
-            monkeypatch.setattr(pp, "PARALLEL_ROWS", 2)  # and each batch split over two threads
-        outs[fmt] = open_processed(preprocess(root, tmp_path / fmt / "out", progress=False))
+        # parquet: batches inside row groups, each split over two threads
+        opt = ScanOptions(parquet_block_rows=7, parallel_rows=2)
+        outs[fmt] = open_processed(preprocess(root, tmp_path / fmt / "out", progress=False,
+                                              options=opt))
     a, b = outs["csv"], outs["parquet"]
     assert b.manifest["tables"]["chartevents"]["path"].endswith(".parquet")
     np.testing.assert_array_equal(a.count, b.count)
@@ -338,19 +337,17 @@ def test_parquet_nulls_row_groups_and_units_match_csv(tmp_path, unit, id_bits, m
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_count_saturates_on_the_first_events_in_file_order(tmp_path, fmt, monkeypatch):
+def test_count_saturates_on_the_first_events_in_file_order(tmp_path, fmt):
     """Past 65535 events an hour's cell keeps the first ones in file order and counts the rest
     as saturated, also when two threads scan halves of a parquet batch and add by index range."""
-    pp = importlib.import_module("ehrjepa.data.preprocess")
-    monkeypatch.setattr(pp, "PARALLEL_ROWS", 1000)  # parquet: batch halves in two threads
-    monkeypatch.setattr(pp, "BLOCK_BYTES", 1 << 20)  # csv: many blocks, each split in halves
-    monkeypatch.setattr(pp, "PARALLEL_BYTES", 1 << 12)
+    # parquet: batch halves in two threads; csv: many blocks, each split in halves
+    opt = ScanOptions(parallel_rows=1000, block_bytes=1 << 20, parallel_bytes=1 << 12)
     n = 65535 + 5  # per hour; hours 0 and 1 interleaved so both halves hold both hours
     late = 150  # the value of the events past the limit: a wrong pick changes the mean
     rows = [chart(10, ts(i % 2, 60), HR, late if i // 2 >= 65535 else 60 + i % 7)
             for i in range(2 * n)]
     root = write_mimic(tmp_path / "m", icustays=ONE_STAY, chartevents=rows, fmt=fmt)
-    p = open_processed(preprocess(root, tmp_path / "out", progress=False))
+    p = open_processed(preprocess(root, tmp_path / "out", progress=False, options=opt))
     f = int(load_catalog().lookup("chartevents").feature[HR])
     for hour in (0, 1):
         kept = [60 + i % 7 for i in range(hour, 2 * n, 2) if i // 2 < 65535]
@@ -547,9 +544,6 @@ def _messy_chart_row(draw, stay_ids):
 @given(st.data())
 @settings(max_examples=15, deadline=None)
 def test_fused_csv_path_matches_column_path(tmp_path_factory, data):
-    import importlib
-
-    pp = importlib.import_module("ehrjepa.data.preprocess")  # the module, not the function
     root = tmp_path_factory.mktemp("fused")
     icustays = [stay(1, 100, 10 + k, ts(24 * k), ts(24 * k + 20)) for k in range(3)]
     rows = [_messy_chart_row(data.draw, [10, 11, 12]) for _ in range(data.draw(st.integers(0, 60)))]
@@ -560,16 +554,13 @@ def test_fused_csv_path_matches_column_path(tmp_path_factory, data):
         text = text[:-1]  # last row without a newline
     ce = root / "in" / "icu" / f"chartevents.{fmt}"
     ce.write_bytes(gzip.compress(text) if fmt == "csv.gz" else text)
-    saved = pp.BLOCK_BYTES, pp.PARALLEL_BYTES, pp.EVENTS_CAP, pp.FUSED_CSV
-    try:
-        pp.BLOCK_BYTES = data.draw(st.integers(16, 400))  # many refills, rows across blocks
-        pp.PARALLEL_BYTES = data.draw(st.sampled_from([8, 64, 1 << 20]))  # split halves or not
-        pp.EVENTS_CAP = data.draw(st.sampled_from([2, 7, 1 << 20]))
-        fused = preprocess(root / "in", root / "fused", on_bad_lines="skip", progress=False)
-        pp.FUSED_CSV = False
-        plain = preprocess(root / "in", root / "plain", on_bad_lines="skip", progress=False)
-    finally:
-        pp.BLOCK_BYTES, pp.PARALLEL_BYTES, pp.EVENTS_CAP, pp.FUSED_CSV = saved
+    fused = ScanOptions(block_bytes=data.draw(st.integers(16, 400)),  # rows across blocks
+                        parallel_bytes=data.draw(st.sampled_from([8, 64, 1 << 20])),  # halves
+                        events_cap=data.draw(st.sampled_from([2, 7, 1 << 20])))
+    fused = preprocess(root / "in", root / "fused", on_bad_lines="skip", progress=False,
+                       options=fused)
+    plain = preprocess(root / "in", root / "plain", on_bad_lines="skip", progress=False,
+                       options=ScanOptions(fused_csv=False))  # the reference path
     a, b = open_processed(fused), open_processed(plain)
     np.testing.assert_array_equal(a.count, b.count)
     np.testing.assert_array_equal(a.mean, b.mean)

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ehrjepa.data import tables
 from ehrjepa.data.catalog import load_catalog, parse_catalog
-from ehrjepa.data.tables import (BAD, KIND_FLOAT, KIND_INT, KIND_TIME, MISSING, TableStats,
+from ehrjepa.data.readers import csv_stream, parquet
+from ehrjepa.data.readers import (BAD, KIND_FLOAT, KIND_INT, KIND_TIME, MISSING, TableStats,
                                  iter_csv, iter_table, parse_float, parse_int, parse_time,
                                  read_table)
 
@@ -133,14 +133,14 @@ def test_tokenizer_matches_csv_module(tmp_path_factory, rows, quote_all, crlf, b
     cols = {"a": KIND_INT, "t": KIND_TIME, "v": KIND_FLOAT}
     got = {c: [] for c in cols}
     stats = TableStats(str(path))
-    saved, tables.PARALLEL_BYTES = tables.PARALLEL_BYTES, parallel_bytes
+    saved, csv_stream.PARALLEL_BYTES = csv_stream.PARALLEL_BYTES, parallel_bytes
     try:
         for blk in iter_csv(path, cols, stats=stats, block_bytes=block, block_rows=block_rows,
                             parallel=True):
             for c in cols:
                 got[c].extend(blk[c].tolist())
     finally:
-        tables.PARALLEL_BYTES = saved
+        csv_stream.PARALLEL_BYTES = saved
     want = [r for r in want if r != [] and r != [""]]
     assert stats.rows_read == len(want)
     assert got["a"] == [ref_int(r[0]) for r in want]
@@ -160,7 +160,7 @@ def _write(tmp_path, text, name="t.csv"):
 @pytest.mark.parametrize("name", ["t.csv", "t.csv.gz"])
 @pytest.mark.parametrize("parallel_bytes", [4, 1 << 20])
 def test_bad_line_error_names_line(tmp_path, name, parallel_bytes, monkeypatch):
-    monkeypatch.setattr(tables, "PARALLEL_BYTES", parallel_bytes)
+    monkeypatch.setattr(csv_stream, "PARALLEL_BYTES", parallel_bytes)
     p = _write(tmp_path, 'a,b\n1,2\n"x\ny",3\n4\n5,6\n', name)
     with pytest.raises(ValueError, match=r"t\.csv(\.gz)?: line 5: malformed CSV row \(1 fields, expected 2\)"):
         read_table(p, {"a": KIND_INT})
@@ -236,7 +236,7 @@ def test_parquet_arrow_columns_nulls_units_and_offsets(tmp_path, unit):
     want_d = [MISSING if x is None else x // 86400 * 86400 for x in secs]
     for block_rows in (1 << 20, 6):  # one batch per row group, or batches within row groups
         got = {"a": [], "v": [], "t": [], "d": []}
-        for blk in tables.iter_parquet(path, {"a": KIND_INT, "v": KIND_FLOAT, "t": KIND_TIME,
+        for blk in parquet.iter_parquet(path, {"a": KIND_INT, "v": KIND_FLOAT, "t": KIND_TIME,
                                               "d": KIND_TIME}, block_rows=block_rows):
             for k in got:
                 got[k].extend(blk[k].tolist())
@@ -245,12 +245,12 @@ def test_parquet_arrow_columns_nulls_units_and_offsets(tmp_path, unit):
         assert [x for x in got["v"] if x == x] == [x for x in vals if x is not None]
     # a slice: data and validity bitmap start at row 3 (bit 3 of the first byte)
     a64 = pa.array(ids, pa.int64()).slice(3, 20)  # int64: read in place, no cast
-    col = tables.arrow_column(a64, KIND_INT, path, "a")
+    col = parquet.arrow_column(a64, KIND_INT, path, "a")
     assert col.bit0 == 3 and len(col.data) == 20
-    assert tables._arrow_column(a64, KIND_INT, path, "a").tolist() == want_a[3:23]
+    assert parquet._arrow_column(a64, KIND_INT, path, "a").tolist() == want_a[3:23]
     sliced = t.column("t").combine_chunks().slice(3, 20)
-    assert tables.arrow_column(sliced, KIND_TIME, path, "t").bit0 == 3
-    assert tables._arrow_column(sliced, KIND_TIME, path, "t").tolist() == want_t[3:23]
+    assert parquet.arrow_column(sliced, KIND_TIME, path, "t").bit0 == 3
+    assert parquet._arrow_column(sliced, KIND_TIME, path, "t").tolist() == want_t[3:23]
 
 
 def test_parquet_text_and_wrong_types(tmp_path):

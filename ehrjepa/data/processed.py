@@ -6,7 +6,9 @@
     OUT/features.json   feature names, train-only normalisation, split seed and fractions
     OUT/manifest.json   per input table: rows read, kept, dropped by reason; warnings
 
-`open_processed(OUT)` memory-maps the arrays, so opening is cheap whatever their size.
+`open_processed(OUT)` memory-maps the arrays, so opening is cheap whatever their size. The
+writing side lives here too (`open_outputs`, `finish_outputs`, `write_stays`, `write_meta`), so
+that the format has one owner; `ehrjepa preprocess` calls it on a temporary folder (staging.py).
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .staging import reserve_space
 
 SPLITS = ("train", "val", "test")
 FRACTIONS = (0.8, 0.1, 0.1)
@@ -115,3 +119,97 @@ def split_of_subjects(subject_id: np.ndarray, seed: int,
     u = (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     cut = np.cumsum(fractions)
     return np.where(u < cut[0], 0, np.where(u < cut[1], 1, 2)).astype(np.int8)
+
+
+# -------------------------------------------------------------------------------------------------
+# writing
+
+
+def open_outputs(out: Path, total_hours: int, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sums, counts): OUT/mean.npy float32 and OUT/count.npy uint16 [total_hours, F], zeroed and
+    memory-mapped for the event kernels to add into; finish_outputs turns sums into means."""
+    shape = (total_hours, n_features)
+    return _open_output(out / "mean.npy", shape, np.float32), \
+        _open_output(out / "count.npy", shape, np.uint16)
+
+
+def finish_outputs(out: Path, means: np.ndarray, counts: np.ndarray) -> None:
+    _finish_array(out / "mean.npy", means)
+    _finish_array(out / "count.npy", counts)
+
+
+def write_meta(out: Path, names: list[str], norm_mean: np.ndarray, norm_std: np.ndarray,
+               seed: int) -> None:
+    """OUT/features.json: feature names, train-only normalisation, split seed and fractions."""
+    meta = {"features": names,
+            "norm": {"mean": [float(x) for x in norm_mean], "std": [float(x) for x in norm_std]},
+            "split": {"seed": int(seed), "fractions": list(FRACTIONS)}}
+    (out / "features.json").write_text(json.dumps(meta, indent=1))
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def _open_output(path: Path, shape: tuple[int, int], dtype) -> np.ndarray:
+    """A zero-filled .npy file opened as a writable memory map (plain array when empty).
+
+    Its blocks are allocated up front: a full disk is then an error here, not a SIGBUS when a
+    page of the map is first written."""
+    if shape[0] * shape[1] == 0:
+        return np.zeros(shape, dtype)
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    reserve_space(path)
+    return arr
+
+
+def _finish_array(path: Path, arr: np.ndarray) -> None:
+    """Finish an output array. A memory map needs nothing: its pages are the file's pages in the
+    page cache, written back by the kernel like any file write (a flush would msync, i.e. wait for
+    the disk, which np.save does not either). Empty outputs are plain arrays: save them."""
+    if not isinstance(arr, np.memmap):
+        np.save(path, arr)
+
+
+def write_stays(out: Path, stays, split: np.ndarray, death: np.ndarray) -> None:
+    """OUT/stays.parquet from a stays.Stays, their split codes and in-hospital death (-1 unknown)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .readers import BAD, MISSING
+
+    # arrays are built from buffers: pa.array() makes pyarrow import pandas (0.3 s of start-up)
+    missing = (stays.hadm_id == MISSING) | (stays.hadm_id == BAD)
+    table = pa.table({
+        "stay_id": _arrow(pa, stays.stay_id, pa.int64()),
+        "subject_id": _arrow(pa, stays.subject_id, pa.int64()),
+        "hadm_id": _arrow(pa, stays.hadm_id, pa.int64(), valid=~missing),
+        "intime": _arrow(pa, stays.intime, pa.timestamp("s")),
+        "outtime": _arrow(pa, stays.outtime, pa.timestamp("s")),
+        "n_hours": _arrow(pa, stays.n_hours.astype(np.int32), pa.int32()),
+        "offset": _arrow(pa, stays.offset, pa.int64()),
+        "split": _arrow_strings(pa, split, SPLITS),
+        "death_hosp": _arrow(pa, death.astype(np.int8), pa.int8()),
+        "los_days": _arrow(pa, (stays.outtime - stays.intime) / 86400.0, pa.float64()),
+    })
+    pq.write_table(table, out / "stays.parquet")
+
+
+def _arrow(pa, values: np.ndarray, type_, valid: np.ndarray | None = None):
+    """A pyarrow array over the bytes of a numpy array (nulls where `valid` is False)."""
+    values = np.ascontiguousarray(values)
+    bitmap = None
+    if valid is not None and not valid.all():
+        bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(type_, len(values), [bitmap, pa.py_buffer(values)])
+
+
+def _arrow_strings(pa, codes: np.ndarray, words: tuple[str, ...]):
+    """A pyarrow string array of words[codes]."""
+    enc = [w.encode() for w in words]
+    lengths = np.array([len(w) for w in enc], np.int32)
+    offsets = np.zeros(len(codes) + 1, np.int32)
+    np.cumsum(lengths[codes], out=offsets[1:])
+    data = b"".join(enc[c] for c in codes.tolist())
+    return pa.Array.from_buffers(pa.string(), len(codes),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(data)])
