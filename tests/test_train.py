@@ -286,3 +286,22 @@ def test_read_metrics_errors_name_the_line_and_series_skip_blanks(tmp_path):
     path.write_text("loss\n0.5\n")
     with pytest.raises(ValueError, match="no 'step' column"):
         read_metrics(path)
+
+
+def test_on_validation_sees_each_validation_step_and_can_stop_the_run(tmp_path, data_dir):
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def hook(step, model, row):
+        seen.append((step, row["val_loss"], model.training))
+        if step == 4:
+            raise Stop
+
+    cfg = micro(data_dir, "train.max_steps=8", "train.val_every=2", "train.ckpt_every=2")
+    with pytest.raises(Stop):
+        train(cfg, tmp_path / "run", progress=False, on_validation=hook)
+    assert [s for s, _, _ in seen] == [2, 4]
+    assert all(math.isfinite(v) and training for _, v, training in seen)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 4

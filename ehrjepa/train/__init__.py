@@ -7,9 +7,9 @@ Heavy imports (torch) happen on first use, so `ehrjepa --help` stays fast.
 from __future__ import annotations
 
 
-def train(cfg, run_dir, resume: bool = False, progress: bool = True) -> dict:
+def train(cfg, run_dir, resume: bool = False, progress: bool = True, on_validation=None) -> dict:
     """See ehrjepa.train.loop.train."""
     from ehrjepa.train.loop import train as _train
 
-    return _train(cfg, run_dir, resume=resume, progress=progress)
+    return _train(cfg, run_dir, resume=resume, progress=progress, on_validation=on_validation)
 

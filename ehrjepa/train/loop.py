@@ -130,8 +130,13 @@ def _quiet(msg: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          on_validation=None) -> dict:
     """Pretrain a JEPA as `cfg` says, writing checkpoints and logs under `run_dir`.
+
+    `on_validation(step, model, row)`, if given, is called on rank 0 after each validation step's
+    row is logged and its checkpoints are written (a hyperparameter search reports intermediate
+    values there; an exception it raises, e.g. a pruned trial, ends the run as any error would).
 
     Returns a summary dict (steps, final_loss, best_val_loss, checkpoint paths, warnings,
     already_finished). Raises TrainingDiverged when the loss becomes NaN/inf and
@@ -302,6 +307,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                     save_checkpoints(checkpoint_state(model, optimizer, cfg, state, n_features, world),
                                      paths, state)
                     _prune(ckpt_dir, t.keep_ckpts)
+            if on_validation is not None and do_val and master:
+                on_validation(step, model, row)
             timer = time.perf_counter()  # throughput leaves out validation and saving
         bar.close()
         if ddp:
