@@ -105,7 +105,7 @@ def label_efficiency(x: dict[str, dict[str, np.ndarray]], labels: dict[str, dict
     fractions = sorted(fractions)
     masks = subsample_masks(subjects, fractions, repeats, seed)
     out = {}
-    bar = tqdm(total=len(labels) * len(fractions) * repeats, desc="label fractions", unit="fit",
+    bar = tqdm(total=len(labels) * len(fractions) * repeats, desc="label fractions", unit="subsample",
                disable=not progress)
     for task, y in labels.items():
         test_known = ~np.isnan(y["test"])
