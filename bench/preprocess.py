@@ -5,14 +5,14 @@
                                [--json PATH] [--repeat N] [--quick]
 
 For each chartevents row count it writes MIMIC-IV-format input (icustays, chartevents,
-labevents, ... with `ehrjepa.synth.write_synthetic`, or a small built-in generator where that is
-missing), once per format, then times every tool as a separate child process: wall time of the
-whole process (start-up and imports included) and peak RSS. Every baseline does the same
-aggregation as `ehrjepa preprocess`, on the same files:
+labevents, ... with `ehrjepa.synth.write_synthetic`), once per format, then times every tool as a
+separate child process: wall time of the whole process (start-up and imports included) and peak
+RSS. Every baseline does the same aggregation as `ehrjepa preprocess`, on the same files (found
+by the library's find_table):
 
-  - itemid -> feature from configs/features.yaml (read here with plain yaml), unit conversion
-    (temperature F -> C: (F - 32) * 5 / 9), drop values outside the valid range (inclusive)
-    and empty valuenum;
+  - itemid -> feature from the feature catalog (ehrjepa.data.catalog, so one parser and one sign
+    convention: value = (valuenum + add) * mul; temperature F -> C), drop values outside the
+    valid range (inclusive) and empty valuenum;
   - chartevents join icustays on stay_id; labevents join icustays on subject_id; keep events with
     intime - 6 h <= charttime < outtime (stays with outtime <= intime get nothing); a lab held by
     two stays' windows goes to the stay whose [intime, outtime) holds it, else to the earliest;
@@ -23,13 +23,13 @@ Prints a markdown table (rows, format, tool, wall s, cpu s (user + system, stead
 time on a shared machine), peak RSS, wall-time speedup against DuckDB measured in the same run)
 and writes JSON. On the smallest size (up to 10 M rows) it also checks that ehrjepa's output
 agrees with DuckDB's aggregation group by group. Generated data stays outside the repository
-(default /tmp/ehrjepa-bench) and is reused by later runs.
+(default /tmp/ehrjepa-bench) and is reused by later runs. Each tool's best run is appended to
+bench/results.csv (bench/results.py; a --quick run only with --results).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import time
@@ -37,100 +37,68 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import results as results_module
+from ehrjepa.data.readers import FORMATS as TABLE_FORMATS, find_table
+
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO / "configs" / "features.yaml"
 TOOLS = ("ehrjepa", "duckdb", "polars", "pandas")
-FORMATS = ("csv", "csv.gz", "parquet")
+FORMATS = tuple(ext[1:] for ext in TABLE_FORMATS)  # csv.gz, csv, parquet
 LOOKBACK_S = 6 * 3600
 CHECK_MAX_ROWS = 10_000_000  # the agreement check runs on the smallest size, if at most this
-TABLES = {"patients": "hosp", "admissions": "hosp", "labevents": "hosp", "d_labitems": "hosp",
-          "icustays": "icu", "chartevents": "icu", "d_items": "icu"}
+MODULES = {"icustays": "icu", "chartevents": "icu", "labevents": "hosp"}  # the tables read
 
 
-# ----------------------------------------------------------------------------------------------
-# the feature catalog, read with plain yaml (the baselines must not depend on ehrjepa)
+def table_path(mimic_dir: Path, name: str) -> Path:
+    p = find_table(mimic_dir, MODULES[name], name)
+    if p is None:
+        raise FileNotFoundError(f"{name} not found under {mimic_dir}/{MODULES[name]}/ "
+                                f"({', '.join(FORMATS)})")
+    return p
 
-# conversion name in configs/features.yaml -> (sub, mul): converted = (valuenum - sub) * mul
-CONVERSIONS = {"fahrenheit_to_celsius": (32.0, 5.0 / 9.0)}
 
+def catalog_rows(config: str | Path | None, table: str) -> tuple[list, ...]:
+    """Columns (itemid, feature, add, mul, lo, hi) of the catalog's itemids of `table`, what the
+    baselines join on: converted = (valuenum + add) * mul, kept when lo <= converted <= hi."""
+    from ehrjepa.data.catalog import CONVERSIONS, load_catalog
 
-def load_spec(config: str | Path | None) -> list[dict]:
-    """One row per catalog itemid: itemid, table, feature, sub, mul, lo, hi.
-
-    configs/features.yaml lists features, each with name, table (chartevents or labevents),
-    itemids, optional convert {itemid: conversion name} and valid [low, high] (inclusive, after
-    conversion)."""
-    import yaml
-    path = Path(config) if config else DEFAULT_CONFIG
-    if not path.exists():
-        raise FileNotFoundError(f"feature catalog not found: {path}")
-    doc = yaml.safe_load(path.read_text())
-    spec = []
-    for k, f in enumerate(doc["features"]):
-        where = f"{path}: features[{k}] ({f.get('name', '?')})"
-        if f.get("table") not in ("chartevents", "labevents"):
-            raise ValueError(f"{where}: table must be chartevents or labevents, got {f.get('table')!r}")
-        lo, hi = (float(x) for x in f["valid"])
-        convert = {int(i): c for i, c in (f.get("convert") or {}).items()}
-        for itemid in f["itemids"]:
-            conv = convert.get(int(itemid))
-            if conv is not None and conv not in CONVERSIONS:
-                raise ValueError(f"{where}: unknown conversion {conv!r}")
-            sub, mul = CONVERSIONS[conv] if conv else (0.0, 1.0)
-            spec.append({"itemid": int(itemid), "table": f["table"], "feature": f["name"],
-                         "sub": sub, "mul": mul, "lo": lo, "hi": hi})
-    return spec
+    rows = [(i, f.name, *CONVERSIONS.get(f.convert.get(i), (0.0, 1.0)), *f.valid)
+            for f in load_catalog(config).features if f.table == table for i in f.itemids]
+    return tuple(list(c) for c in zip(*rows)) if rows else ([],) * 6
 
 
 # ----------------------------------------------------------------------------------------------
 # input data
 
-def find_table(mimic_dir: Path, name: str) -> Path:
-    for ext in ("parquet", "csv.gz", "csv"):
-        p = Path(mimic_dir) / TABLES[name] / f"{name}.{ext}"
-        if p.exists():
-            return p
-    raise FileNotFoundError(f"{name} not found under {mimic_dir}/{TABLES[name]}/ (csv, csv.gz, parquet)")
-
-
-def _write_synthetic():
-    try:
-        from ehrjepa.synth import write_synthetic
-    except ImportError:
-        return None
-    return write_synthetic
-
-
 def make_input(workdir: Path, rows: int, fmt: str, seed: int = 0, log=print) -> tuple[Path, dict]:
     """MIMIC-format input with about `rows` chartevents rows in format `fmt`; reused if present."""
-    write_synthetic = _write_synthetic()
-    generator = "ehrjepa.synth" if write_synthetic else "bench.fallback"
+    from ehrjepa.synth import write_synthetic
+
+    generator = "ehrjepa.synth"
     d = workdir / "data" / f"{generator}-{rows}-seed{seed}" / fmt.replace(".", "_")
     info_path = d / "bench_input.json"
     if info_path.exists():
         return d, json.loads(info_path.read_text())
-    patients = patients_for_rows(workdir, rows, seed, write_synthetic, log)
+    patients = patients_for_rows(workdir, rows, seed, log)
     if d.exists():
         shutil.rmtree(d)
     d.mkdir(parents=True)
     log(f"writing {fmt} input: {patients} patients (~{rows:,} chartevents rows) -> {d}")
     t0 = time.perf_counter()
-    if write_synthetic:
-        counts = write_synthetic(d, patients, seed=seed, fmt=fmt, progress=True)
-    else:
-        counts = write_fallback(d, patients, seed=seed, fmt=fmt)
+    counts = write_synthetic(d, patients, seed=seed, fmt=fmt, progress=True)
     info = {"generator": generator, "patients": patients, "seed": seed, "format": fmt,
             "rows": {k: int(v) for k, v in dict(counts).items()},
-            "chartevents_bytes": find_table(d, "chartevents").stat().st_size,
+            "chartevents_bytes": table_path(d, "chartevents").stat().st_size,
             "write_s": round(time.perf_counter() - t0, 2)}
     info_path.write_text(json.dumps(info, indent=2))
     return d, info
 
 
-def patients_for_rows(workdir: Path, rows: int, seed: int, write_synthetic, log) -> int:
+def patients_for_rows(workdir: Path, rows: int, seed: int, log) -> int:
     """Patient count giving about `rows` chartevents rows, from a small calibration run."""
+    from ehrjepa.synth import write_synthetic
+
     cal_patients = 300
-    cal_dir = workdir / "data" / f"calibration-{'synth' if write_synthetic else 'fallback'}-{seed}"
+    cal_dir = workdir / "data" / f"calibration-synth-{seed}"
     cal_info = cal_dir / "rows.json"
     if cal_info.exists():
         per_patient = json.loads(cal_info.read_text())["per_patient"]
@@ -138,153 +106,12 @@ def patients_for_rows(workdir: Path, rows: int, seed: int, write_synthetic, log)
         if cal_dir.exists():
             shutil.rmtree(cal_dir)
         cal_dir.mkdir(parents=True)
-        if write_synthetic:
-            counts = write_synthetic(cal_dir / "mimic", cal_patients, seed=seed, fmt="csv", progress=False)
-        else:
-            counts = write_fallback(cal_dir / "mimic", cal_patients, seed=seed, fmt="csv")
+        counts = write_synthetic(cal_dir / "mimic", cal_patients, seed=seed, fmt="csv", progress=False)
         per_patient = counts["chartevents"] / cal_patients
         shutil.rmtree(cal_dir / "mimic")
         cal_info.write_text(json.dumps({"per_patient": per_patient}))
         log(f"calibration: {per_patient:.0f} chartevents rows per patient")
     return max(1, round(rows / per_patient))
-
-
-def write_fallback(out: Path, patients: int, seed: int = 0, fmt: str = "csv.gz",
-                   block: int = 500) -> dict:
-    """A minimal stand-in for ehrjepa.synth: the seven tables in MIMIC-IV v2.2 column layout,
-    one admission and one ICU stay per patient, vitals about hourly, labs every ~8 h, a few
-    dirty rows (out of range, text-only labs, labs without hadm_id, events outside the stay).
-    Written in blocks of patients so memory stays flat."""
-    import pyarrow as pa
-
-    spec = load_spec(None)
-    chart_items = np.array([r["itemid"] for r in spec if r["table"] == "chartevents"], np.int64)
-    lab_items = np.array([r["itemid"] for r in spec if r["table"] == "labevents"], np.int64)
-    rng = np.random.default_rng(seed)
-    writers = _Writers(Path(out), fmt)
-    counts = {name: 0 for name in TABLES}
-    base = np.int64(4_600_000_000)  # seconds since 1970, year ~2115 like MIMIC's shifted dates
-    labevent_id = 0
-    for b0 in range(0, patients, block):
-        n = min(block, patients - b0)
-        idx = np.arange(b0, b0 + n, dtype=np.int64)
-        subject, hadm, stay = 10_000_000 + idx, 20_000_000 + idx, 30_000_000 + idx
-        admit = base + idx * 86400 * 3 + rng.integers(0, 86400, n)
-        intime = admit + rng.integers(0, 48 * 3600, n)
-        los_s = np.clip(rng.lognormal(np.log(60 * 3600), 0.8, n), 4 * 3600, 600 * 3600).astype(np.int64)
-        outtime = intime + los_s
-        disch = outtime + rng.integers(3600, 10 * 86400, n)
-        died = rng.random(n) < 0.1
-        ts = lambda s: pa.array(np.asarray(s, np.int64).astype("datetime64[s]"))
-        writers.write("patients", pa.table({
-            "subject_id": subject, "gender": np.where(rng.random(n) < 0.5, "F", "M"),
-            "anchor_age": rng.integers(18, 91, n), "anchor_year": np.full(n, 2150),
-            "anchor_year_group": np.full(n, "2011 - 2013"),
-            "dod": pa.array(np.where(died, disch, 0).astype("datetime64[s]").astype("datetime64[D]"),
-                            mask=~died)}))
-        writers.write("admissions", pa.table({
-            "subject_id": subject, "hadm_id": hadm, "admittime": ts(admit), "dischtime": ts(disch),
-            "deathtime": pa.array(disch.astype("datetime64[s]"), mask=~died),
-            "admission_type": np.full(n, "URGENT"), "admit_provider_id": np.full(n, "P00000"),
-            "admission_location": np.full(n, "EMERGENCY ROOM"),
-            "discharge_location": np.where(died, "DIED", "HOME"), "insurance": np.full(n, "Other"),
-            "language": np.full(n, "ENGLISH"), "marital_status": np.full(n, "SINGLE"),
-            "race": np.full(n, "UNKNOWN"), "edregtime": pa.nulls(n, pa.timestamp("s")),
-            "edouttime": pa.nulls(n, pa.timestamp("s")), "hospital_expire_flag": died.astype(np.int8)}))
-        writers.write("icustays", pa.table({
-            "subject_id": subject, "hadm_id": hadm, "stay_id": stay,
-            "first_careunit": np.full(n, "Medical Intensive Care Unit (MICU)"),
-            "last_careunit": np.full(n, "Medical Intensive Care Unit (MICU)"),
-            "intime": ts(intime), "outtime": ts(outtime), "los": los_s / 86400.0}))
-        # chartevents: ~10 per hour from 7 h before intime to 1 h after outtime, sorted per stay
-        per_stay = ((los_s + 8 * 3600) / 3600 * 10).astype(np.int64)
-        m = int(per_stay.sum())
-        who = np.repeat(np.arange(n), per_stay)
-        t = intime[who] - 7 * 3600 + (rng.random(m) * (los_s[who] + 8 * 3600)).astype(np.int64)
-        order = np.lexsort((t, who))
-        who, t = who[order], t[order]
-        item = chart_items[rng.integers(0, len(chart_items), m)]
-        val = np.round(rng.normal(80, 15, m), 1)
-        val = np.where(item == 223761, np.round(rng.normal(98.6, 1.5, m), 1), val)
-        val = np.where(item == 223762, np.round(rng.normal(37, 0.8, m), 1), val)
-        val[rng.random(m) < 0.002] = 99999.0  # out of range
-        writers.write("chartevents", pa.table({
-            "subject_id": subject[who], "hadm_id": hadm[who], "stay_id": stay[who],
-            "caregiver_id": rng.integers(1000, 99999, m), "charttime": ts(t), "storetime": ts(t + 300),
-            "itemid": item, "value": pa.array(val).cast(pa.string()), "valuenum": val,
-            "valueuom": np.where(item == 220045, "bpm", "mmHg"), "warning": np.zeros(m, np.int8)}))
-        counts["chartevents"] += m
-        # labevents: ~13 * 0.7 results every 8 h, some outside the stay, 20 % without hadm_id
-        per_stay = np.maximum(1, (los_s + 24 * 3600) // (8 * 3600) * 9)
-        m = int(per_stay.sum())
-        who = np.repeat(np.arange(n), per_stay)
-        t = intime[who] - 24 * 3600 + (rng.random(m) * (los_s[who] + 24 * 3600)).astype(np.int64)
-        item = lab_items[rng.integers(0, len(lab_items), m)]
-        val = np.round(rng.lognormal(2.0, 1.0, m), 2)
-        text_only = rng.random(m) < 0.03
-        no_hadm = rng.random(m) < 0.2
-        writers.write("labevents", pa.table({
-            "labevent_id": np.arange(labevent_id, labevent_id + m), "subject_id": subject[who],
-            "hadm_id": pa.array(hadm[who], mask=no_hadm), "specimen_id": rng.integers(1, 10**8, m),
-            "itemid": item, "order_provider_id": pa.nulls(m, pa.string()), "charttime": ts(t),
-            "storetime": ts(t + 3600),
-            "value": pa.array(np.where(text_only, "___", val.astype(str))),
-            "valuenum": pa.array(val, mask=text_only), "valueuom": np.full(m, "mg/dL"),
-            "ref_range_lower": np.zeros(m), "ref_range_upper": np.full(m, 100.0),
-            "flag": pa.nulls(m, pa.string()), "priority": np.full(m, "ROUTINE"),
-            "comments": pa.nulls(m, pa.string())}))
-        labevent_id += m
-        counts["labevents"] += m
-        counts["patients"] += n
-        counts["admissions"] += n
-        counts["icustays"] += n
-    writers.write("d_items", pa.table({
-        "itemid": chart_items, "label": [f"item {i}" for i in chart_items],
-        "abbreviation": [f"i{i}" for i in chart_items], "linksto": ["chartevents"] * len(chart_items),
-        "category": ["Routine Vital Signs"] * len(chart_items), "unitname": ["bpm"] * len(chart_items),
-        "param_type": ["Numeric"] * len(chart_items), "lownormalvalue": pa.nulls(len(chart_items), pa.float64()),
-        "highnormalvalue": pa.nulls(len(chart_items), pa.float64())}))
-    writers.write("d_labitems", pa.table({
-        "itemid": lab_items, "label": [f"lab {i}" for i in lab_items], "fluid": ["Blood"] * len(lab_items),
-        "category": ["Chemistry"] * len(lab_items)}))
-    counts["d_items"], counts["d_labitems"] = len(chart_items), len(lab_items)
-    writers.close()
-    return counts
-
-
-class _Writers:
-    """One streaming writer per table: csv, csv.gz (ISA-L, level 1) or parquet."""
-
-    def __init__(self, out: Path, fmt: str):
-        if fmt not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-        self.out, self.fmt, self.open = out, fmt, {}
-
-    def write(self, name: str, table):
-        import pyarrow.csv as pacsv
-        import pyarrow.parquet as pq
-        if name not in self.open:
-            path = self.out / TABLES[name] / f"{name}.{self.fmt}"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if self.fmt == "parquet":
-                self.open[name] = (None, pq.ParquetWriter(path, table.schema))
-            else:
-                if self.fmt == "csv.gz":
-                    from isal import igzip
-                    sink = igzip.open(path, "wb", compresslevel=1)
-                else:
-                    sink = open(path, "wb")
-                sink.write((",".join(table.column_names) + "\n").encode())
-                writer = pacsv.CSVWriter(sink, table.schema, write_options=pacsv.WriteOptions(
-                    include_header=False, quoting_style="none"))
-                self.open[name] = (sink, writer)
-        self.open[name][1].write_table(table)
-
-    def close(self):
-        for sink, writer in self.open.values():
-            writer.close()
-            if sink is not None:
-                sink.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -296,25 +123,19 @@ def run_ehrjepa(mimic_dir: Path, out: Path, config: str | None) -> int:
     return int(json.loads((out / "manifest.json").read_text())["total_hours"])
 
 
-def _spec_rows(spec, table):
-    rows = [r for r in spec if r["table"] == table]
-    return ([r["itemid"] for r in rows], [r["feature"] for r in rows], [r["sub"] for r in rows],
-            [r["mul"] for r in rows], [r["lo"] for r in rows], [r["hi"] for r in rows])
-
-
-def run_duckdb(mimic_dir: Path, out: Path, spec: list[dict]) -> int:
+def run_duckdb(mimic_dir: Path, out: Path, config: str | None) -> int:
     import duckdb
     import pyarrow as pa
     con = duckdb.connect()
     for table in ("chartevents", "labevents"):
-        ids, feats, sub, mul, lo, hi = _spec_rows(spec, table)
+        ids, feats, add, mul, lo, hi = catalog_rows(config, table)
         con.register(f"spec_{table}_arrow", pa.table({
-            "itemid": pa.array(ids, pa.int64()), "feature": feats, "sub": sub, "mul": mul,
+            "itemid": pa.array(ids, pa.int64()), "feature": feats, "add": add, "mul": mul,
             "lo": pa.array(lo, pa.float64()), "hi": pa.array(hi, pa.float64())}))
         con.execute(f"create temp table spec_{table} as select * from spec_{table}_arrow")
 
     def src(name, types):
-        p = find_table(mimic_dir, name)
+        p = table_path(mimic_dir, name)
         if p.suffix == ".parquet":
             return f"read_parquet('{p}')"
         struct = ", ".join(f"'{k}': '{v}'" for k, v in types.items())
@@ -334,7 +155,7 @@ def run_duckdb(mimic_dir: Path, out: Path, spec: list[dict]) -> int:
       copy (
         with ce as (
           select c.stay_id::BIGINT as stay_id, epoch(c.charttime::TIMESTAMP)::BIGINT as t, s.feature,
-                 (c.valuenum::DOUBLE - s.sub) * s.mul as v, s.lo, s.hi
+                 (c.valuenum::DOUBLE + s.add) * s.mul as v, s.lo, s.hi
           from {ce} c join spec_chartevents s on c.itemid::BIGINT = s.itemid
           where c.valuenum is not null),
         ce_kept as (
@@ -344,7 +165,7 @@ def run_duckdb(mimic_dir: Path, out: Path, spec: list[dict]) -> int:
         lab as (
           select l.labevent_id::BIGINT as labevent_id, l.subject_id::BIGINT as subject_id,
                  epoch(l.charttime::TIMESTAMP)::BIGINT as t, s.feature,
-                 (l.valuenum::DOUBLE - s.sub) * s.mul as v, s.lo, s.hi
+                 (l.valuenum::DOUBLE + s.add) * s.mul as v, s.lo, s.hi
           from {lab} l join spec_labevents s on l.itemid::BIGINT = s.itemid
           where l.valuenum is not null),
         lab_kept as (
@@ -362,11 +183,11 @@ def run_duckdb(mimic_dir: Path, out: Path, spec: list[dict]) -> int:
     return con.execute(f"select count(*) from '{out / 'agg.parquet'}'").fetchone()[0]
 
 
-def run_polars(mimic_dir: Path, out: Path, spec: list[dict]) -> int:
+def run_polars(mimic_dir: Path, out: Path, config: str | None) -> int:
     import polars as pl
 
     def scan(name, cols, ints):
-        p = find_table(mimic_dir, name)
+        p = table_path(mimic_dir, name)
         if p.suffix == ".parquet":
             lf = pl.scan_parquet(p).select(cols)
         else:
@@ -382,13 +203,13 @@ def run_polars(mimic_dir: Path, out: Path, spec: list[dict]) -> int:
         return lf.with_columns(casts)
 
     def spec_frame(table):
-        ids, feats, sub, mul, lo, hi = _spec_rows(spec, table)
-        return pl.LazyFrame({"itemid": ids, "feature": feats, "sub": sub, "mul": mul, "lo": lo, "hi": hi},
+        ids, feats, add, mul, lo, hi = catalog_rows(config, table)
+        return pl.LazyFrame({"itemid": ids, "feature": feats, "add": add, "mul": mul, "lo": lo, "hi": hi},
                             schema_overrides={"itemid": pl.Int64, "lo": pl.Float64, "hi": pl.Float64})
 
     stays = scan("icustays", ["stay_id", "subject_id", "intime", "outtime"], ["stay_id", "subject_id"]) \
         .rename({"intime": "t_in", "outtime": "t_out"}).filter(pl.col("t_out") > pl.col("t_in"))
-    v = ((pl.col("valuenum") - pl.col("sub")) * pl.col("mul")).alias("v")
+    v = ((pl.col("valuenum") + pl.col("add")) * pl.col("mul")).alias("v")
     ce = (scan("chartevents", ["stay_id", "charttime", "itemid", "valuenum"], ["stay_id", "itemid"])
           .join(spec_frame("chartevents"), on="itemid")
           .with_columns(v).filter(pl.col("v").is_between(pl.col("lo"), pl.col("hi")))
@@ -414,11 +235,11 @@ def run_polars(mimic_dir: Path, out: Path, spec: list[dict]) -> int:
     return agg.height
 
 
-def run_pandas(mimic_dir: Path, out: Path, spec: list[dict]) -> int:
+def run_pandas(mimic_dir: Path, out: Path, config: str | None) -> int:
     import pandas as pd
 
     def read(name, cols):
-        p = find_table(mimic_dir, name)
+        p = table_path(mimic_dir, name)
         if p.suffix == ".parquet":
             df = pd.read_parquet(p, columns=cols)
         else:
@@ -431,12 +252,12 @@ def run_pandas(mimic_dir: Path, out: Path, spec: list[dict]) -> int:
         return df
 
     def spec_frame(table):
-        ids, feats, sub, mul, lo, hi = _spec_rows(spec, table)
-        return pd.DataFrame({"itemid": ids, "feature": feats, "sub": sub, "mul": mul, "lo": lo, "hi": hi})
+        ids, feats, add, mul, lo, hi = catalog_rows(config, table)
+        return pd.DataFrame({"itemid": ids, "feature": feats, "add": add, "mul": mul, "lo": lo, "hi": hi})
 
     def convert(df, table):
         df = df.merge(spec_frame(table), on="itemid")
-        df["v"] = (df["valuenum"] - df["sub"]) * df["mul"]
+        df["v"] = (df["valuenum"] + df["add"]) * df["mul"]
         return df[(df["v"] >= df["lo"]) & (df["v"] <= df["hi"])]
 
     stays = read("icustays", ["stay_id", "subject_id", "intime", "outtime"]) \
@@ -465,8 +286,7 @@ def run_child(tool: str, mimic_dir: Path, out: Path, config: str | None) -> int:
     if tool == "ehrjepa":
         groups = run_ehrjepa(mimic_dir, out, config)
     else:
-        spec = load_spec(config)
-        groups = {"duckdb": run_duckdb, "polars": run_polars, "pandas": run_pandas}[tool](mimic_dir, out, spec)
+        groups = {"duckdb": run_duckdb, "polars": run_polars, "pandas": run_pandas}[tool](mimic_dir, out, config)
     print(json.dumps({"tool": tool, "inner_s": round(time.perf_counter() - t0, 3), "groups": int(groups)}))
     return 0
 
@@ -552,6 +372,18 @@ def compare_aggregations(ours_path: Path, theirs_path: Path, rtol: float = 1e-4)
 # ----------------------------------------------------------------------------------------------
 # the benchmark
 
+def result_rows(best: dict, runs: list[dict]) -> list[dict]:
+    """bench/results.csv rows: each (rows, format, tool)'s best run, and the failed ones."""
+    rows = [{"benchmark": "preprocess", "case": f"{fmt} {rows_target:,}", "shape": f"{r['rows']:,} rows",
+             "tool": tool, "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
+             "rss_mb": r["peak_rss_bytes"] / 2**20} for (rows_target, fmt, tool), r in best.items()]
+    failed = {(r["rows_target"], r["format"], r["tool"]): r for r in runs if "error" in r}
+    rows += [{"benchmark": "preprocess", "case": f"{fmt} {rows_target:,}", "tool": tool,
+              "status": f"failed: {r['error']}"}
+             for (rows_target, fmt, tool), r in failed.items() if (rows_target, fmt, tool) not in best]
+    return rows
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", default=None,
                         help="chartevents row counts, comma separated (default 5000000,50000000)")
@@ -567,6 +399,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="smoke run: 200,000 rows, csv and parquet (unless --rows/--formats say)")
     parser.add_argument("--no-check", action="store_true", help="skip the ehrjepa vs DuckDB agreement check")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per tool run")
+    results_module.add_option(parser)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--mimic-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -659,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
                 table.append([f"{r['rows']:,}", fmt, f"{r['input_bytes'] / 1e6:,.0f}", tool,
                               f"{r['wall_s']:.2f}", f"{r['cpu_s']:.2f}", fmt_bytes(r["peak_rss_bytes"]),
                               speed])
+    record = results_module.destination(args.results, args.quick)
+    if record:
+        results_module.append_rows(result_rows(best, results["runs"]), record,
+                                   packages=("numba", "pyarrow", "duckdb", "polars", "pandas"))
     results["table"] = markdown_table(
         ["chartevents rows", "format", "input MB", "tool", "wall s", "cpu s", "peak RSS", "vs DuckDB"],
         table)
@@ -672,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{'agree' if c['agree'] else 'DISAGREE'}: {c['groups_ehrjepa']:,} / {c['groups_baseline']:,} groups, "
               f"{c['events_ehrjepa']:,} / {c['events_baseline']:,} events")
     print(f"\nJSON: {json_path}")
+    if record:
+        print(f"rows appended to {record}")
     failed = [r for r in results["runs"] if "error" in r]
     disagree = [c for c in results["checks"] if not c["agree"]]
     return 1 if failed or disagree else 0

@@ -7,8 +7,8 @@ import importlib.util
 
 import pytest
 
-from bench.preprocess import (aggregation_dict, compare_aggregations, load_spec, make_input,
-                              run_child, write_fallback)
+from bench.preprocess import (aggregation_dict, compare_aggregations, catalog_rows, make_input,
+                              run_child)
 
 BASELINES = [t for t in ("duckdb", "polars", "pandas") if importlib.util.find_spec(t)]
 
@@ -82,17 +82,21 @@ def hand_tables(tmp_path_factory):
     return d
 
 
-def test_spec_has_the_required_features():
-    spec = {r["itemid"]: r for r in load_spec(None)}
-    assert spec[220045]["feature"] == "heart_rate" and spec[220045]["table"] == "chartevents"
-    assert (spec[220045]["lo"], spec[220045]["hi"]) == (0, 390)
-    f = spec[223761]
-    assert f["feature"] == "temperature" and abs((98.6 - f["sub"]) * f["mul"] - 37.0) < 1e-9
-    assert spec[223762]["sub"] == 0 and spec[223762]["mul"] == 1
+def test_catalog_rows_have_the_required_features():
+    def rows(table):
+        return {r[0]: dict(zip(("feature", "add", "mul", "lo", "hi"), r[1:]))
+                for r in zip(*catalog_rows(None, table))}
+
+    chart, labs = rows("chartevents"), rows("labevents")
+    assert chart[220045]["feature"] == "heart_rate"
+    assert (chart[220045]["lo"], chart[220045]["hi"]) == (0, 390)
+    f = chart[223761]  # the catalog's convention: (value + add) * mul
+    assert f["feature"] == "temperature" and abs((98.6 + f["add"]) * f["mul"] - 37.0) < 1e-9
+    assert chart[223762]["add"] == 0 and chart[223762]["mul"] == 1
     for itemid in (220050, 220179, 225309):
-        assert spec[itemid]["feature"] == "sbp"
-    assert spec[50912]["feature"] == "creatinine" and spec[50912]["table"] == "labevents"
-    assert spec[50820]["feature"] == "ph"
+        assert chart[itemid]["feature"] == "sbp"
+    assert labs[50912]["feature"] == "creatinine" and 50912 not in chart
+    assert labs[50820]["feature"] == "ph"
 
 
 @pytest.mark.parametrize("tool", BASELINES)
@@ -105,18 +109,13 @@ def test_baseline_on_hand_written_tables(tool, hand_tables, tmp_path, capsys):
         assert got[key][1] == pytest.approx(mean, rel=1e-9), key
 
 
-@pytest.fixture(scope="module", params=["bench.fallback", "ehrjepa.synth"])
-def tiny_input(request, tmp_path_factory):
-    """A tiny generated input: the benchmark's own minimal generator, and ehrjepa synth (whose
-    dirty rows cover more cases) where it is in this checkout."""
+@pytest.fixture(scope="module")
+def tiny_input(tmp_path_factory):
+    """A tiny input from ehrjepa synth (its dirty rows cover many cases)."""
+    from ehrjepa.synth import write_synthetic
+
     out = tmp_path_factory.mktemp("gen") / "mimic"
-    if request.param == "bench.fallback":
-        write_fallback(out, patients=30, seed=1, fmt="csv")
-    else:
-        synth = pytest.importorskip("ehrjepa.synth")
-        if not hasattr(synth, "write_synthetic"):
-            pytest.skip("ehrjepa.synth.write_synthetic not in this checkout yet")
-        synth.write_synthetic(out, 30, seed=1, fmt="csv", progress=False)
+    write_synthetic(out, 30, seed=1, fmt="csv", progress=False)
     return out
 
 
