@@ -11,7 +11,7 @@ import torch
 from ehrjepa.config import load_config
 from ehrjepa.train import train
 from ehrjepa.models.checkpoint import load_checkpoint
-from ehrjepa.train.metrics import read_metrics
+from ehrjepa.metrics_csv import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = REPO / "configs" / "micro.yaml"

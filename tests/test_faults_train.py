@@ -40,7 +40,7 @@ def ok(done):
 
 
 def losses(run):
-    from ehrjepa.train.metrics import read_metrics
+    from ehrjepa.metrics_csv import read_metrics
 
     return [(r["step"], r["loss"]) for r in read_metrics(run / "metrics.csv")]
 

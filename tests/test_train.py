@@ -12,7 +12,8 @@ from ehrjepa.train import loop
 from ehrjepa.models.checkpoint import load_checkpoint, save_checkpoint
 from ehrjepa.train.rng import rng_state, set_rng_state
 from ehrjepa.train.loop import TrainingDiverged, train
-from ehrjepa.train.metrics import COLUMNS, collapse_warning, rankme, read_metrics, target_std
+from ehrjepa.metrics_csv import COLUMNS, metric_series, read_metrics
+from ehrjepa.train.metrics import collapse_warning, rankme, target_std
 from ehrjepa.train.schedules import cosine, linear, lr_at
 
 from pathlib import Path
@@ -275,7 +276,6 @@ def test_cli_train_and_resume(tmp_path, data_dir, capsys):
 
 
 def test_read_metrics_errors_name_the_line_and_series_skip_blanks(tmp_path):
-    from ehrjepa.train.metrics import metric_series
 
     path = tmp_path / "metrics.csv"
     path.write_text("step,loss,val_loss\n1,0.5,\n2,0.25,0.4\n")

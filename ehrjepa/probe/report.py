@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ehrjepa.metrics_csv import metric_series, read_metrics
 from ehrjepa.probe.tasks import OUTCOMES
 
 # Below these, the markdown says plainly that the test split is tiny (the numbers cannot rank the
@@ -245,38 +246,10 @@ def plot_label_efficiency(task: str, methods: dict[str, dict[str, dict]], path: 
     plt.close(fig)
 
 
-def read_curves(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{column: (steps, values)} of every numeric column of RUN/metrics.csv, blanks dropped.
-
-    Not `ehrjepa.train.metrics.read_metrics`: evaluation does not import the training app (and
-    torch with it), and a column that is not numeric is skipped here, not an error."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "step" not in reader.fieldnames:
-            raise ValueError(f"{path}: no 'step' column in the header")
-        rows = list(reader)
-    series = {}
-    for col in reader.fieldnames:
-        if col == "step":
-            continue
-        steps, values = [], []
-        for line, row in enumerate(rows, start=2):
-            v = row.get(col)
-            if v in (None, ""):
-                continue
-            try:
-                steps.append(float(row["step"]))
-                values.append(float(v))
-            except ValueError:
-                continue  # a non-numeric column (e.g. a phase name): not a curve
-        if values:
-            series[col] = (np.asarray(steps), np.asarray(values))
-    return series
-
-
 def plot_training_curves(metrics_csv: Path, path: Path) -> bool:
     """Loss and val_loss (left) and RankMe (right) against step; False when there is nothing to plot."""
-    series = read_curves(metrics_csv)
+    series = {k: (np.asarray(steps), np.asarray(values))
+              for k, (steps, values) in metric_series(read_metrics(metrics_csv)).items()}
     if not any(k in series for k in ("loss", "val_loss", "rankme")):
         return False
     plt = _pyplot()

@@ -41,7 +41,8 @@ from ehrjepa.models import build_model  # a module global, so tests can swap it
 from ehrjepa.models.jepa import count_parameters
 from ehrjepa.models.checkpoint import save_checkpoint
 from ehrjepa.train.rng import rng_state, set_rng_state
-from ehrjepa.train.metrics import MetricsLog, collapse_warning, rankme, read_metrics, target_std
+from ehrjepa.metrics_csv import read_metrics
+from ehrjepa.train.metrics import MetricsLog, collapse_warning, rankme, target_std
 from ehrjepa.train.run_folder import checkpoint_candidates, clean_stale_temporaries, load_newest
 from ehrjepa.train.schedules import cosine, linear, lr_at
 
