@@ -1,0 +1,119 @@
+"""`ehrjepa sweep`: search a run config's hyperparameters with Optuna; each trial is a train run in DIR."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="base run config, e.g. configs/micro.yaml (required)")
+    parser.add_argument("--data", required=True, help="processed data folder (the OUT of `ehrjepa preprocess`) "
+                                                      "(required)")
+    parser.add_argument("--space", required=True,
+                        help="SPACE.yaml: dotted config keys with a distribution each, e.g. "
+                             "configs/sweeps/micro.yaml (required)")
+    parser.add_argument("--trials", type=int, required=True,
+                        help="the study's total number of trials; a rerun runs only the missing ones (required)")
+    parser.add_argument("--study-dir", required=True,
+                        help="where the trials' run folders, study.db, best.yaml, trials.csv and plots go "
+                             "(required)")
+    parser.add_argument("--storage", default=None,
+                        help="Optuna storage URL shared by several processes, e.g. postgresql://user@host/db "
+                             "(default: sqlite:///STUDY_DIR/study.db)")
+    parser.add_argument("--study-name", default="sweep", help="study name in the storage (default: sweep)")
+    parser.add_argument("--objective", choices=("probe", "val_loss"), default="probe",
+                        help="probe: validation AUROC of a frozen logistic probe (maximised); val_loss: "
+                             "validation loss (minimised) (default: probe)")
+    parser.add_argument("--task", default="mortality_hosp",
+                        help="the probe objective's task (default: mortality_hosp)")
+    parser.add_argument("--label-fraction", type=float, default=1.0,
+                        help="the probe objective fits on this fraction of the train subjects (default: 1)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the TPE sampler and of the label fraction; give each process of a "
+                             "shared study its own (default: 0)")
+    parser.add_argument("--prune-after", type=int, default=5,
+                        help="trials that must finish before the median pruner stops any (default: 5)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a base config value for every trial, e.g. --set train.max_steps=500 "
+                             "(repeatable; default: none)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ehrjepa.config import ConfigError, config_to_dict, load_config
+    from ehrjepa.sweep.objective import OBJECTIVES, Objective, ProbeScorer, TrialFailed
+    from ehrjepa.sweep.space import SpaceError, load_space
+    from ehrjepa.sweep.study import (SweepError, counts, fail_dead_local_trials, open_study, storage_url,
+                                     write_outputs)
+    from ehrjepa.probe.tasks import HOURS
+
+    study_dir, data_dir = Path(args.study_dir), Path(args.data).resolve()
+    try:
+        if args.trials < 1:
+            raise ValueError(f"--trials {args.trials}: expected >= 1")
+        if args.prune_after < 0:
+            raise ValueError(f"--prune-after {args.prune_after}: expected >= 0")
+        base = load_config(args.config, args.overrides)
+        base_raw = config_to_dict(base)
+        base_raw["data"]["path"] = str(data_dir)
+        params = load_space(args.space, base_raw)
+        if not (data_dir / "stays.parquet").is_file():
+            raise ValueError(f"{data_dir}: not a processed data folder (no stays.parquet); run `ehrjepa preprocess`")
+        scorer = None
+        if args.objective == "probe":
+            scorer = ProbeScorer(data_dir, args.task, HOURS, args.label_fraction, args.seed)
+        if study_dir.exists() and not study_dir.is_dir():
+            raise ValueError(f"--study-dir {study_dir} is a file")
+        study_dir.mkdir(parents=True, exist_ok=True)
+        record = {"objective": args.objective, "task": args.task if scorer else None,
+                  "label_fraction": args.label_fraction if scorer else None,
+                  "space": {p.key: p.describe() for p in params},
+                  "base": {**base_raw, "data": {k: v for k, v in base_raw["data"].items() if k != "path"}}}
+        url = storage_url(study_dir, args.storage)
+        study = open_study(url, args.study_name, OBJECTIVES[args.objective], args.seed, args.prune_after, record)
+    except (ConfigError, SpaceError, SweepError, ValueError, OSError) as e:
+        print(f"ehrjepa sweep: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+    from ehrjepa.train.loop import TrainingDiverged
+
+    objective = Objective(base_raw, params, study_dir, args.objective, scorer)
+    print(f"ehrjepa sweep: study '{args.study_name}' in {url}, {args.objective} "
+          f"({OBJECTIVES[args.objective]}), {len(params)} parameter(s), {args.trials} trials in all")
+
+    def report(study, trial):
+        value = "-" if trial.value is None else f"{trial.value:.4f}"
+        last = max(trial.intermediate_values, default=None)
+        where = f" at step {last}" if trial.state.name == "PRUNED" and last is not None else ""
+        try:
+            best = f"best {study.best_value:.4f} (trial {study.best_trial.number})"
+        except ValueError:
+            best = "no best yet"
+        print(f"trial {trial.number}: {trial.state.name.lower()}{where}, value {value}; {best}")
+
+    start = time.perf_counter()
+    ran = 0
+    while True:
+        for number in fail_dead_local_trials(study):
+            print(f"trial {number}: marked failed (left running by a process on this host that is gone)")
+        n = counts(study)
+        done = n.get("COMPLETE", 0) + n.get("PRUNED", 0) + n.get("FAIL", 0)
+        if done + n.get("RUNNING", 0) >= args.trials:
+            break
+        study.optimize(objective, n_trials=1, callbacks=[report],
+                       catch=(TrialFailed, TrainingDiverged, ConfigError))
+        ran += 1
+    n = counts(study)
+    notes = write_outputs(study, study_dir, base_raw, str(data_dir), args.objective)
+    summary = ", ".join(f"{v} {k.lower()}" for k, v in sorted(n.items()))
+    print(f"done: {ran} trial(s) run now in {time.perf_counter() - start:.0f} s; the study has {summary}")
+    if n.get("RUNNING"):
+        print(f"  {n['RUNNING']} trial(s) still running in other processes: rerun to refresh the outputs")
+    for note in notes:
+        print(f"  note: {note}")
+    if (study_dir / "best.yaml").is_file() and n.get("COMPLETE"):
+        print(f"  best     {study.best_value:.4f}, trial {study.best_trial.number}: {study.best_trial.params}")
+        print(f"  outputs  {study_dir / 'best.yaml'}, {study_dir / 'trials.csv'}, {study_dir}/*.png")
+        return 0
+    return 1

@@ -1,0 +1,173 @@
+"""The Optuna study: storage, sampler and pruner, resume, and the outputs a sweep leaves in DIR.
+
+The study lives in an RDB storage: by default SQLite in DIR/study.db (an embedded database,
+nothing to start); `--storage URL` (e.g. postgresql://...) lets processes on several machines share
+one study, which is Optuna's own distributed mode. `--trials N` is the study's total: a run starts
+trials until COMPLETE + PRUNED + FAIL + RUNNING (another process's) reach N, so a rerun after a
+kill runs only the missing ones.
+
+A trial left RUNNING by a killed process is marked FAIL by hand on the next start when it ran on
+this host and its process is gone (the trial records host and pid); one from another host is
+failed by Optuna's heartbeat (`fail_stale_trials`, which `study.optimize` runs) once it has not
+beaten for GRACE_S seconds.
+
+The study records what it searches (objective, task, label fraction, space, base config without
+data.path); a rerun that asks for something else is an error rather than a mixed study.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from pathlib import Path
+
+import yaml
+
+from ehrjepa.config import config_from_dict, config_to_dict
+from ehrjepa.sweep.space import with_values
+
+HEARTBEAT_S = 60
+GRACE_S = 180
+PLOTS = {  # file -> optuna.visualization.matplotlib function
+    "history.png": "plot_optimization_history",
+    "importances.png": "plot_param_importances",
+    "parallel_coordinates.png": "plot_parallel_coordinate",
+    "intermediate_values.png": "plot_intermediate_values",
+}
+
+
+class SweepError(ValueError):
+    """A study that cannot be (re)started as asked; one line naming what differs."""
+
+
+def storage_url(study_dir: Path, storage: str | None) -> str:
+    return storage or f"sqlite:///{(Path(study_dir) / 'study.db').resolve()}"
+
+
+def open_study(url: str, name: str, direction: str, seed: int, prune_after: int, record: dict):
+    """Create or load study `name` in `url`; SweepError when an existing one searched something else."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep prints its own line per trial
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=seed),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=prune_after))
+    old = study.user_attrs.get("ehrjepa")
+    if old is None:
+        study.set_user_attr("ehrjepa", record)
+        return study
+    for key in ("objective", "task", "label_fraction", "space", "base"):
+        if old.get(key) != record.get(key):
+            what = key
+            if isinstance(old.get(key), dict) and isinstance(record.get(key), dict):
+                what = f"{key} ({first_difference(old[key], record[key])})"
+            raise SweepError(f"study '{name}' in {url} was started with another {what}; "
+                             f"use a new --study-dir or --study-name")
+    return study
+
+
+def first_difference(a: dict, b: dict, prefix: str = "") -> str:
+    """The first dotted key where nested dicts `a` and `b` differ."""
+    for key in list(a) + [k for k in b if k not in a]:
+        if a.get(key) != b.get(key):
+            if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+                return first_difference(a[key], b[key], f"{prefix}{key}.")
+            return f"{prefix}{key}: {a.get(key)!r} then, {b.get(key)!r} now"
+    return "?"
+
+
+def fail_dead_local_trials(study) -> list[int]:
+    """Mark FAIL the RUNNING trials this host's processes left behind when killed; their numbers."""
+    from optuna.trial import TrialState
+
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
+        if host != socket.gethostname() or pid is None or pid == os.getpid() or _alive(pid):
+            continue
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        failed.append(t.number)
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def counts(study) -> dict[str, int]:
+    """{state name: number of trials}, e.g. {"COMPLETE": 3, "FAIL": 1}."""
+    out = {}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def best_config(study, base_raw: dict, data_dir: str) -> dict | None:
+    """The best trial's full config (the base with its values, data.path set), or None if none completed."""
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    raw = with_values(base_raw, study.best_trial.params)
+    raw["data"]["path"] = str(data_dir)
+    return config_to_dict(config_from_dict(raw, source=f"best trial {study.best_trial.number}"))
+
+
+def write_outputs(study, study_dir: Path, base_raw: dict, data_dir: str, objective: str) -> list[str]:
+    """best.yaml, trials.csv and the PNGs in `study_dir`, each written whole; returns notes on what was skipped."""
+    study_dir = Path(study_dir)
+    notes = []
+    cfg = best_config(study, base_raw, data_dir)
+    if cfg is None:
+        notes.append("no trial completed: no best.yaml")
+    else:
+        best = study.best_trial
+        header = (f"# best of study '{study.study_name}': trial {best.number}, {objective} {best.value:.6g}\n"
+                  f"# values: {best.params}\n"
+                  f"# retrain: ehrjepa train --config {study_dir / 'best.yaml'} --run-dir RUN\n")
+        _write_text(study_dir / "best.yaml", header + yaml.safe_dump(cfg, sort_keys=False))
+    _write_text(study_dir / "trials.csv", study.trials_dataframe().to_csv(index=False))
+    notes += write_plots(study, study_dir)
+    return notes
+
+
+def write_plots(study, study_dir: Path) -> list[str]:
+    """Optuna's matplotlib plots of the study; a plot Optuna cannot draw yet is a note, not an error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as vis
+
+    notes = []
+    for name, fn in PLOTS.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ExperimentalWarning, importance fit warnings
+                ax = getattr(vis, fn)(study)
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.set_size_inches(9, 6)
+            fig.tight_layout()
+            tmp = study_dir / f".{name}.tmp"
+            fig.savefig(tmp, dpi=100, format="png")
+            os.replace(tmp, study_dir / name)
+        except Exception as e:  # noqa: BLE001 -- e.g. importances need 2 complete trials
+            notes.append(f"{name} not drawn: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        finally:
+            plt.close("all")
+    return notes
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
