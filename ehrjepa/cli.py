@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "preprocess": ("ehrjepa.data.preprocess", "turn MIMIC-IV tables into hourly per-stay arrays"),
     "train": ("ehrjepa.train.cli", "JEPA pretraining on processed data"),
     "probe": ("ehrjepa.probe.cli", "downstream probes of a pretrained encoder against baselines"),
+    "sweep": ("ehrjepa.sweep.cli", "hyperparameter search over a run config with Optuna (each trial a train run)"),
     "demo": ("ehrjepa.demo", "synth + preprocess + micro pretraining + probe, on CPU"),
 }
 
