@@ -144,10 +144,7 @@ def _aggregate_parquet(name: str, path: Path, lk, stays: Stays, sums: np.ndarray
             if big:
                 _release(sums, counts)
     finally:
-        if pool is not None:
-            pool.shutdown()
-        if bar is not None:
-            bar.close()
+        _close(pool, bar)
     return kept
 
 
@@ -283,8 +280,13 @@ def _scan_csv_events(name: str, path: Path, lk, stays: Stays, sums: np.ndarray,
                     break
                 src.refill(pos, lines)
         finally:
-            if pool is not None:
-                pool.shutdown()
-            if bar is not None:
-                bar.close()
+            _close(pool, bar)
     return kept
+
+
+def _close(pool, bar) -> None:
+    """Stop a driver's helper thread and progress bar (either may be None)."""
+    if pool is not None:
+        pool.shutdown()
+    if bar is not None:
+        bar.close()

@@ -165,6 +165,22 @@ def _locate(lab, s, t, last_key, k, key_ids, subj_start, subj_end, by_subject, i
     return row, last_key, k
 
 
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def _emit(lab, s, t, f, v, last_key, k, key_ids, subj_start, subj_end, by_subject, intime, outtime,
+          offset, n_hours, n_features, out_idx, out_val, n_out, dropped):
+    """The fused kernels' last step: locate the event (feature f, value v) and write it to
+    out_idx / out_val, or count its drop. Returns (n_out, last_key, k)."""
+    row, last_key, k = _locate(lab, s, t, last_key, k, key_ids, subj_start, subj_end, by_subject,
+                               intime, outtime, offset, n_hours)
+    if row < 0:
+        dropped[-1 - row] += 1
+    else:
+        out_idx[n_out] = row * n_features + f
+        out_val[n_out] = v
+        n_out += 1
+    return n_out, last_key, k
+
+
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def aggregate_events(lab, key, charttime, itemid, value, key_ids, subj_start, subj_end,
                      by_subject, intime, outtime, offset, n_hours, feat, add, mul, low, high,
@@ -224,14 +240,9 @@ def scan_arrow(lo, hi, lab, key, key_bits, key_bit0, time, time_bits, time_bit0,
             elif time_div != 1:
                 t = t // time_div
         s = key[r] if arrow_valid(key_bits, key_bit0, r) else MISSING
-        row, last_key, k = _locate(lab, s, t, last_key, k, key_ids, subj_start, subj_end,
-                                   by_subject, intime, outtime, offset, n_hours)
-        if row < 0:
-            dropped[-1 - row] += 1
-            continue
-        out_idx[n_out] = row * n_features + f
-        out_val[n_out] = v
-        n_out += 1
+        n_out, last_key, k = _emit(lab, s, t, f, v, last_key, k, key_ids, subj_start, subj_end,
+                                   by_subject, intime, outtime, offset, n_hours, n_features,
+                                   out_idx, out_val, n_out, dropped)
     return n_out
 
 
@@ -291,50 +302,29 @@ def scan_events(buf, pos, end, final, ncols, want, col_slot, col_kind, skip_bad,
         key = MISSING
         if t != MISSING and t != BAD:
             key = ints[0, 0] if slow else parse_int(buf, fstart[0], fend[0])
-        row, last_key, k = _locate(lab, key, t, last_key, k, key_ids, subj_start, subj_end,
-                                   by_subject, intime, outtime, offset, n_hours)
-        if row < 0:
-            dropped[-1 - row] += 1
-            continue
-        out_idx[n_out] = row * n_features + f
-        out_val[n_out] = v
-        n_out += 1
+        n_out, last_key, k = _emit(lab, key, t, f, v, last_key, k, key_ids, subj_start, subj_end,
+                                   by_subject, intime, outtime, offset, n_hours, n_features,
+                                   out_idx, out_val, n_out, dropped)
     return OK, i, rows, lines, n_out
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def apply_events(idx, val, n, sums, counts, dropped):
-    """Add events (flat index, value) to the flat sums/counts; returns how many were kept."""
+def apply_events_in(idx, val, n, lo, hi, sums, counts, dropped):
+    """Add the events (flat index, value) whose index is in [lo, hi) to the flat sums/counts, in
+    order; returns how many were kept. Two threads that own disjoint ranges can add the same
+    events in file order without racing."""
     kept = 0
     for e in range(n):
         j = idx[e]
-        c = counts[j]
-        if c >= COUNT_MAX:
-            dropped[R_SATURATED] += 1
-            continue
-        counts[j] = c + 1
-        sums[j] += val[e]
-        kept += 1
+        if lo <= j < hi:
+            kept += _add(sums, counts, j, val[e], dropped)
     return kept
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def apply_events_in(idx, val, n, lo, hi, sums, counts, dropped):
-    """apply_events for the events whose flat index is in [lo, hi) only: two threads that own
-    disjoint ranges can add the same events in file order without racing."""
-    kept = 0
-    for e in range(n):
-        j = idx[e]
-        if j < lo or j >= hi:
-            continue
-        c = counts[j]
-        if c >= COUNT_MAX:
-            dropped[R_SATURATED] += 1
-            continue
-        counts[j] = c + 1
-        sums[j] += val[e]
-        kept += 1
-    return kept
+def apply_events(idx, val, n, sums, counts, dropped):
+    """Add every event to the flat sums/counts (one thread); returns how many were kept."""
+    return apply_events_in(idx, val, n, 0, sums.shape[0], sums, counts, dropped)
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")

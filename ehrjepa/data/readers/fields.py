@@ -66,6 +66,27 @@ def parse_int(buf, s, e):
 _POW10 = np.array([10.0 ** k for k in range(23)])
 
 
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def _mantissa_digits(buf, i, e, mant, nd, seen, exp10, frac):
+    """Fold the digits from buf[i] on into the mantissa: the first 18 significant ones go in, an
+    integer digit (frac 0) past them scales by ten, a fraction digit (frac 1) within them divides
+    by ten. Returns (index after the digits, mant, nd significant, seen digits, exp10)."""
+    while i < e:
+        c = buf[i] - 48
+        if c < 0 or c > 9:
+            break
+        seen += 1
+        if nd < 18:
+            if mant != 0 or c != 0:
+                nd += 1
+            mant = mant * 10 + c
+            exp10 -= frac
+        else:
+            exp10 += 1 - frac
+        i += 1
+    return i, mant, nd, seen, exp10
+
+
 @nb.njit(cache=True, error_model="numpy")
 def parse_float(buf, s, e):
     """float64 of buf[s:e] ([+-]digits[.digits][(e|E)[+-]digits]); NaN if empty or not a number.
@@ -84,32 +105,9 @@ def parse_float(buf, s, e):
     exp10 = 0
     nd = 0  # significant digits taken
     seen = 0  # digits seen at all
-    i = s
-    while i < e:
-        c = buf[i] - 48
-        if c < 0 or c > 9:
-            break
-        seen += 1
-        if nd < 18:
-            if mant != 0 or c != 0:
-                nd += 1
-            mant = mant * 10 + c
-        else:
-            exp10 += 1
-        i += 1
+    i, mant, nd, seen, exp10 = _mantissa_digits(buf, s, e, mant, nd, seen, exp10, 0)
     if i < e and buf[i] == 46:  # .
-        i += 1
-        while i < e:
-            c = buf[i] - 48
-            if c < 0 or c > 9:
-                break
-            seen += 1
-            if nd < 18:
-                if mant != 0 or c != 0:
-                    nd += 1
-                mant = mant * 10 + c
-                exp10 -= 1
-            i += 1
+        i, mant, nd, seen, exp10 = _mantissa_digits(buf, i + 1, e, mant, nd, seen, exp10, 1)
     if seen == 0:
         return np.nan
     if i < e and (buf[i] == 101 or buf[i] == 69):  # e E

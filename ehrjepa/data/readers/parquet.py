@@ -131,7 +131,11 @@ def _text_column(arr, kind: int) -> np.ndarray:
 
 def _arrow_column(arr, kind: int, path: Path, name: str) -> np.ndarray:
     """An Arrow array as a plain numpy column with the CSV kernel's conventions."""
-    col = arrow_column(arr, kind, path, name)
+    return _plain(arrow_column(arr, kind, path, name), kind)
+
+
+def _plain(col: ArrowColumn, kind: int) -> np.ndarray:
+    """An ArrowColumn as plain numpy: MISSING / NaN at nulls, timestamps in seconds."""
     if kind == KIND_FLOAT:
         if len(col.valid) == 0:
             return col.data
@@ -227,19 +231,10 @@ def iter_parquet_arrow(path: Path, columns: dict[str, int], stats: TableStats | 
 
 def iter_parquet(path: Path, columns: dict[str, int], stats: TableStats | None = None,
                  block_rows: int = BLOCK_ROWS, progress=None) -> Iterator[dict[str, np.ndarray]]:
-    """Yield blocks {column: array} of a parquet table (needed columns only)."""
-    path = Path(path)
-    stats = stats if stats is not None else TableStats(str(path))
-    pf = _open_parquet(path, columns)
-    done = 0
-    for batch in _parquet_batches(pf, path, block_rows, list(columns)):
-        stats.rows_read += batch.num_rows
-        done += batch.num_rows
-        if progress is not None:
-            progress.update_to(done)
-        if batch.num_rows:
-            yield {name: _arrow_column(batch.column(name), kind, path, name)
-                   for name, kind in columns.items()}
+    """Yield blocks {column: array} of a parquet table (needed columns only), as plain numpy with
+    the CSV conventions."""
+    for block in iter_parquet_arrow(path, columns, stats, block_rows, progress):
+        yield {name: _plain(block[name], kind) for name, kind in columns.items()}
 
 
 def parquet_rows(path: Path) -> int:

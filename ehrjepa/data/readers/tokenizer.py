@@ -37,6 +37,19 @@ def _store_field(buf, fs, fe, quoted, nf, ncols, rows, col_slot, col_kind, ints,
     return True
 
 
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def _row_verdict(nf, ncols, bad, skip_bad, bad_info):
+    """A finished row of nf fields: 1 good; 0 bad, skipped and counted in bad_info[0]; -1 bad and
+    parsing stops (bad_info[1]: its field count, -1 for a quoting error)."""
+    if nf == ncols and not bad:
+        return 1
+    if not skip_bad:
+        bad_info[1] = -1 if bad else nf
+        return -1
+    bad_info[0] += 1
+    return 0
+
+
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def parse_block(buf, pos, end, final, ncols, col_slot, col_kind, ints, floats, skip_bad, bad_info):
     """Parse CSV rows of buf[pos:end] into typed columns.
@@ -110,13 +123,10 @@ def parse_block(buf, pos, end, final, ncols, col_slot, col_kind, ints, floats, s
                                 floats):
                 bad = True
             nf += 1
-            if nf != ncols or bad:
-                if not skip_bad:
-                    bad_info[1] = -1 if bad else nf
-                    return BAD_ROW, row_start, rows, lines
-                bad_info[0] += 1
-            else:
-                rows += 1
+            ok = _row_verdict(nf, ncols, bad, skip_bad, bad_info)
+            if ok < 0:
+                return BAD_ROW, row_start, rows, lines
+            rows += ok
             lines += row_lines + 1
             row_lines = 0
             row_start = i + 1
@@ -139,13 +149,10 @@ def parse_block(buf, pos, end, final, ncols, col_slot, col_kind, ints, floats, s
     nf += 1
     if nf == 1 and fe == fs and not quoted:
         return OK, end, rows, lines
-    if nf != ncols or bad:
-        if not skip_bad:
-            bad_info[1] = -1 if bad else nf
-            return BAD_ROW, row_start, rows, lines
-        bad_info[0] += 1
-    else:
-        rows += 1
+    ok = _row_verdict(nf, ncols, bad, skip_bad, bad_info)
+    if ok < 0:
+        return BAD_ROW, row_start, rows, lines
+    rows += ok
     lines += row_lines
     return OK, end, rows, lines
 
