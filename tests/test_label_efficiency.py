@@ -72,7 +72,7 @@ def test_fits_see_subsampled_train_and_val_and_the_full_test(monkeypatch):
             seen[-1]["test"] = xt
             return rng.random(len(xt))
 
-    def fake_fit(method, xt, yt, xv, yv, c_grid, seed):
+    def fake_fit(method, xt, yt, xv, yv, c_grid, seed, finetuners=None):
         seen.append({"train": xt, "val": xv, "y_train": yt})
         return Model(), {}, 0.5, True
 

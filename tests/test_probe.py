@@ -23,7 +23,7 @@ from ehrjepa.probe.fit import evaluate_all
 from ehrjepa.probe.metrics import bootstrap, percentile_ci, ranked_metrics
 from ehrjepa.probe.report import markdown, results_table, write_report
 from ehrjepa.probe.run import unseen_positions_note
-from ehrjepa.probe.tasks import HOURS, TASKS, skip_reason, task_labels
+from ehrjepa.probe.tasks import HOURS, STAY_TASKS, skip_reason, task_labels
 
 FEATURES = ["heart_rate", "lactate", "sodium"]
 
@@ -108,7 +108,7 @@ def probe_inputs(processed, hours=HOURS):
     rng = np.random.default_rng(1)
     noise = {s: rng.normal(size=(len(rows[s]), 8)).astype(np.float32) for s in SPLITS}
     per_split = {s: task_labels(processed.stays, rows[s]) for s in SPLITS}
-    labels = {t: {s: per_split[s][t] for s in SPLITS} for t in TASKS}
+    labels = {t: {s: per_split[s][t] for s in SPLITS} for t in STAY_TASKS}
     return {"raw_features": raw, "noise": noise}, labels, rows
 
 
@@ -251,13 +251,13 @@ def test_report_json_markdown_and_pngs(planted, tmp_path):
     metrics.write_text("step,loss,lr,val_loss,rankme,target_std\n"
                        "1,1.0,0.001,,,\n2,0.8,0.001,0.9,3.5,0.2\n3,0.7,0.001,,,\n4,0.6,0.001,0.7,4.1,0.3\n")
     emb = {m: np.concatenate([x[m][s] for s in SPLITS]) for m in ("jepa", "random_init")}
-    lab = {t: np.concatenate([labels[t][s] for s in SPLITS]) for t in TASKS}
+    lab = {t: np.concatenate([labels[t][s] for s in SPLITS]) for t in STAY_TASKS}
     out = tmp_path / "report"
     write_report(report, out, curves=curves, embeddings=emb, labels=lab, metrics_csv=metrics)
 
     loaded = json.loads((out / "report.json").read_text())
-    assert set(loaded["tasks"]) == set(TASKS)
-    for task in TASKS:
+    assert set(loaded["tasks"]) == set(STAY_TASKS)
+    for task in STAY_TASKS:
         assert set(loaded["tasks"][task]) == {"jepa", "random_init", "raw_features"}
         for r in loaded["tasks"][task].values():
             assert {"auroc", "auroc_ci", "auprc", "auprc_ci", "n", "positives"} <= set(r)
@@ -268,7 +268,7 @@ def test_report_json_markdown_and_pngs(planted, tmp_path):
     assert loaded["comparisons"]["mortality_hosp"]["jepa - raw_features"]["auroc_diff"] == 0.0
     assert loaded["comparisons"]["mortality_hosp"]["jepa - random_init"]["auroc_diff_ci"][0] > 0
     assert loaded["encoder"] == "target" and loaded["hours"] == 24
-    expected = [f"roc_{t}.png" for t in TASKS] + ["pca.png", "training_curves.png"]
+    expected = [f"roc_{t}.png" for t in STAY_TASKS] + ["pca.png", "training_curves.png"]
     assert loaded["plots"] == expected
     for name in expected:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -399,7 +399,7 @@ def test_run_probe_and_cli_end_to_end(tmp_path, capsys, one_torch_thread):
     assert report["encoder"] == "target" and f"mean over hours [0, {HOURS})" in report["pooling"]
     n_test = len(cohort_rows(processed, "test"))
     assert report["cohort"]["test"]["with_hours"] == n_test
-    for task in TASKS:
+    for task in STAY_TASKS:
         assert list(report["tasks"][task]) == ["jepa", "random_init", "raw_features", "raw_gbdt"]
         assert report["tasks"][task]["jepa"]["n"] == n_test
         assert set(report["comparisons"][task]) == {"jepa - random_init", "jepa - raw_features", "jepa - raw_gbdt"}
@@ -416,7 +416,7 @@ def test_run_probe_and_cli_end_to_end(tmp_path, capsys, one_torch_thread):
     assert report["tasks"]["mortality_hosp"]["raw_gbdt"]["auroc"] > 0.8
     # even an untrained transformer keeps some of it: embeddings carry the values
     assert report["tasks"]["mortality_hosp"]["random_init"]["auroc"] > 0.6
-    for name in ["report.json", "report.md", "pca.png", "training_curves.png"] + [f"roc_{t}.png" for t in TASKS]:
+    for name in ["report.json", "report.md", "pca.png", "training_curves.png"] + [f"roc_{t}.png" for t in STAY_TASKS]:
         assert (tmp_path / "report" / name).is_file(), name
     assert not any("never learned" in n for n in report["notes"])  # micro.yaml's context covers 24 hours
 

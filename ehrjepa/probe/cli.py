@@ -6,7 +6,9 @@ Embeds the first --hours hours of every stay with the frozen target encoder (or,
 context, the context encoder) of RUN's checkpoint (jepa) and with an untrained encoder of the same
 architecture (random_init), summarises the same hours per feature (raw_features), fits
 logistic-regression probes on the train split with C chosen on val (and gradient-boosted trees on
-the raw features, raw_gbdt), and reports test AUROC/AUPRC with bootstrap intervals in
+the raw features, raw_gbdt), with --methods ...,jepa_finetune,scratch also fine-tunes the
+pretrained and the untrained encoder with a small head end to end (minutes on CPU, so off by
+default), and reports test AUROC/AUPRC with bootstrap intervals in
 REPORT/report.{json,md} and PNGs. With --label-fractions, every method is also refit on that
 fraction of the train and val subjects, --repeats times, and scored on the full test split.
 Any fault is one line naming its file.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ehrjepa.probe.fit import METHODS
+from ehrjepa.probe.fit import DEFAULT_METHODS, METHODS
 from ehrjepa.probe.tasks import HOURS
 
 
@@ -37,7 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="bootstrap resamples for the intervals (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the bootstrap, probes and random_init (default: %(default)s)")
-    parser.add_argument("--methods", default=",".join(METHODS),
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help="comma-separated methods to fit, some of " + ", ".join(METHODS) + " (default: %(default)s)")
     parser.add_argument("--label-fractions", default=None, metavar="F,...",
                         help="also refit every method on these fractions in (0, 1] of the train and val "

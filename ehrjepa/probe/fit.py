@@ -3,8 +3,9 @@
 Each probe is a standardised logistic regression fit on the train split, with the inverse
 regularisation strength C chosen by AUROC on the validation split; `raw_gbdt` is instead a
 histogram gradient-boosted tree ensemble (scikit-learn's HistGradientBoostingClassifier, the strong
-tabular baseline) whose number of trees is chosen by AUROC on the validation split. Every probe is
-scored on the test split: AUROC and AUPRC (average precision) with 95 % percentile bootstrap
+tabular baseline) whose number of trees is chosen by AUROC on the validation split; `jepa_finetune`
+and `scratch` train an encoder and head end to end (finetune.py), early-stopped on validation AUROC.
+Every probe is scored on the test split: AUROC and AUPRC (average precision) with 95 % percentile bootstrap
 intervals, and the paired differences of jepa against each baseline.
 """
 from __future__ import annotations
@@ -19,12 +20,17 @@ from ehrjepa.probe.metrics import bootstrap, percentile_ci, ranked_metrics
 from ehrjepa.probe.tasks import class_counts, skip_reason
 
 C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 7))  # 1e-4 ... 1e2
-COMPARISONS = (("jepa", "random_init"), ("jepa", "raw_features"), ("jepa", "raw_gbdt"))
+COMPARISONS = (("jepa", "random_init"), ("jepa", "raw_features"), ("jepa", "raw_gbdt"),
+               ("jepa_finetune", "scratch"), ("jepa_finetune", "raw_gbdt"))
 
 # Every method `ehrjepa probe` knows, in report order; raw_gbdt sees the same features as
-# raw_features. Methods in GBDT_METHODS are fit by fit_gbdt, every other one by fit_probe.
-METHODS = ("jepa", "random_init", "raw_features", "raw_gbdt")
+# raw_features. Methods in GBDT_METHODS are fit by fit_gbdt, those in FINETUNE_METHODS by the
+# finetuner given for them (their "features" are rows of a finetune.StayWindows), every other one
+# by fit_probe. The fine-tuned ones take minutes on CPU: not among the DEFAULT_METHODS.
+METHODS = ("jepa", "random_init", "raw_features", "raw_gbdt", "jepa_finetune", "scratch")
+DEFAULT_METHODS = ("jepa", "random_init", "raw_features", "raw_gbdt")
 GBDT_METHODS = frozenset({"raw_gbdt"})
+FINETUNE_METHODS = frozenset({"jepa_finetune", "scratch"})
 
 # raw_gbdt: up to GBDT_MAX_TREES trees of at most GBDT_LEAVES leaves at learning rate 0.1, early-
 # stopped when the validation log-loss has not improved for GBDT_PATIENCE trees; the leaves are chosen
@@ -93,9 +99,13 @@ def fit_gbdt(x_train, y_train, x_val, y_val, leaves=GBDT_LEAVES, seed: int = 0):
     return model, {"max_leaf_nodes": n_leaves, "n_trees": int(model.n_iter_)}, val_auroc, True
 
 
-def fit_method(method: str, x_train, y_train, x_val, y_val, c_grid=C_GRID, seed: int = 0):
-    """fit_gbdt for GBDT_METHODS, else fit_probe. Returns (model, {hyperparameter: value}, val AUROC,
-    converged); logistic probes report {"C": C}."""
+def fit_method(method: str, x_train, y_train, x_val, y_val, c_grid=C_GRID, seed: int = 0, finetuners=None):
+    """fit_gbdt for GBDT_METHODS, finetuners[method] for FINETUNE_METHODS, else fit_probe. Returns
+    (model, {hyperparameter: value}, val AUROC, converged); logistic probes report {"C": C}."""
+    if method in FINETUNE_METHODS:
+        if not finetuners or method not in finetuners:
+            raise ValueError(f"method {method} needs a finetuner (finetune.Finetuner) to fit")
+        return finetuners[method](x_train, y_train, x_val, y_val, seed)
     if method in GBDT_METHODS:
         return fit_gbdt(x_train, y_train, x_val, y_val, seed=seed)
     model, c, val_auroc, converged = fit_probe(x_train, y_train, x_val, y_val, c_grid, seed)
@@ -103,11 +113,11 @@ def fit_method(method: str, x_train, y_train, x_val, y_val, c_grid=C_GRID, seed:
 
 
 def evaluate_task(x: dict[str, dict[str, np.ndarray]], y: dict[str, np.ndarray], n_bootstrap: int = 1000,
-                  seed: int = 0, c_grid=C_GRID):
+                  seed: int = 0, c_grid=C_GRID, finetuners=None):
     """Probe every method of one task.
 
     x: {method: {split: features [n_split, d]}}; y: {split: labels [n_split]} with NaN for unknown
-    (those stays are dropped). Returns (results {method: metrics dict}, comparisons
+    (those stays are dropped); finetuners: {method: Finetuner} for FINETUNE_METHODS. Returns (results {method: metrics dict}, comparisons
     {"a - b": {...}}, curves {method: (y_test, score_test)}).
     """
     known = {split: ~np.isnan(y[split]) for split in SPLITS}
@@ -116,7 +126,7 @@ def evaluate_task(x: dict[str, dict[str, np.ndarray]], y: dict[str, np.ndarray],
     for method, xm in x.items():
         xs = {split: np.asarray(xm[split])[known[split]] for split in SPLITS}
         model, params, val_auroc, converged = fit_method(method, xs["train"], yk["train"], xs["val"], yk["val"],
-                                                         c_grid, seed)
+                                                         c_grid, seed, finetuners)
         scores[method] = model.decision_function(xs["test"])
         auroc, auprc, _ = ranked_metrics(yk["test"], scores[method])
         results[method] = {"auroc": float(auroc[0]), "auprc": float(auprc[0]), **params, "val_auroc": val_auroc,
@@ -144,7 +154,7 @@ def evaluate_task(x: dict[str, dict[str, np.ndarray]], y: dict[str, np.ndarray],
 
 
 def evaluate_all(x: dict[str, dict[str, np.ndarray]], labels: dict[str, dict[str, np.ndarray]],
-                 n_bootstrap: int = 1000, seed: int = 0, c_grid=C_GRID, progress: bool = False):
+                 n_bootstrap: int = 1000, seed: int = 0, c_grid=C_GRID, progress: bool = False, finetuners=None):
     """Probe every task in `labels` ({task: {split: y}}) with every method in `x`.
 
     Returns (tasks {task: {method: metrics}}, skipped {task: reason}, comparisons, curves).
@@ -157,5 +167,6 @@ def evaluate_all(x: dict[str, dict[str, np.ndarray]], labels: dict[str, dict[str
         if reason is not None:
             skipped[task] = f"too few in a class: {reason}"
             continue
-        tasks[task], comparisons[task], curves[task] = evaluate_task(x, labels[task], n_bootstrap, seed, c_grid)
+        tasks[task], comparisons[task], curves[task] = evaluate_task(x, labels[task], n_bootstrap, seed, c_grid,
+                                                                                 finetuners)
     return tasks, skipped, comparisons, curves

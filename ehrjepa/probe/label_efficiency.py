@@ -91,11 +91,12 @@ def _sd(values: list[float]) -> float:
 
 def label_efficiency(x: dict[str, dict[str, np.ndarray]], labels: dict[str, dict[str, np.ndarray]],
                      subjects: dict[str, np.ndarray], fractions, repeats: int = 5, seed: int = 0,
-                     c_grid=C_GRID, progress: bool = False) -> dict:
+                     c_grid=C_GRID, progress: bool = False, finetuners=None) -> dict:
     """Test AUROC/AUPRC of every method of every task at every label fraction, over seeded repeats.
 
     x: {method: {split: features}}; labels: {task: {split: y}} (NaN: unknown, left out);
-    subjects: {split: subject id of each row}. Returns {task: {method: {fraction key: {"auroc_mean",
+    subjects: {split: subject id of each row}; finetuners: {method: Finetuner} for the fine-tuned
+    methods, which see the same subsamples as every other method. Returns {task: {method: {fraction key: {"auroc_mean",
     "auroc_sd", "auprc_mean", "auprc_sd", "n_train", "positives_train", "n_val", "positives_val",
     "repeats", "repeats_skipped", "skip_reasons"}}}}: the counts are means over the fitted repeats,
     "repeats" counts those, the sd is over them (null with fewer than 2).
@@ -127,7 +128,8 @@ def label_efficiency(x: dict[str, dict[str, np.ndarray]], labels: dict[str, dict
                     model, _, _, _ = fit_method(method, np.asarray(xm["train"])[rows["train"]],
                                                 y["train"][rows["train"]].astype(np.int64),
                                                 np.asarray(xm["val"])[rows["val"]],
-                                                y["val"][rows["val"]].astype(np.int64), c_grid, seed)
+                                                y["val"][rows["val"]].astype(np.int64), c_grid, seed,
+                                                finetuners)
                     score = model.decision_function(np.asarray(xm["test"])[test_known])
                     auroc, auprc, _ = ranked_metrics(y_test, score)
                     runs[method].append((float(auroc[0]), float(auprc[0])))

@@ -3,8 +3,9 @@
 Loads the run's checkpoint once, embeds the first hours of every stay with its frozen EMA target
 encoder, or its context encoder (jepa), and with an untrained encoder of the same architecture
 (random_init), summarises the same hours per feature (raw_features, and raw_gbdt on the same
-features), fits the probes of `fit.py` for every task, with label fractions refits them on
-subsampled labels (`label_efficiency.py`), and writes REPORT.
+features), on request fine-tunes the pretrained and the untrained encoder with a head
+(jepa_finetune, scratch: `finetune.py`), fits the probes of `fit.py` for every task, with label
+fractions refits them on subsampled labels (`label_efficiency.py`), and writes REPORT.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from ehrjepa.data.processed import SPLITS
-from ehrjepa.probe.fit import C_GRID, GBDT_LEAVES, GBDT_MAX_TREES, GBDT_PATIENCE, METHODS, evaluate_all
-from ehrjepa.probe.tasks import HOURS, TASKS, class_counts
+from ehrjepa.probe.fit import (C_GRID, DEFAULT_METHODS, FINETUNE_METHODS, GBDT_LEAVES, GBDT_MAX_TREES,
+                               GBDT_PATIENCE, METHODS, evaluate_all)
+from ehrjepa.probe.tasks import HOURS, class_counts, labels_by_split
 
 
 def resolve_checkpoint(run_dir: Path, checkpoint: str | Path | None) -> Path:
@@ -102,31 +104,41 @@ def unseen_positions_note(config, hours: int) -> str | None:
             f"\"The small model on CPU\")")
 
 
-def method_descriptions(encoder: str, hours: int, seed: int) -> dict[str, str]:
+def method_descriptions(encoder: str, hours: int, seed: int, settings=None) -> dict[str, str]:
     """What each method of METHODS is, in words (report.json "methods")."""
+    from ehrjepa.probe.finetune import Settings
+
+    s = settings or Settings()
     summary = f"per-feature last, mean, min, max, observed fraction over hours [0, {hours})"
+    budget = (f"a {s.head} head on the mean over hours [0, {hours}), trained end to end with binary cross-entropy, "
+              f"AdamW (lr {s.lr:g}, warmup {s.warmup_steps} then cosine to {s.min_lr:g}, batch {s.batch_size}), up to "
+              f"{s.max_steps} steps, early-stopped on validation AUROC (measured every {s.eval_every} steps, "
+              f"patience {s.patience})")
     return {"jepa": f"logistic regression on the {encoder} encoder of the checkpoint",
             "random_init": f"the same on an untrained encoder of the same architecture (seed {seed})",
             "raw_features": f"logistic regression on {summary}",
             "raw_gbdt": f"gradient-boosted trees (scikit-learn HistGradientBoostingClassifier, "
                         f"{' or '.join(map(str, GBDT_LEAVES))} leaves per tree by validation AUROC, up to {GBDT_MAX_TREES} trees early-stopped on the validation "
-                        f"log-loss after {GBDT_PATIENCE} without improvement) on {summary}"}
+                        f"log-loss after {GBDT_PATIENCE} without improvement) on {summary}",
+            "jepa_finetune": f"the {encoder} encoder of the checkpoint fine-tuned with {budget}",
+            "scratch": f"the untrained encoder of random_init (seed {seed}) trained with the same budget: {budget}"}
 
 
 def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "target", hours: int = HOURS,
               device: str = "cpu", batch_size: int = 256, n_bootstrap: int = 1000, seed: int = 0,
-              progress: bool = True, methods=METHODS, label_fractions=None, repeats: int = 5) -> dict:
+              progress: bool = True, methods=DEFAULT_METHODS, label_fractions=None, repeats: int = 5,
+              finetune_settings=None) -> dict:
     """Probe a pretrained run against the baselines; write REPORT and return its dict.
 
     methods: which of METHODS to fit (in METHODS order whatever the order given); label_fractions:
     fractions in (0, 1] of the train and val subjects to refit every method on, `repeats` times
-    each (report["label_efficiency"]); None: no such refits."""
+    each (report["label_efficiency"]); None: no such refits. finetune_settings: the budget of
+    jepa_finetune and scratch (finetune.Settings; default Settings())."""
     from ehrjepa.data import WindowDataset
     from ehrjepa.device import resolve_device
     from ehrjepa.probe.baselines import raw_features
     from ehrjepa.probe.embeddings import embed_stays, pooling_description
     from ehrjepa.probe.report import write_report
-    from ehrjepa.probe.tasks import task_labels
 
     from ehrjepa.probe.label_efficiency import label_efficiency
 
@@ -158,10 +170,9 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
     datasets = {split: WindowDataset.for_hours(processed, split, hours) for split in SPLITS}
     rows = {split: datasets[split].window_index[:, 0].astype(np.int64) for split in SPLITS}
     try:
-        per_split = {split: task_labels(processed.stays, rows[split]) for split in SPLITS}
+        labels, unavailable = labels_by_split(processed, rows, hours)
     except ValueError as e:
         raise ValueError(one_line(Path(data_dir) / "stays.parquet", "cannot label the tasks", e)) from e
-    labels = {task: {split: per_split[split][task] for split in SPLITS} for task in TASKS}
     if out_dir.exists() and not out_dir.is_dir():  # fail before the embedding, not after it
         raise FileExistsError(f"{out_dir} is a file: the report needs a folder there")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -181,13 +192,27 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
             for method in ("raw_features", "raw_gbdt"):
                 if method in x:
                     x[method][split] = raw
-    tasks, skipped, comparisons, curves = evaluate_all(x, labels, n_bootstrap, seed, progress=progress)
+    finetuners = None
+    if any(m in FINETUNE_METHODS for m in methods):
+        from ehrjepa.probe.finetune import Finetuner, Settings, StayWindows, encoder_of
+
+        windows, positions = StayWindows.from_datasets(datasets)
+        settings = finetune_settings or Settings()
+        width = config.model.resolved().width
+        starts = {"jepa_finetune": encoder_of(model, encoder), "scratch": untrained.encoder}
+        finetuners = {m: Finetuner(starts[m], width, windows, settings, device, progress, desc=f"{m}")
+                      for m in methods if m in FINETUNE_METHODS}
+        for m in finetuners:
+            x[m] = positions
+    tasks, skipped, comparisons, curves = evaluate_all(x, labels, n_bootstrap, seed, progress=progress,
+                                                       finetuners=finetuners)
+    skipped.update(unavailable)
 
     split_col = np.asarray(processed.stays.column("split").to_pylist())
     cohort = {split: {"stays": int((split_col == split).sum()), "with_hours": int(len(rows[split]))}
               for split in SPLITS}
     label_counts = {task: {split: dict(zip(("n", "positives", "unknown"), class_counts(labels[task][split])))
-                           for split in SPLITS} for task in TASKS}
+                           for split in SPLITS} for task in labels}
     report = {
         "tasks": tasks,
         "skipped": skipped,
@@ -195,7 +220,8 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
         "encoder": encoder,
         "pooling": pooling_description(encoder, hours),
         "hours": hours,
-        "methods": {m: d for m, d in method_descriptions(encoder, hours, seed).items() if m in x},
+        "methods": {m: d for m, d in method_descriptions(encoder, hours, seed, finetune_settings).items()
+                    if m in x},
         "checkpoint": str(ckpt_path),
         "step": step,
         "run": str(run_dir),
@@ -211,16 +237,20 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
         subjects = {s: processed.stays.column("subject_id").to_numpy()[rows[s]] for s in SPLITS}
         probed = {task: labels[task] for task in tasks}  # a task skipped on the full splits stays skipped
         report["label_efficiency"] = label_efficiency(x, probed, subjects, label_fractions, repeats, seed,
-                                                      progress=progress)
+                                                      progress=progress, finetuners=finetuners)
         report["label_efficiency_setup"] = {"fractions": sorted(label_fractions), "repeats": repeats,
                                             "subsampled": ["train", "val"], "by": "subject_id"}
     # the PCA plot shows every stay of the cohort, all splits together
     nonempty = [s for s in SPLITS if len(rows[s])]
     embedded = [m for m in ("jepa", "random_init") if m in x]
     embeddings = {m: np.concatenate([x[m][s] for s in nonempty]) for m in embedded} if nonempty and embedded else None
-    all_labels = {task: np.concatenate([labels[task][s] for s in nonempty]) for task in TASKS} if nonempty else None
+    all_labels = {task: np.concatenate([labels[task][s] for s in nonempty]) for task in labels} if nonempty else None
     unseen = unseen_positions_note(config, hours)
     notes = [unseen] if unseen else []
+    if "aki_24_72h" in tasks:
+        from ehrjepa.probe.aki import describe
+
+        notes.append(f"aki_24_72h: {describe()}")
     if not nonempty:
         notes.append(f"no stay has {hours} hours or more: nothing to probe")
     report["notes"] = notes

@@ -6,8 +6,12 @@ for stays of 24 h or more, so that a death during the observed hours cannot leak
 
 - `mortality_hosp`: `death_hosp` (hospital_expire_flag of the stay's admission) is 1.
 - `los_gt_3d`, `los_gt_7d`: ICU length of stay `los_days` is over 3 or 7 days.
+- `aki_24_72h`: acute kidney injury, KDIGO stage >= 1 by creatinine, in hours [24, 72) of the stay,
+  among stays without it in hours [0, 24); computed from the processed creatinine itself
+  (OUT/mean.npy), so it works on any data (`aki.py` holds the definition).
 
-A label is NaN where its source column is null; such stays are left out of that task and counted.
+A label is NaN where its source is missing (a null column, a stay excluded from the AKI cohort);
+such stays are left out of that task and counted.
 """
 from __future__ import annotations
 
@@ -21,13 +25,17 @@ from ehrjepa.data.processed import SPLITS
 # config's context covers it (a test), so the encoder saw these hour positions in pretraining.
 HOURS = 24
 
-TASKS = ("mortality_hosp", "los_gt_3d", "los_gt_7d")
+# Tasks labelled from the stays table alone, and those that read the hourly labs too.
+STAY_TASKS = ("mortality_hosp", "los_gt_3d", "los_gt_7d")
+LAB_TASKS = ("aki_24_72h",)
+TASKS = STAY_TASKS + LAB_TASKS
 
 # What label 0 and label 1 mean, in words (plot legends).
 OUTCOMES = {
     "mortality_hosp": ("survived", "died in hospital"),
     "los_gt_3d": ("ICU stay <= 3 days", "ICU stay > 3 days"),
     "los_gt_7d": ("ICU stay <= 7 days", "ICU stay > 7 days"),
+    "aki_24_72h": ("no AKI in hours 24-72", "AKI (KDIGO >= 1) in hours 24-72"),
 }
 
 # A task is skipped when a split has fewer positives (or negatives) than this: logistic regression
@@ -46,7 +54,8 @@ def _float_column(stays, name: str) -> np.ndarray:
 
 
 def task_labels(stays, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Labels of stay rows `rows` of the stays table for every task: float64 0/1, NaN where unknown."""
+    """Labels of stay rows `rows` of the stays table for every task of STAY_TASKS: float64 0/1, NaN
+    where unknown. (The lab tasks need the hourly data: `labels_by_split`.)"""
     rows = np.asarray(rows, dtype=np.int64)
     death = _float_column(stays, "death_hosp")[rows]
     los = _float_column(stays, "los_days")[rows]
@@ -56,6 +65,30 @@ def task_labels(stays, rows: np.ndarray) -> dict[str, np.ndarray]:
         "los_gt_7d": np.where(np.isnan(los), np.nan, (los > 7.0).astype(np.float64)),
     }
     return labels
+
+
+def labels_by_split(processed, rows: dict[str, np.ndarray], hours: int = HOURS):
+    """({task: {split: labels}}, {task: why it cannot be labelled}) for every task of TASKS.
+
+    rows: {split: stay rows}. A lab task that cannot be computed on this data (no creatinine, another
+    unit) or whose label hours overlap the `hours` embedded (aki_24_72h looks from hour 24 on) is
+    left out of the labels and given a reason instead."""
+    from ehrjepa.probe import aki
+
+    labels = {task: {} for task in STAY_TASKS}
+    for split, r in rows.items():
+        for task, y in task_labels(processed.stays, r).items():
+            labels[task][split] = y
+    unavailable = {}
+    if hours > aki.OBSERVED_HOURS:
+        unavailable["aki_24_72h"] = (f"the {hours} hours embedded overlap its label hours [{aki.OBSERVED_HOURS}, "
+                                     f"{aki.END_HOUR}); use --hours {aki.OBSERVED_HOURS} or fewer")
+        return labels, unavailable
+    try:
+        labels["aki_24_72h"] = {split: aki.aki_labels(processed, r) for split, r in rows.items()}
+    except ValueError as e:
+        unavailable["aki_24_72h"] = str(e)
+    return labels, unavailable
 
 
 def class_counts(y: np.ndarray) -> tuple[int, int, int]:

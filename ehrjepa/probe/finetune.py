@@ -1,0 +1,228 @@
+"""Fine-tuning: an encoder and a small head trained end to end on one task (jepa_finetune, scratch).
+
+The classifier mean-pools the encoder's hour embeddings over the stay's first hours (the hours the
+frozen probe embeds) and puts a head on the pooled vector: linear by default (the fewest new
+weights, so what is learned is mostly the encoder's), or with `head="mlp"` one hidden layer of
+the encoder's width. It is trained with binary cross-entropy, AdamW (weight decay on matrices
+only), a linear warmup then a cosine decay of the learning rate, gradient clipping, and early
+stopping: the validation AUROC is measured every `eval_every` steps, training stops after
+`patience` measurements without a new best, and the best weights are kept.
+
+`jepa_finetune` starts from a pretrained encoder (the probe's: the EMA target encoder by default,
+the one the frozen probe reads; `encoder="context"` for the context encoder), `scratch` from the
+untrained encoder of the same architecture (random_init's); both get the same Settings (steps,
+learning-rate schedule, early stopping), the same batches and the same subsamples, so the
+difference between them is what pretraining brought.
+
+Stays are addressed by row numbers into one `StayWindows` (the hours [0, hours) of every cohort
+stay, built once), so the probe's fitting code subsamples them like any feature matrix.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ehrjepa.probe.metrics import ranked_metrics
+
+HEADS = ("linear", "mlp")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The budget every fine-tuned method gets alike."""
+    max_steps: int = 400
+    batch_size: int = 64
+    lr: float = 5e-4
+    min_lr: float = 5e-5
+    warmup_steps: int = 40
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int = 25
+    patience: int = 4            # validation measurements without a new best AUROC before stopping
+    head: str = "linear"
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, not {self.head!r}")
+        for name in ("max_steps", "batch_size", "eval_every", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, not {self.lr}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Classifier(nn.Module):
+    """encoder -> mean over hours -> head: one logit per stay."""
+
+    def __init__(self, encoder: nn.Module, width: int, head: str = "linear"):
+        super().__init__()
+        self.encoder = encoder
+        if head == "linear":
+            self.head = nn.Linear(width, 1)
+        elif head == "mlp":
+            self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1))
+        else:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, not {head!r}")
+
+    def forward(self, values, observed, delta):
+        hidden = self.encoder(values, observed, delta)       # [B, T, D], every hour
+        return self.head(hidden.float().mean(dim=1)).squeeze(-1)
+
+
+class StayWindows:
+    """values, observed, delta [N, hours, F] of every stay of some WindowDatasets, in memory."""
+
+    def __init__(self, values: torch.Tensor, observed: torch.Tensor, delta: torch.Tensor):
+        self.values, self.observed, self.delta = values, observed, delta
+
+    @classmethod
+    def from_datasets(cls, datasets: dict) -> tuple["StayWindows", dict[str, np.ndarray]]:
+        """(windows of every item of every dataset, {name: the rows of that dataset's items})."""
+        parts, rows, start = {"values": [], "observed": [], "delta": []}, {}, 0
+        for name, dataset in datasets.items():
+            for i in range(len(dataset)):
+                item = dataset[i]
+                for key in parts:
+                    parts[key].append(item[key])
+            rows[name] = np.arange(start, start + len(dataset), dtype=np.int64)
+            start += len(dataset)
+        if start == 0:
+            return cls(*(torch.zeros(0, 0, 0) for _ in parts)), rows
+        return cls(*(torch.stack(parts[key]) for key in parts)), rows
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def batch(self, rows: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        return tuple(t[index].to(device, non_blocking=True) for t in (self.values, self.observed, self.delta))
+
+
+def lr_at(step: int, s: Settings) -> float:
+    """Linear warmup to s.lr over s.warmup_steps, then cosine down to s.min_lr at s.max_steps."""
+    if step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    progress = (step - s.warmup_steps) / max(1, s.max_steps - s.warmup_steps)
+    return s.min_lr + 0.5 * (s.lr - s.min_lr) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices, none on biases and norms (1-D parameters)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+@torch.inference_mode()
+def scores(model: Classifier, windows: StayWindows, rows: np.ndarray, device, batch_size: int = 512) -> np.ndarray:
+    """Logits float64 [len(rows)] of the stays at `rows`, in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = [model(*windows.batch(rows[lo:lo + batch_size], device)).float().cpu().numpy()
+           for lo in range(0, len(rows), batch_size)]
+    model.train(was_training)
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+class Finetuned:
+    """A trained classifier over a StayWindows: decision_function(rows) like a scikit-learn model."""
+
+    def __init__(self, model: Classifier, windows: StayWindows, device, best_step: int, steps_run: int,
+                 val_auroc: float):
+        self.model, self.windows, self.device = model, windows, device
+        self.best_step, self.steps_run, self.val_auroc = best_step, steps_run, val_auroc
+
+    def decision_function(self, rows) -> np.ndarray:
+        return scores(self.model, self.windows, np.asarray(rows, dtype=np.int64).reshape(-1), self.device)
+
+
+def finetune(encoder: nn.Module, width: int, windows: StayWindows, train_rows, y_train, val_rows, y_val,
+             settings: Settings = Settings(), seed: int = 0, device="cpu", progress: bool = False,
+             desc: str = "finetune") -> Finetuned:
+    """Train a Classifier on a copy of `encoder` (left untouched) for one task; keep the best.
+
+    train_rows/val_rows: rows of `windows`; y_train/y_val: their 0/1 labels. Seeded: the head's
+    initial weights and the batches depend on `seed` only (on CPU, the result is bit-identical).
+    """
+    from tqdm.auto import tqdm
+
+    s = settings
+    train_rows = np.asarray(train_rows, dtype=np.int64).reshape(-1)
+    val_rows = np.asarray(val_rows, dtype=np.int64).reshape(-1)
+    y_train = torch.as_tensor(np.asarray(y_train, dtype=np.float32))
+    y_val = np.asarray(y_val, dtype=np.int64)
+    if len(train_rows) == 0 or len(val_rows) == 0:
+        raise ValueError(f"fine-tuning needs train and val stays, got {len(train_rows)} and {len(val_rows)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Classifier(copy.deepcopy(encoder), width, s.head)
+    model = model.to(device).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.999))
+    generator = torch.Generator().manual_seed(seed)
+    order, at = torch.randperm(len(train_rows), generator=generator).numpy(), 0
+    best = (-math.inf, 0, None)   # (val AUROC, step, weights)
+    since_best, step = 0, 0
+    bar = tqdm(total=s.max_steps, desc=desc, unit="step", disable=not progress, leave=False)
+    while step < s.max_steps:
+        if at + s.batch_size > len(order) and at > 0:   # a new epoch: reshuffle
+            order, at = torch.randperm(len(train_rows), generator=generator).numpy(), 0
+        pick = order[at:at + s.batch_size]
+        at += s.batch_size
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, s)
+        logits = model(*windows.batch(train_rows[pick], device))
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y_train[pick].to(logits.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        if step % s.eval_every == 0 or step == s.max_steps:
+            auroc = float(ranked_metrics(y_val, scores(model, windows, val_rows, device))[0][0])
+            if auroc > best[0] or best[2] is None:
+                best = (auroc, step, copy.deepcopy(model.state_dict()))
+                since_best = 0
+            else:
+                since_best += 1
+            bar.set_postfix(val_auroc=f"{auroc:.3f}", best=f"{best[0]:.3f}@{best[1]}")
+            if since_best >= s.patience:
+                break
+    bar.close()
+    model.load_state_dict(best[2])
+    return Finetuned(model.eval(), windows, device, best_step=best[1], steps_run=step, val_auroc=best[0])
+
+
+class Finetuner:
+    """fit(x_train, y_train, x_val, y_val, seed) for the probe's fitting code: x are rows of `windows`.
+
+    Every fit starts from the same `encoder` (copied), with the same settings."""
+
+    def __init__(self, encoder: nn.Module, width: int, windows: StayWindows, settings: Settings = Settings(),
+                 device="cpu", progress: bool = False, desc: str = "finetune"):
+        self.encoder, self.width, self.windows = encoder, width, windows
+        self.settings, self.device, self.progress, self.desc = settings, device, progress, desc
+
+    def __call__(self, x_train, y_train, x_val, y_val, seed: int = 0):
+        """(model, {"best_step", "steps_run"}, val AUROC, True): fit_method's return."""
+        fitted = finetune(self.encoder, self.width, self.windows, x_train, y_train, x_val, y_val, self.settings,
+                          seed, self.device, self.progress, self.desc)
+        return fitted, {"best_step": fitted.best_step, "steps_run": fitted.steps_run}, fitted.val_auroc, True
+
+
+def encoder_of(model, which: str) -> nn.Module:
+    """The context (`encoder`) or EMA target encoder (`target_encoder`) of a JEPA."""
+    if which not in ("target", "context"):
+        raise ValueError(f"encoder must be 'target' or 'context', not {which!r}")
+    return model.target_encoder if which == "target" else model.encoder
