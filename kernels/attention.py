@@ -24,6 +24,9 @@ dtype at the end (for fp32 inputs it is returned as is).
 The Triton module is imported lazily, on the first Triton call, so `import ehrjepa.kernels` and
 the torch path work where Triton is absent. With TRITON_INTERPRET=1 the same kernels run on CPU
 tensors in Triton's interpreter (slow: keep problems tiny).
+
+One module of some 600 lines on purpose: the op, its reference and its three kernels share one
+contract (shapes, index semantics, the saved log-sum-exp) and change together.
 """
 from __future__ import annotations  # kernel annotations stay strings until Triton reads them
 
