@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "preprocess": ("ehrjepa.data.preprocess", "turn MIMIC-IV tables into hourly per-stay arrays"),
     "train": ("ehrjepa.train.cli", "JEPA pretraining on processed data"),
     "probe": ("ehrjepa.probe.cli", "downstream probes of a pretrained encoder against baselines"),
+    "finetune": ("ehrjepa.probe.finetune_cli", "fine-tune a pretrained encoder (or train one from scratch) on one task"),
+    "embed": ("ehrjepa.embed", "stay embeddings of a pretrained encoder as a parquet file"),
     "sweep": ("ehrjepa.sweep.cli", "hyperparameter search over a run config with Optuna (each trial a train run)"),
     "demo": ("ehrjepa.demo", "synth + preprocess + micro pretraining + probe, on CPU"),
 }
