@@ -43,10 +43,11 @@ def aki_from_creatinine(creatinine: np.ndarray) -> np.ndarray:
     baseline[has_baseline] = np.nanmin(first[has_baseline], axis=1)
     aki = np.zeros(c.shape, dtype=bool)
     for t in range(END_HOUR):
-        prior = c[:, max(0, t - RISE_HOURS):t]
-        low = np.full(len(c), np.nan)
-        seen = ~np.isnan(prior).all(axis=1) if t else np.zeros(len(c), dtype=bool)
-        low[seen] = np.nanmin(prior[seen], axis=1)
+        low = np.full(len(c), np.nan)   # the lowest creatinine of the 48 hours before t
+        if t:
+            prior = c[:, max(0, t - RISE_HOURS):t]
+            seen = ~np.isnan(prior).all(axis=1)
+            low[seen] = np.nanmin(prior[seen], axis=1)
         with np.errstate(invalid="ignore"):
             aki[:, t] = (c[:, t] >= RATIO * baseline - _TOL) | (c[:, t] - low >= RISE_MG_DL - _TOL)
     early = aki[:, :OBSERVED_HOURS].any(axis=1)
