@@ -44,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
     from ehrjepa.config import ConfigError, config_to_dict, load_config
     from ehrjepa.sweep.objective import OBJECTIVES, Objective, ProbeScorer, TrialFailed
     from ehrjepa.sweep.space import SpaceError, load_space
-    from ehrjepa.sweep.study import (SweepError, counts, fail_dead_local_trials, open_study, storage_url,
+    from ehrjepa.sweep.study import (SweepError, counts, fail_dead_trials, open_study, storage_url,
                                      write_outputs)
     from ehrjepa.probe.tasks import HOURS
 
@@ -95,7 +95,7 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     ran = 0
     while True:
-        for number in fail_dead_local_trials(study):
+        for number in fail_dead_trials(study):
             print(f"trial {number}: marked failed (left running by a process on this host that is gone)")
         n = counts(study)
         done = n.get("COMPLETE", 0) + n.get("PRUNED", 0) + n.get("FAIL", 0)

@@ -97,8 +97,8 @@ class Objective:
         self.base_raw, self.params, self.study_dir = base_raw, params, Path(study_dir)
         self.kind, self.scorer, self.say = kind, scorer, say
 
-    def value(self, step: int, model, row: dict) -> float:
-        """The objective at one validation step (tests replace this to plant values)."""
+    def value(self, trial, step: int, model, row: dict) -> float:
+        """The objective of `trial` at one validation step (tests replace this to plant values)."""
         if self.kind == "val_loss":
             return float(row["val_loss"])
         return self.scorer.score(model)
@@ -118,7 +118,7 @@ class Objective:
         last = {}
 
         def on_validation(step, model, row):
-            value = self.value(step, model, row)
+            value = self.value(trial, step, model, row)
             last["step"], last["value"] = step, value
             trial.report(value, step)
             if trial.should_prune():

@@ -7,9 +7,10 @@ trials until COMPLETE + PRUNED + FAIL + RUNNING (another process's) reach N, so 
 kill runs only the missing ones.
 
 A trial left RUNNING by a killed process is marked FAIL by hand on the next start when it ran on
-this host and its process is gone (the trial records host and pid); one from another host is
-failed by Optuna's heartbeat (`fail_stale_trials`, which `study.optimize` runs) once it has not
-beaten for GRACE_S seconds.
+this host and its process is gone (the trial records host and pid as it starts); one from
+another host, or one killed in the milliseconds before it recorded them, is failed by Optuna's
+heartbeat (`optuna.storages.fail_stale_trials`, run at each start) once it has not beaten for
+GRACE_S seconds.
 
 The study records what it searches (objective, task, label fraction, space, base config without
 data.path); a rerun that asks for something else is an error rather than a mixed study.
@@ -79,10 +80,15 @@ def first_difference(a: dict, b: dict, prefix: str = "") -> str:
     return "?"
 
 
-def fail_dead_local_trials(study) -> list[int]:
-    """Mark FAIL the RUNNING trials this host's processes left behind when killed; their numbers."""
+def fail_dead_trials(study) -> list[int]:
+    """Mark FAIL the RUNNING trials this host's processes left behind when killed, and (Optuna's
+    heartbeat) those that have not beaten for GRACE_S seconds; the numbers of the first kind."""
+    import optuna
     from optuna.trial import TrialState
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
