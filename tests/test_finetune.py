@@ -196,6 +196,13 @@ def test_probe_report_and_finetune_cli(planted, tmp_path, capsys):
     saved = torch.load(tmp_path / "ft" / "model.pt", weights_only=True)
     assert saved["task"] == "mortality_hosp" and "head.weight" in saved["model"] and saved["step"] == result["best_step"]
     assert not list((tmp_path / "ft").glob(".*.tmp"))
+    from ehrjepa.probe.metrics import ranked_metrics
+
+    loaded, _ = ft.load_finetuned(tmp_path / "ft" / "model.pt")   # the saved weights give the saved result
+    known = planted.positions["test"][~np.isnan(planted.y["test"])]
+    y_test = planted.y["test"][~np.isnan(planted.y["test"])]
+    assert ranked_metrics(y_test, ft.scores(loaded, planted.windows, known, "cpu"))[0][0] == pytest.approx(
+        result["test_auroc"])
     for bad, rc_want, message in ((["--task", "aki_24_72h"], 1, "no 'creatinine' feature"),
                                   (["--task", "los_gt_3d", "--fraction", "0"], 2, "--fraction must lie in (0, 1]")):
         rc = finetune_cli.main(parser.parse_args(base + ["--out", str(tmp_path / "bad")] + bad))

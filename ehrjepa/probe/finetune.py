@@ -221,6 +221,18 @@ class Finetuner:
         return fitted, {"best_step": fitted.best_step, "steps_run": fitted.steps_run}, fitted.val_auroc, True
 
 
+def load_finetuned(path, map_location="cpu") -> tuple[Classifier, dict]:
+    """(Classifier in eval mode, the rest of the file) from the model.pt of `ehrjepa finetune`."""
+    from ehrjepa.config import config_from_dict
+    from ehrjepa.models import build_model, load_checkpoint
+
+    ckpt = load_checkpoint(path, map_location=map_location)
+    cfg = config_from_dict(ckpt["config"], source=f"{path} (config)")
+    model = Classifier(build_model(cfg, int(ckpt["n_features"])).encoder, cfg.model.resolved().width, ckpt["head"])
+    model.load_state_dict(ckpt.pop("model"))
+    return model.to(map_location).eval(), ckpt
+
+
 def encoder_of(model, which: str) -> nn.Module:
     """The context (`encoder`) or EMA target encoder (`target_encoder`) of a JEPA."""
     if which not in ("target", "context"):

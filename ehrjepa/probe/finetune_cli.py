@@ -7,7 +7,8 @@ context, its context encoder); --from scratch from an untrained encoder of the s
 with the same budget. With --fraction F, the train and val subjects are subsampled to F as the
 probe's label efficiency does in its repeat 0 with the same --seed (so the subsets match).
 Writes DIR/result.json (test AUROC/AUPRC, best step, counts) and DIR/model.pt (the classifier's
-encoder and head weights and what built them), each atomically. Any fault is one line.
+encoder and head weights and what built them; `ehrjepa.probe.finetune.load_finetuned` reads it
+back), each atomically. Any fault is one line.
 """
 from __future__ import annotations
 
