@@ -26,10 +26,17 @@ class DataConfig:
 
     path: str = ""  # processed data (OUT of `ehrjepa preprocess`); `ehrjepa train --data` sets it
     length: int = 29  # window length in hours: 24 context + 5 target hours by default
+    # whole stays: min_length < length makes a sample a crop of min(n_hours, length) hours of
+    # every stay with at least min_length hours (StayCropDataset); None = length (fixed windows)
+    min_length: int | None = None
+    crop: str = "start"  # whole stays: the crop starts at hour 0 (start) or a seeded random hour
     stride: int = 10  # hours between the starts of consecutive windows of a stay
     max_delta: float = 48.0  # cap on "hours since last observation"
     max_hours: int = 48  # hours the model's positional table covers (>= length; probes need 24+)
     batch_size: int = 64  # global batch: with N processes each one takes batch_size / N windows
+    # >0: batches by token budget instead (global; samples x longest sample <= this per batch,
+    # length-bucketed, the batch size in samples varies; batch_size then sizes validation only)
+    tokens_per_batch: int = 0
     num_workers: int = 0  # DataLoader workers per process
     val_batches: int = 1  # size of the fixed validation set, in batches of batch_size
 
@@ -237,6 +244,15 @@ def check_config(cfg: Config) -> None:
     for name, v in non_negative:
         if v < 0:
             raise ConfigError(f"{name} must be >= 0, got {v}")
+    if d.min_length is not None and not 1 <= d.min_length <= d.length:
+        raise ConfigError(f"data.min_length must be in [1, data.length={d.length}], got {d.min_length}")
+    if d.crop not in ("start", "random"):
+        raise ConfigError(f"data.crop: unknown crop {d.crop!r}; choose start or random")
+    if d.tokens_per_batch < 0:
+        raise ConfigError(f"data.tokens_per_batch must be >= 0, got {d.tokens_per_batch}")
+    if 0 < d.tokens_per_batch < d.length:
+        raise ConfigError(f"data.tokens_per_batch ({d.tokens_per_batch}) must be >= data.length "
+                          f"({d.length}): a batch must hold the longest sample")
     if d.max_hours < d.length:
         raise ConfigError(f"data.max_hours ({d.max_hours}) must be >= data.length ({d.length})")
     if not 0.0 <= t.momentum <= t.momentum_end <= 1.0:

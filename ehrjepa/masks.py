@@ -1,5 +1,8 @@
 """Context/target masks over the hours of a window, drawn in the DataLoader's collate function.
 
+Samples may differ in length (whole-stay crops, `lengths` [B]): every mask is relative to each
+sample's own length L, with its own counts, and only hours [0, L) are ever chosen.
+
 Masks are index tensors plus lengths (see docs/DESIGN.md, "Batches and masks"):
 `context_index` int64 [B, Lc] and `target_index` int64 [B, Lt] hold ascending hours of the window,
 padded with 0 past `context_lengths[b]` / `target_lengths[b]`. Each sample keeps its own counts;
@@ -7,10 +10,15 @@ nothing is truncated to the batch minimum.
 
 Kinds:
 - `future`: hours [0, C) are context, [C, C + P) targets (the default: 24 + 5 on 29-hour windows,
-  so the context covers the 24 hours `ehrjepa probe` embeds).
-- `multiblock`: `n_targets` target blocks, each `target_scale` (a fraction of the window, sampled)
-  long at a random start; the context is a sampled block (`context_scale`) minus the targets, or
-  all non-target hours when no such block leaves `min_context` hours.
+  so the context covers the 24 hours `ehrjepa probe` embeds). C is `context_hours`, or
+  round(`context_fraction` x L) when that is set; P is `target_hours`. Both shrink to fit a short
+  sample: 1 <= C <= L - 1, P = min(target_hours, L - C).
+- `multiblock`: target blocks at random starts, each `target_scale` (a sampled fraction of L)
+  long, `n_targets` of them; or, with `target_block_hours` (lo, hi), each lo..hi hours long and
+  ceil(n_targets x L / data.length) of them (the count scales with the sample's length). The
+  context is a sampled block (`context_scale` of L) minus the targets, or all non-target hours
+  when no such block leaves min(min_context, L - 1) hours.
+A 1-hour sample has its hour as context and no target (the loss skips it).
 
 Seeding: the masks of a batch are drawn from numpy's generator seeded by
 (seed, epoch, stay, start of the batch's first window), which identifies the batch's first window.
@@ -34,11 +42,13 @@ class MaskConfig:
     kind: str = "future"  # future | multiblock
     # future
     context_hours: int = 24
+    context_fraction: float | None = None  # set: C = round(fraction x each sample's length)
     target_hours: int = 5
     # multiblock
     n_targets: int = 4
     target_scale: tuple[float, float] = (0.15, 0.2)  # (min, max) fraction of the window per block
     context_scale: tuple[float, float] = (0.85, 1.0)  # (min, max) fraction for the context block
+    target_block_hours: tuple[int, int] | None = None  # set: block lengths in hours, counts scale
     min_context: int = 1
     pad_multiple: int = 8  # multiblock: pad index tensors to a multiple of this (fewer shapes to compile)
 
@@ -54,13 +64,25 @@ class MaskConfig:
         for name in ("context_hours", "target_hours", "n_targets", "min_context", "pad_multiple"):
             if getattr(self, name) < 1:
                 raise ValueError(f"mask.{name} must be >= 1, got {getattr(self, name)}")
+        if self.context_fraction is not None and not 0.0 < self.context_fraction < 1.0:
+            raise ValueError(f"mask.context_fraction must be in (0, 1), got {self.context_fraction}")
+        if self.target_block_hours is not None:
+            self.target_block_hours = tuple(int(x) for x in self.target_block_hours)
+            lo_hi = self.target_block_hours
+            if len(lo_hi) != 2 or not 1 <= lo_hi[0] <= lo_hi[1]:
+                raise ValueError(f"mask.target_block_hours must be (min, max) with 1 <= min <= max, "
+                                 f"got {lo_hi}")
 
     def check(self, length: int) -> None:
         """Raise a ValueError naming the field when the masks cannot fit a window of `length`."""
         if self.kind == "future":
-            if self.context_hours + self.target_hours > length:
+            if self.context_fraction is None and self.context_hours + self.target_hours > length:
                 raise ValueError(f"mask: context_hours + target_hours = "
                                  f"{self.context_hours + self.target_hours} exceeds the window length {length}")
+        elif self.target_block_hours is not None:
+            if self.target_block_hours[1] > length - self.min_context:
+                raise ValueError(f"mask.target_block_hours max {self.target_block_hours[1]} leaves fewer "
+                                 f"than min_context={self.min_context} of {length} hours")
         else:
             longest = max(1, round(self.target_scale[1] * length))
             if longest > length - self.min_context:
@@ -79,45 +101,90 @@ def _to_index(keep: np.ndarray, pad_multiple: int = 1) -> tuple[torch.Tensor, to
     return torch.from_numpy(order.astype(np.int64)), torch.from_numpy(lengths.astype(np.int64))
 
 
-def _blocks(rng: np.random.Generator, B: int, K: int, length: int, scale: tuple[float, float],
-            max_len: int) -> np.ndarray:
-    """K random blocks per sample as a boolean [B, K, T]: lengths a sampled fraction of the window."""
-    sizes = np.rint(rng.uniform(scale[0], scale[1], size=(B, K)) * length).astype(np.int64)
-    sizes = np.clip(sizes, 1, max_len)
-    starts = np.floor(rng.random(size=(B, K)) * (length - sizes + 1)).astype(np.int64)
-    t = np.arange(length)
+def _blocks(rng: np.random.Generator, B: int, K: int, T: int, lengths: np.ndarray,
+            scale: tuple[float, float], max_len: np.ndarray) -> np.ndarray:
+    """K random blocks per sample as a boolean [B, K, T]: lengths a sampled fraction of each
+    sample's own length, clipped to [1, max_len[b]], inside hours [0, lengths[b])."""
+    L = lengths[:, None]
+    sizes = np.rint(rng.uniform(scale[0], scale[1], size=(B, K)) * L).astype(np.int64)
+    sizes = np.clip(sizes, 1, max_len[:, None])
+    starts = np.floor(rng.random(size=(B, K)) * (L - sizes + 1)).astype(np.int64)
+    t = np.arange(T)
     return (t >= starts[..., None]) & (t < (starts + sizes)[..., None])
 
 
+def _hour_blocks(rng: np.random.Generator, B: int, T: int, lengths: np.ndarray, hours: tuple[int, int],
+                 n_targets: int, reference: int, max_len: np.ndarray) -> np.ndarray:
+    """ceil(n_targets x L / reference) blocks of hours[0]..hours[1] hours per sample (clipped to
+    max_len[b]), as a boolean [B, K, T] whose blocks past a sample's count are empty."""
+    counts = np.maximum(1, np.ceil(n_targets * lengths / reference).astype(np.int64))
+    K = int(counts.max()) if B else 1
+    sizes = np.minimum(rng.integers(hours[0], hours[1] + 1, size=(B, K)), max_len[:, None])
+    sizes = np.maximum(sizes, 1)
+    starts = np.floor(rng.random(size=(B, K)) * (lengths[:, None] - sizes + 1)).astype(np.int64)
+    t = np.arange(T)
+    blocks = (t >= starts[..., None]) & (t < (starts + sizes)[..., None])
+    return blocks & (np.arange(K)[None, :] < counts[:, None])[..., None]
+
+
+def _future(cfg: MaskConfig, lengths: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean [B, T] context and target of the future mask, per sample."""
+    if cfg.context_fraction is None:
+        C = np.full_like(lengths, cfg.context_hours)
+    else:
+        C = np.rint(cfg.context_fraction * lengths).astype(np.int64)
+    C = np.clip(C, 1, np.maximum(lengths - 1, 1))
+    P = np.minimum(cfg.target_hours, lengths - C)
+    t = np.arange(T)[None, :]
+    return t < C[:, None], (t >= C[:, None]) & (t < (C + P)[:, None])
+
+
 def sample_masks(cfg: MaskConfig, length: int, batch_size: int,
-                 rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Masks for one batch: context_index, context_lengths, target_index, target_lengths."""
+                 rng: np.random.Generator | None = None,
+                 lengths=None) -> dict[str, torch.Tensor]:
+    """Masks for one batch: context_index, context_lengths, target_index, target_lengths.
+
+    `length`: the configured window length (data.length). `lengths`: each sample's own hours
+    (int [batch_size], each in [1, length]); None means every sample has `length` hours."""
     cfg.check(length)
-    B, T = batch_size, length
+    B = batch_size
+    if lengths is None:
+        lengths = np.full(B, length, np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.shape != (B,) or (B and (lengths.min() < 1 or lengths.max() > length)):
+        raise ValueError(f"sample_masks: lengths must be {B} values in [1, {length}], got {lengths}")
+    T = int(lengths.max()) if B else length
     if cfg.kind == "future":
-        C, P = cfg.context_hours, cfg.target_hours
-        return {
-            "context_index": torch.arange(C).expand(B, C).contiguous(),
-            "context_lengths": torch.full((B,), C, dtype=torch.int64),
-            "target_index": torch.arange(C, C + P).expand(B, P).contiguous(),
-            "target_lengths": torch.full((B,), P, dtype=torch.int64),
-        }
+        context, target = _future(cfg, lengths, T)
+        context_index, context_lengths = _to_index(context)
+        target_index, target_lengths = _to_index(target)
+        return {"context_index": context_index, "context_lengths": context_lengths,
+                "target_index": target_index, "target_lengths": target_lengths}
     if rng is None:
         raise ValueError("sample_masks: multiblock masks need a numpy Generator")
+    valid = np.arange(T)[None, :] < lengths[:, None]
+    min_context = np.minimum(cfg.min_context, np.maximum(lengths - 1, 1))
     # Targets: the union of the first k blocks, for the largest k that leaves min_context hours
-    # (k >= 1 always: MaskConfig.check bounds one block).
-    blocks = _blocks(rng, B, cfg.n_targets, T, cfg.target_scale, T - cfg.min_context)
+    # (k >= 1 always: each block leaves min_context hours).
+    if cfg.target_block_hours is None:
+        blocks = _blocks(rng, B, cfg.n_targets, T, lengths, cfg.target_scale, lengths - min_context)
+    else:
+        blocks = _hour_blocks(rng, B, T, lengths, cfg.target_block_hours, cfg.n_targets, length,
+                              lengths - min_context)
     union = np.logical_or.accumulate(blocks, axis=1)  # [B, K, T]
-    fits = (T - union.sum(-1)) >= cfg.min_context  # [B, K], True then False
+    fits = (lengths[:, None] - union.sum(-1)) >= min_context[:, None]  # [B, K], True then False
     last = fits.sum(1) - 1
     target = union[np.arange(B), last]  # [B, T]
     # Context: the first of a few sampled blocks that keeps min_context hours after removing the
     # targets; else every non-target hour.
     tries = 4
-    candidates = _blocks(rng, B, tries, T, cfg.context_scale, T) & ~target[:, None, :]
-    ok = candidates.sum(-1) >= cfg.min_context  # [B, tries]
+    candidates = _blocks(rng, B, tries, T, lengths, cfg.context_scale, lengths) & ~target[:, None, :]
+    ok = candidates.sum(-1) >= min_context[:, None]  # [B, tries]
     pick = candidates[np.arange(B), ok.argmax(1)]
-    context = np.where(ok.any(1)[:, None], pick, ~target)
+    context = np.where(ok.any(1)[:, None], pick, valid & ~target)
+    one = lengths == 1  # a 1-hour sample: its hour is context, no target
+    target[one] = False
+    context[one] = valid[one]
     context_index, context_lengths = _to_index(context, cfg.pad_multiple)
     target_index, target_lengths = _to_index(target, cfg.pad_multiple)
     return {"context_index": context_index, "context_lengths": context_lengths,
@@ -126,6 +193,10 @@ def sample_masks(cfg: MaskConfig, length: int, batch_size: int,
 
 class MaskCollator:
     """DataLoader collate_fn: stacks WindowDataset items (dicts of tensors) and adds the masks.
+
+    Items of different lengths (StayCropDataset) are padded to the batch's longest item, not to
+    `length`, and the batch gets `lengths` int64 [B], each item's hours (fixed windows: all
+    `length`, the arrays stacked as they are).
 
     The generator is seeded by (seed, epoch, stay, start of the batch's first item). Call
     `set_epoch(e)` before each epoch's iterator is created: workers receive a copy of the collator
@@ -151,9 +222,19 @@ class MaskCollator:
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         if not items:
             raise ValueError("MaskCollator: empty batch")
-        batch = {key: torch.stack([item[key] for item in items]) for key in items[0]}
-        if batch["values"].shape[1] != self.length:
-            raise ValueError(f"MaskCollator: windows have {batch['values'].shape[1]} hours, "
-                             f"the collator was built for length={self.length}")
-        batch.update(sample_masks(self.cfg, self.length, len(items), self.generator(items[0])))
+        lengths = [item["values"].shape[0] for item in items]
+        longest = max(lengths)
+        if longest > self.length or min(lengths) < 1:
+            raise ValueError(f"MaskCollator: windows have {min(lengths)} to {longest} hours, "
+                             f"the collator was built for at most length={self.length}")
+        batch = {}
+        for key in items[0]:
+            if items[0][key].ndim >= 1 and longest != min(lengths):  # pad [L, F] to the longest
+                batch[key] = torch.nn.utils.rnn.pad_sequence([item[key] for item in items],
+                                                             batch_first=True)
+            else:
+                batch[key] = torch.stack([item[key] for item in items])
+        batch["lengths"] = torch.tensor(lengths, dtype=torch.int64)
+        batch.update(sample_masks(self.cfg, self.length, len(items), self.generator(items[0]),
+                                  lengths=np.asarray(lengths)))
         return batch

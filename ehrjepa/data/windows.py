@@ -8,6 +8,9 @@ A window is `length` consecutive hours of one stay. Each item holds, per hour an
 - `delta`: hours since the last observation in the stay (0 where observed), capped at
   `max_delta`; `max_delta` before any observation.
 
+`StayCropDataset` is the whole-stay variant: one sample per stay, a crop of up to `length` hours
+(at least `min_length`), so a short stay gives a short sample (see its docstring).
+
 The arrays are filled by one numba function reading straight from the memory-mapped
 `processed.mean`. The dataset pickles without the arrays (each DataLoader worker reopens the
 memory map from its file), so `DataLoader(num_workers>0)` costs no copy of the data.
@@ -101,11 +104,22 @@ class WindowDataset(Dataset):
                  max_delta: float = 48.0, _for_hours: bool = False):
         if length < 1 or stride < 1:
             raise ValueError(f"length and stride must be >= 1, got length={length}, stride={stride}")
+        stay_rows, n_hours = self._open(processed, split, length, max_delta)
+        self.stride = int(stride)
+        self.n_short_stays = int((n_hours < self.length).sum())
+        if _for_hours:  # one window per stay, at hour 0
+            keep = stay_rows[n_hours >= self.length]
+            self.window_index = np.stack([keep, np.zeros_like(keep)], axis=1).reshape(-1, 2)
+        else:
+            total = _count_windows(n_hours, self.length, self.stride)
+            self.window_index = _window_index(stay_rows, n_hours, self.length, self.stride, total)
+
+    def _open(self, processed, split: str | None, length: int, max_delta: float):
+        """Check and keep the processed arrays; (stay rows of `split`, their n_hours)."""
         if max_delta <= 0:
             raise ValueError(f"max_delta must be > 0, got {max_delta}")
         self.split = split
         self.length = int(length)
-        self.stride = int(stride)
         self.max_delta = float(max_delta)
         self.features = list(processed.features)
         self.n_features = len(self.features)
@@ -116,15 +130,7 @@ class WindowDataset(Dataset):
             stay_rows = np.arange(len(self._offset), dtype=np.int64)
         else:
             stay_rows = np.asarray(processed.split_indices(split), dtype=np.int64)
-        n_hours = n_hours_all[stay_rows]
         self.n_stays = len(stay_rows)
-        self.n_short_stays = int((n_hours < self.length).sum())
-        if _for_hours:  # one window per stay, at hour 0
-            keep = stay_rows[n_hours >= self.length]
-            self.window_index = np.stack([keep, np.zeros_like(keep)], axis=1).reshape(-1, 2)
-        else:
-            total = _count_windows(n_hours, self.length, self.stride)
-            self.window_index = _window_index(stay_rows, n_hours, self.length, self.stride, total)
         self.norm_mean = np.ascontiguousarray(processed.norm_mean, dtype=np.float32)
         self.norm_std = np.ascontiguousarray(processed.norm_std, dtype=np.float32)
         if self.norm_mean.shape != (self.n_features,) or self.norm_std.shape != (self.n_features,):
@@ -138,6 +144,12 @@ class WindowDataset(Dataset):
         # a memmap is reopened from its file after pickling; a plain array travels as is
         filename = getattr(self._mean, "filename", None)
         self._mean_path = str(filename) if isinstance(self._mean, np.memmap) and filename else None
+        return stay_rows, n_hours_all[stay_rows]
+
+    @property
+    def sample_lengths(self) -> np.ndarray:
+        """Hours of every sample (all `length` here), for token-budget batching."""
+        return np.full(len(self), self.length, np.int64)
 
     @classmethod
     def for_hours(cls, processed, split: str | None, hours: int, max_delta: float = 48.0):
@@ -164,11 +176,14 @@ class WindowDataset(Dataset):
         if i < 0:
             i += len(self)
         stay, start = self.window_index[i]
-        shape = (self.length, self.n_features)
+        return self._item(stay, start, self.length)
+
+    def _item(self, stay: int, start: int, length: int) -> dict[str, torch.Tensor]:
+        shape = (length, self.n_features)
         values = np.empty(shape, np.float32)
         observed = np.empty(shape, np.float32)
         delta = np.empty(shape, np.float32)
-        fill_window(self._mean_array(), self._offset[stay], start, self.length, self.norm_mean,
+        fill_window(self._mean_array(), self._offset[stay], start, length, self.norm_mean,
                     self.norm_std, self.max_delta, values, observed, delta)
         return {
             "values": torch.from_numpy(values),
@@ -182,3 +197,71 @@ class WindowDataset(Dataset):
         return (f"WindowDataset(split={self.split!r}, length={self.length}, stride={self.stride}, "
                 f"windows={len(self)}, stays={self.n_stays}, short_stays={self.n_short_stays}, "
                 f"features={self.n_features})")
+
+
+CROPS = ("start", "random")
+
+
+class StayCropDataset(WindowDataset):
+    """One sample per stay of `split` with n_hours >= `min_length`: a crop of
+    min(n_hours, `length`) consecutive hours, so a stay shorter than `length` gives a shorter
+    sample (the collator pads a batch only to its own longest sample).
+
+    `crop="start"` takes hours [0, L); `crop="random"` starts at an hour drawn from a generator
+    seeded by (seed, epoch, stay): `set_epoch(e)` before each epoch's iterator (workers copy the
+    dataset when the iterator starts), so a resumed run crops exactly as the first one did.
+
+    Positions are hours since the crop start (the sample's own hour 0, 1, ...), as in the fixed
+    windows: the position table then needs only `length` rows however long a stay is, and the
+    probe, which embeds hours [0, H) of each stay (`for_hours`), reads positions 0..H-1 that
+    every crop trained on. Hours since ICU admission would leave the positions of a random crop
+    beyond `length` unbounded (stays run to weeks) and rarely seen.
+
+    Items are those of WindowDataset with [L, F] arrays, L varying; `start` is the crop's first
+    hour of the stay.
+    """
+
+    def __init__(self, processed, split: str | None, length: int, min_length: int,
+                 crop: str = "start", seed: int = 0, max_delta: float = 48.0):
+        if not 1 <= min_length <= length:
+            raise ValueError(f"need 1 <= min_length <= length, got min_length={min_length}, "
+                             f"length={length}")
+        if crop not in CROPS:
+            raise ValueError(f"crop: unknown crop {crop!r}; choose one of {list(CROPS)}")
+        stay_rows, n_hours = self._open(processed, split, length, max_delta)
+        self.min_length = int(min_length)
+        self.crop = crop
+        self.seed = int(seed)
+        self.epoch = 0
+        keep = n_hours >= self.min_length
+        self.n_short_stays = int((~keep).sum())
+        self.stay_rows = stay_rows[keep]
+        self.stay_hours = n_hours[keep]
+        # (stay row, 0): the crop's start depends on the epoch when crop="random"
+        self.window_index = np.stack([self.stay_rows, np.zeros_like(self.stay_rows)], axis=1)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @property
+    def sample_lengths(self) -> np.ndarray:
+        return np.minimum(self.stay_hours, self.length)
+
+    def crop_start(self, i: int) -> int:
+        """First hour of sample i's crop this epoch."""
+        spare = int(self.stay_hours[i]) - min(int(self.stay_hours[i]), self.length)
+        if self.crop == "start" or spare == 0:
+            return 0
+        rng = np.random.default_rng([self.seed, self.epoch, int(self.stay_rows[i])])
+        return int(rng.integers(0, spare + 1))
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if i < 0:
+            i += len(self)
+        length = min(int(self.stay_hours[i]), self.length)
+        return self._item(int(self.stay_rows[i]), self.crop_start(i), length)
+
+    def __repr__(self) -> str:
+        return (f"StayCropDataset(split={self.split!r}, length={self.length}, "
+                f"min_length={self.min_length}, crop={self.crop!r}, samples={len(self)}, "
+                f"stays={self.n_stays}, short_stays={self.n_short_stays}, features={self.n_features})")

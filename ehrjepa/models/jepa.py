@@ -35,6 +35,9 @@ class JEPA(nn.Module):
     where the target encoder (an EMA copy of the context encoder, no gradients) sees all hours.
     The context encoder is the attribute `encoder` (a name kept so checkpoints load unchanged).
     The loss is averaged over the valid target tokens only (padding excluded).
+    Samples may differ in length: `batch["lengths"]` (int64 [B], optional; all T without it)
+    gives each sample's hours, and the target encoder attends within [0, lengths[b]) only, so a
+    sample's loss does not depend on the padding its batch adds.
     No .item() and no data-dependent Python branches: the step compiles into one graph.
     """
 
@@ -69,9 +72,10 @@ class JEPA(nn.Module):
         values, observed, delta = batch["values"], batch["observed"], batch["delta"]
         context_index, context_lengths = batch["context_index"], batch["context_lengths"]
         target_index, target_lengths = batch["target_index"], batch["target_lengths"]
+        lengths = batch.get("lengths")
 
         with torch.no_grad():
-            h = self.targets(values, observed, delta)  # [B, T, D], every hour
+            h = self.targets(values, observed, delta, lengths)  # [B, T, D], every hour
             target = gather_hours(h, target_index)  # [B, Lt, D]
 
         z = self.encoder(values, observed, delta, context_index, context_lengths)
@@ -87,24 +91,28 @@ class JEPA(nn.Module):
         stats = {"n_targets": n_targets.detach(), "n_context": context_lengths.sum().detach()}
         return loss, stats
 
-    def targets(self, values: Tensor, observed: Tensor, delta: Tensor) -> Tensor:
+    def targets(self, values: Tensor, observed: Tensor, delta: Tensor,
+                lengths: Tensor | None = None) -> Tensor:
         """The regression targets of every hour [B, T, D] (fp32): the target encoder sees all hours;
         its output is layer-normed, or with model.target_layers = k > 1 the last k blocks' outputs
-        are layer-normed, averaged and layer-normed again (data2vec's targets)."""
+        are layer-normed, averaged and layer-normed again (data2vec's targets). Hours past
+        lengths[b] are padding (their rows are not meaningful)."""
         k = self.cfg.target_layers
         if k == 1:
-            h = self.target_encoder(values, observed, delta)
+            h = self.target_encoder(values, observed, delta, lengths=lengths)
             return F.layer_norm(h.float(), h.shape[-1:])
-        _, blocks = self.target_encoder(values, observed, delta, last_k=k)
+        _, blocks = self.target_encoder(values, observed, delta, lengths=lengths, last_k=k)
         h = torch.stack([F.layer_norm(b.float(), b.shape[-1:]) for b in blocks]).mean(0)
         return F.layer_norm(h, h.shape[-1:])
 
-    def embed(self, values: Tensor, observed: Tensor, delta: Tensor, encoder: str = "target") -> Tensor:
-        """Features of every hour, all hours as context: [B, T, D]. For probes and validation."""
+    def embed(self, values: Tensor, observed: Tensor, delta: Tensor, encoder: str = "target",
+              lengths: Tensor | None = None) -> Tensor:
+        """Features of every hour, all hours as context: [B, T, D]. For probes and validation.
+        With `lengths` (int64 [B]) sample b's hours past lengths[b] are padding."""
         if encoder not in ("target", "context"):
             raise ValueError(f"embed: encoder must be 'target' or 'context', got {encoder!r}")
         module = self.target_encoder if encoder == "target" else self.encoder
-        return module(values, observed, delta)
+        return module(values, observed, delta, lengths=lengths)
 
     @torch.no_grad()
     def momentum_update(self, momentum: float | Tensor) -> None:
@@ -129,7 +137,10 @@ class JEPA(nn.Module):
 
 def build_model(cfg, n_features: int) -> JEPA:
     """The JEPA of a run config (`ehrjepa.config.Config`): `cfg.model` shapes, a position table of
-    `cfg.data.max_hours` hours, `n_features` input features (the processed data's)."""
+    `cfg.data.max_hours` hours, `n_features` input features (the processed data's).
+
+    `data.max_hours` is the one owner of the table's size (checked >= data.length, so every crop
+    position has a row; probes need max_hours >= the hours they embed)."""
     return JEPA(cfg.model, n_features=n_features, max_hours=cfg.data.max_hours)
 
 

@@ -75,16 +75,28 @@ class RunState:
 
 
 def open_data(cfg: Config):
-    """(train windows, validation windows, number of features) from the processed data."""
-    from ehrjepa.data import WindowDataset, open_processed
+    """(train samples, validation samples, number of features) from the processed data: fixed
+    windows, or whole-stay crops when data.min_length < data.length."""
+    from ehrjepa.data import open_processed
+    from ehrjepa.data.windows import StayCropDataset, WindowDataset
 
     if not cfg.data.path:
         raise ValueError("data.path is not set: pass --data OUT (the folder `ehrjepa preprocess` wrote)")
     processed = open_processed(cfg.data.path)
     d = cfg.data
-    train_set = WindowDataset(processed, "train", d.length, d.stride, d.max_delta)
-    val_set = WindowDataset(processed, "val", d.length, d.stride, d.max_delta)
+    if whole_stays(cfg):
+        seed = cfg.train.seed
+        train_set = StayCropDataset(processed, "train", d.length, d.min_length, d.crop, seed, d.max_delta)
+        val_set = StayCropDataset(processed, "val", d.length, d.min_length, d.crop, seed + 1, d.max_delta)
+    else:
+        train_set = WindowDataset(processed, "train", d.length, d.stride, d.max_delta)
+        val_set = WindowDataset(processed, "val", d.length, d.stride, d.max_delta)
     return train_set, val_set, train_set.n_features
+
+
+def whole_stays(cfg: Config) -> bool:
+    """Samples are whole-stay crops (data.min_length < data.length), not fixed windows."""
+    return cfg.data.min_length is not None and cfg.data.min_length < cfg.data.length
 
 
 def make_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -159,6 +171,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
         raise ValueError(f"data.batch_size ({d.batch_size}) must be divisible by the number of "
                          f"processes ({world})")
     local_batch = d.batch_size // world
+    budget = d.tokens_per_batch // world  # this rank's token budget; 0: batches of local_batch
+    if d.tokens_per_batch and budget < d.length:
+        raise ValueError(f"data.tokens_per_batch ({d.tokens_per_batch}) / {world} processes is "
+                         f"below data.length ({d.length}): a batch must hold the longest sample")
     say = tqdm.write if master else _quiet
     check_run_folder(run_dir, resume)
     if master:
@@ -188,16 +204,29 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
 
         # ---- data ---------------------------------------------------------------------------
         train_set, val_set, n_features = open_data(cfg)
-        if len(train_set) < d.batch_size:
-            raise ValueError(f"the train split has {len(train_set)} windows of {d.length} hours, "
-                             f"fewer than one batch (data.batch_size={d.batch_size})")
-        sampler = ResumableSampler(train_set, world, rank, seed=t.seed)
-        steps_per_epoch = sampler.num_samples // local_batch
         collator = make_collator(cfg, seed=t.seed)
         loader_gen = torch.Generator()  # keeps the DataLoader off the global RNG
-        loader = DataLoader(train_set, batch_size=local_batch, sampler=sampler,
-                            collate_fn=collator, num_workers=d.num_workers, drop_last=True,
-                            pin_memory=cuda, generator=loader_gen)
+        if budget:
+            sampler = make_budget_sampler(train_set, budget, world, rank, t.seed)
+            steps_per_epoch = len(sampler.epoch_batches(0))
+            if steps_per_epoch == 0:
+                raise ValueError(f"the train split has {len(train_set)} samples, fewer than one "
+                                 f"batch per process ({world})")
+            loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collator,
+                                num_workers=d.num_workers, pin_memory=cuda, generator=loader_gen)
+            skip_unit = 1  # the sampler skips whole batches
+            per_step = f"batches of up to {d.tokens_per_batch} tokens"
+        else:
+            if len(train_set) < d.batch_size:
+                raise ValueError(f"the train split has {len(train_set)} windows of {d.length} hours, "
+                                 f"fewer than one batch (data.batch_size={d.batch_size})")
+            sampler = ResumableSampler(train_set, world, rank, seed=t.seed)
+            steps_per_epoch = sampler.num_samples // local_batch
+            loader = DataLoader(train_set, batch_size=local_batch, sampler=sampler,
+                                collate_fn=collator, num_workers=d.num_workers, drop_last=True,
+                                pin_memory=cuda, generator=loader_gen)
+            skip_unit = local_batch  # the sampler skips windows
+            per_step = f"batches of {d.batch_size}"
 
         # ---- model and optimizer ------------------------------------------------------------
         model = build_model(cfg, n_features).to(device)
@@ -214,8 +243,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
         say(f"parameters: encoder {counts['encoder'] / 1e6:.2f} M, predictor "
             f"{counts['predictor'] / 1e6:.2f} M, target encoder {counts['target_encoder'] / 1e6:.2f} M "
             f"(trained: {sum(p.numel() for p in trainable) / 1e6:.2f} M)")
-        say(f"data: {len(train_set)} train windows ({steps_per_epoch} batches of {d.batch_size} per "
-            f"epoch), {len(val_set)} validation windows, {n_features} features")
+        what = "crops of whole stays" if whole_stays(cfg) else "windows"
+        say(f"data: {len(train_set)} train {what} ({steps_per_epoch} {per_step} per epoch), "
+            f"{len(val_set)} validation {what}, {n_features} features")
 
         # ---- resume -------------------------------------------------------------------------
         state = restore(run_dir, model, optimizer, n_features, d.path, say) if resume else RunState()
@@ -256,10 +286,12 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
         pending = []  # (step, loss, grad_norm, lr, wd, momentum) not yet read back
         last_stats = {}
         timer = time.perf_counter()
-        data = batches(state, sampler, loader, loader_gen, collator, t.seed, local_batch)
+        data = batches(state, sampler, loader, loader_gen, collator, t.seed, skip_unit)
+        samples = 0  # samples in the steps since the last read-back (this rank)
         while state.step < end_step:
             lr, wd, momentum = set_schedules(optimizer, decays, cfg, state.step)
             batch = _to_device(next(data), device)
+            samples += batch["values"].shape[0]
             loss, grad_norm, last_stats = train_step(model, forward, optimizer, trainable, batch,
                                                      autocast, t.grad_clip, momentum)
             state.step += 1
@@ -273,9 +305,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                 continue
 
             # -- read back the pending steps (one sync), stop on NaN/inf before anything else
-            row = read_back(pending, state, metrics, world, d.batch_size,
+            per_batch = d.batch_size if not budget else samples * world / len(pending)
+            row = read_back(pending, state, metrics, world, per_batch,
                             time.perf_counter() - timer)
-            pending = []
+            pending, samples = [], 0
             for k, v in last_stats.items():  # the model's own stats: TensorBoard only
                 if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1):
                     row[f"stats/{k}"] = float(v)
@@ -366,28 +399,46 @@ def last_logged_loss(metrics_csv: Path, step: int) -> float | None:
 
 
 def validation_batches(cfg: Config, val_set, device: torch.device, say) -> list[dict]:
-    """The fixed validation batches: the same windows and masks at every validation."""
+    """The fixed validation batches: the same windows and masks at every validation (with
+    data.tokens_per_batch: the first val_batches token-budget batches of epoch 0)."""
     d, seed = cfg.data, cfg.train.seed
     if d.val_batches == 0:
         return []
     if len(val_set) == 0:
         say("warning: the val split has no windows; validation is off")
         return []
-    order = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(seed))
+    if d.tokens_per_batch:
+        sampler = make_budget_sampler(val_set, d.tokens_per_batch, 1, 0, seed)
+        chunks = [b.tolist() for b in sampler.epoch_batches(0)[: d.val_batches]]
+    else:
+        order = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(seed))
+        chunks = [c.tolist() for c in order[: d.val_batches * d.batch_size].split(d.batch_size)]
     collator = make_collator(cfg, seed=seed + 1)
     if hasattr(collator, "set_epoch"):
         collator.set_epoch(0)
-    return [_to_device(collator([val_set[i] for i in chunk.tolist()]), device)
-            for chunk in order[: d.val_batches * d.batch_size].split(d.batch_size)]
+    if hasattr(val_set, "set_epoch"):
+        val_set.set_epoch(0)
+    return [_to_device(collator([val_set[i] for i in chunk]), device) for chunk in chunks]
+
+
+def make_budget_sampler(dataset, tokens: int, world: int, rank: int, seed: int):
+    """Token-budget batches of `dataset` for one rank (ehrjepa.data.batches)."""
+    from ehrjepa.data.batches import TokenBudgetBatchSampler
+
+    return TokenBudgetBatchSampler(dataset.sample_lengths, tokens, world, rank, seed)
 
 
 def batches(state: RunState, sampler, loader, loader_gen, collator, seed: int, local_batch: int):
-    """Batches forever from the data position in `state` (epoch, consumed), which they advance."""
+    """Batches forever from the data position in `state` (epoch, consumed), which they advance.
+    `local_batch`: what the sampler skips per batch consumed (windows, or 1 for a batch sampler).
+    The dataset's epoch (random crops) is set before each epoch's iterator copies it to workers."""
     while True:
         sampler.set_position(state.epoch, state.consumed * local_batch)
         loader_gen.manual_seed(seed + state.epoch)
         if hasattr(collator, "set_epoch"):
             collator.set_epoch(state.epoch)
+        if hasattr(loader.dataset, "set_epoch"):
+            loader.dataset.set_epoch(state.epoch)
         for batch in loader:
             state.consumed += 1
             yield batch
@@ -452,8 +503,13 @@ def validate(model, val_batches: list[dict], autocast, device: torch.device) -> 
         losses, embs = [], []
         for b in val_batches:
             losses.append(model(b)[0].float())
-            e = model.embed(b["values"], b["observed"], b["delta"], encoder="target")
-            embs.append(e.float().reshape(-1, e.shape[-1]))
+            e = model.embed(b["values"], b["observed"], b["delta"], encoder="target",
+                            lengths=b.get("lengths"))
+            if "lengths" in b:  # the real hours only, not the padding
+                valid = torch.arange(e.shape[1], device=e.device)[None, :] < b["lengths"][:, None]
+                embs.append(e.float()[valid])
+            else:
+                embs.append(e.float().reshape(-1, e.shape[-1]))
         emb = torch.cat(embs)
         out = {"val_loss": float(torch.stack(losses).mean()), "rankme": rankme(emb),
                "target_std": target_std(emb), "_rows": emb.shape[0], "_width": emb.shape[1]}
