@@ -3,6 +3,8 @@
 `load_catalog(path=None)` reads and validates the YAML (unknown keys, duplicate names or itemids,
 bad ranges and unknown conversions are errors naming the entry). `Catalog.lookup(table)` turns it
 into dense arrays indexed by itemid, which the numba aggregation uses directly.
+`Catalog.meds_lookup(codes)` does the same for the codes of a MEDS dataset: the `meds` templates
+(say `LAB//{itemid}//*`) say how a code names an itemid of a table, so one catalog serves both.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ CONVERSIONS = {
 }
 FEATURE_KEYS = {"name", "table", "unit", "itemids", "convert", "valid", "source"}
 REQUIRED_KEYS = {"name", "table", "itemids", "valid"}
-TOP_KEYS = {"sources", "features"}
+TOP_KEYS = {"sources", "features", "meds"}
+# MEDS code templates per table, as MIMIC_IV_MEDS writes codes: {itemid} the itemid, * any text
+MEDS_TEMPLATES = {"chartevents": "LAB//{itemid}//*", "labevents": "LAB//RESULT//{itemid}//*"}
 MAX_ITEMID = 1 << 24  # dense lookup arrays; MIMIC-IV itemids are below 300,000
 
 
@@ -55,6 +59,7 @@ class Catalog:
     features: list[Feature]
     path: Path | None = None
     sources: dict = field(default_factory=dict)
+    meds: dict = field(default_factory=lambda: dict(MEDS_TEMPLATES))  # table -> code template
 
     @property
     def names(self) -> list[str]:
@@ -80,6 +85,62 @@ class Catalog:
         low = np.array([f.valid[0] for f in self.features], np.float64)
         high = np.array([f.valid[1] for f in self.features], np.float64)
         return ItemLookup(feat, add, mul, low, high)
+
+
+    def meds_lookup(self, codes: list[str]) -> "MedsLookup":
+        """Arrays indexed by position in `codes` (the distinct codes of a MEDS dataset): feature
+        column, conversion, and whether the code is a chartevents item; plus a warning for each
+        itemid whose template matches no code."""
+        itemids = {table: {} for table in TABLES}  # table -> itemid -> feature column
+        for col, f in enumerate(self.features):
+            for i in f.itemids:
+                itemids[f.table][i] = col
+        patterns = {t: meds_pattern(tpl) for t, tpl in self.meds.items()}
+        size = max(len(codes), 1)
+        feat = np.full(size, -1, np.int32)
+        add = np.zeros(size, np.float64)
+        mul = np.ones(size, np.float64)
+        chart = np.zeros(size, np.uint8)
+        matched: set[tuple[str, int]] = set()
+        for c, code in enumerate(codes):
+            for table, pattern in patterns.items():
+                m = pattern.fullmatch(code)
+                if m is None or int(m.group(1)) not in itemids[table]:
+                    continue
+                i = int(m.group(1))
+                col = itemids[table][i]
+                feat[c] = col
+                if i in self.features[col].convert:
+                    add[c], mul[c] = CONVERSIONS[self.features[col].convert[i]]
+                chart[c] = table == "chartevents"
+                matched.add((table, i))
+                break
+        warnings = [f"MEDS code pattern {self.meds[t].replace('{itemid}', str(i))!r} "
+                    f"({self.features[col].name}) matches no code in the data"
+                    for t in TABLES if t in self.meds
+                    for i, col in itemids[t].items() if (t, i) not in matched]
+        low = np.array([f.valid[0] for f in self.features], np.float64)
+        high = np.array([f.valid[1] for f in self.features], np.float64)
+        return MedsLookup(ItemLookup(feat, add, mul, low, high), chart, warnings)
+
+
+@dataclass
+class MedsLookup:
+    """Catalog.meds_lookup's answer: `items` indexed by code position, `chart` 1 where the code
+    is a chartevents item (located by its ICU stay when the data names it), the warnings."""
+    items: ItemLookup
+    chart: np.ndarray  # uint8 per code
+    warnings: list[str]
+
+
+def meds_pattern(template: str) -> "re.Pattern":
+    """A code template (`{itemid}` once: the itemid's digits; `*`: any text) as a regex."""
+    import re
+
+    if template.count("{itemid}") != 1:
+        raise ValueError(f"MEDS code template {template!r} must hold {{itemid}} exactly once")
+    parts = [re.escape(p).replace(r"\*", ".*") for p in template.split("{itemid}")]
+    return re.compile(r"(\d+)".join(parts))
 
 
 def _entry_error(path, k, name, msg) -> ValueError:
@@ -145,7 +206,17 @@ def parse_catalog(data: dict, path: Path | str | None = None) -> Catalog:
         features.append(Feature(name=name, table=e["table"], itemids=tuple(ids),
                                 valid=(float(valid[0]), float(valid[1])), unit=str(e.get("unit", "")),
                                 convert=dict(convert), source=src))
-    return Catalog(features, Path(path) if path else None, dict(sources))
+    meds = data.get("meds") or dict(MEDS_TEMPLATES)
+    if not isinstance(meds, dict) or set(meds) - set(TABLES):
+        raise ValueError(f"{path}: 'meds' must map tables {TABLES} to code templates, not {meds!r}")
+    for table, template in meds.items():
+        if not isinstance(template, str):
+            raise ValueError(f"{path}: meds.{table} must be a code template string")
+        try:
+            meds_pattern(template)
+        except ValueError as e:
+            raise ValueError(f"{path}: meds.{table}: {e}") from None
+    return Catalog(features, Path(path) if path else None, dict(sources), dict(meds))
 
 
 def load_catalog(path: str | Path | None = None) -> Catalog:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .events import (REASONS, TABLES, aggregate_events, apply_events, apply_events_in,
-                     scan_arrow, scan_events)
-from .readers import TableStats, iter_parquet_arrow, iter_table, table_format
+                     scan_arrow, scan_events, scan_meds)
+from .readers import MISSING, TableStats, iter_parquet_arrow, iter_table, table_format
 from .readers.csv_stream import BLOCK_BYTES, PARALLEL_BYTES, CsvBytes, _column_plan, _raise_bad
 from .readers.files import Progress
 from .readers.tokenizer import NEED_MORE, _next_newline
@@ -108,9 +108,7 @@ def _aggregate_parquet(name: str, path: Path, lk, stays: Stays, sums: np.ndarray
         pool = ThreadPoolExecutor(1)
 
     def scan(h: _Half, b: dict, lo: int, hi: int) -> int:
-        if h.idx.shape[0] < hi - lo:
-            h.idx = np.empty(hi - lo, np.int64)
-            h.val = np.empty(hi - lo, np.float64)
+        h.reserve(hi - lo)
         k, t, i, v = b[key], b["charttime"], b["itemid"], b["valuenum"]
         return scan_arrow(
             lo, hi, lab, k.data, k.valid, k.bit0, t.data, t.valid, t.bit0, t.div, i.data, i.valid,
@@ -118,34 +116,104 @@ def _aggregate_parquet(name: str, path: Path, lk, stays: Stays, sums: np.ndarray
             stays.by_subject, stays.intime, stays.outtime, stays.offset, stays.n_hours,
             lk.feature, lk.add, lk.mul, lk.low, lk.high, n_features, h.idx, h.val, h.dropped)
 
-    def add(h: _Half, ns: tuple[int, int], lo: int, hi: int) -> int:
-        return sum(apply_events_in(g.idx, g.val, m, lo, hi, sums_flat, counts_flat, h.dropped)
-                   for g, m in zip(halves, ns))
-
     kept = 0
     try:
         for b in iter_parquet_arrow(path, TABLES[name][1], st, opt.parquet_block_rows, bar):
-            n = len(b[key].data)
-            if pool is None or n < 2 * opt.parallel_rows:
-                n_out = scan(halves[0], b, 0, n)
-                kept += apply_events(halves[0].idx, halves[0].val, n_out, sums_flat, counts_flat,
-                                     dropped)
-            else:
-                fut = pool.submit(scan, halves[1], b, n // 2, n)
-                ns = (scan(halves[0], b, 0, n // 2), fut.result())
-                # adding: each thread takes both halves' events, in order, for its own index
-                # range; a cut at the second half's first event balances rows sorted by stay
-                cut = int(halves[1].idx[0]) if ns[1] else sums_flat.shape[0]
-                fut = pool.submit(add, halves[1], ns, cut, sums_flat.shape[0])
-                kept += add(halves[0], ns, 0, cut) + fut.result()
-            for h in halves:
-                dropped[:] += h.dropped
-                h.dropped[:] = 0
+            kept += _scan_and_add(pool, halves, lambda h, lo, hi: scan(h, b, lo, hi),
+                                  len(b[key].data), sums_flat, counts_flat, dropped, opt)
             if big:
                 _release(sums, counts)
     finally:
         _close(pool, bar)
     return kept
+
+
+def _scan_and_add(pool, halves: list, scan, n: int, sums_flat: np.ndarray,
+                  counts_flat: np.ndarray, dropped: np.ndarray, opt: ScanOptions) -> int:
+    """Scan the n rows of one batch (scan(half, lo, hi) -> events written to half.idx / .val)
+    and add the events in file order; returns the rows kept. From 2 * opt.parallel_rows rows
+    (and with a pool) the two halves of the batch are scanned by two threads, then each thread
+    adds both halves' events, in order, for its own index range: a cut at the second half's
+    first event balances rows sorted by stay."""
+    if pool is None or n < 2 * opt.parallel_rows:
+        n_out = scan(halves[0], 0, n)
+        kept = apply_events(halves[0].idx, halves[0].val, n_out, sums_flat, counts_flat, dropped)
+    else:
+        def add(h: _Half, ns: tuple[int, int], lo: int, hi: int) -> int:
+            return sum(apply_events_in(g.idx, g.val, m, lo, hi, sums_flat, counts_flat, h.dropped)
+                       for g, m in zip(halves, ns))
+
+        fut = pool.submit(scan, halves[1], n // 2, n)
+        ns = (scan(halves[0], 0, n // 2), fut.result())
+        cut = int(halves[1].idx[0]) if ns[1] else sums_flat.shape[0]
+        fut = pool.submit(add, halves[1], ns, cut, sums_flat.shape[0])
+        kept = add(halves[0], ns, 0, cut) + fut.result()
+    for h in halves:
+        dropped[:] += h.dropped
+        h.dropped[:] = 0
+    return kept
+
+
+def aggregate_meds(path: Path, batches, lk, chart: np.ndarray, stays: Stays, sums: np.ndarray,
+                   counts: np.ndarray, dropped: np.ndarray, opt: ScanOptions) -> int:
+    """Fold the batches of one MEDS shard (meds.iter_batches: ArrowColumns subject_id, time,
+    code with code_of, numeric_value, icustay_id) into sums/counts through scan_meds +
+    apply_events, two threads as for parquet tables; returns the rows kept. A row that goes back
+    in (subject, time) is an error naming the file and the row."""
+    n_features = sums.shape[1]
+    big = sums.nbytes + counts.nbytes >= RELEASE_BYTES
+    sums_flat, counts_flat = sums.reshape(-1), counts.reshape(-1)
+    halves = [_Half(0), _Half(0)]
+    pool = None
+    if (os.cpu_count() or 1) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1)
+    last = [MISSING, MISSING]  # (subject, time) of the shard's previous row
+    row0 = 0  # the batch's first row in the shard
+
+    def unsorted(r: int, before) -> ValueError:
+        return ValueError(f"{path}: not sorted by subject_id, then time: row {row0 + r} goes back "
+                          f"from subject {before[0]} at {_when(before[1])} (MEDS wants each "
+                          "subject's rows together, in time order)")
+
+    def scan(h: _Half, b: dict, lo: int, hi: int) -> int:
+        h.reserve(hi - lo)
+        s, t, c, v, k = b["subject_id"], b["time"], b["code"], b["numeric_value"], b["icustay_id"]
+        n = scan_meds(lo, hi, s.data, s.valid, s.bit0, t.data, t.valid, t.bit0, t.div, c.data,
+                      c.valid, c.bit0, b["code_of"], v.data, v.valid, v.bit0, k.data, k.valid,
+                      k.bit0, chart, stays.stay_id, stays.subjects, stays.subj_start,
+                      stays.subj_end, stays.by_subject, stays.intime, stays.outtime,
+                      stays.offset, stays.n_hours, lk.feature, lk.add, lk.mul, lk.low, lk.high,
+                      n_features, h.idx, h.val, h.dropped, h.order)
+        if n < 0:
+            raise unsorted(-1 - n, h.order[:2])
+        return n
+
+    kept = 0
+    try:
+        for b in batches:
+            n = len(b["subject_id"].data)
+            kept += _scan_and_add(pool, halves, lambda h, lo, hi: scan(h, b, lo, hi), n,
+                                  sums_flat, counts_flat, dropped, opt)
+            # the joins: the batch's first row after the shard's last, the second half's after the first's
+            parts = [halves[0]] if pool is None or n < 2 * opt.parallel_rows else halves
+            for j, h in enumerate(parts):
+                first = (h.order[2], h.order[3])
+                if first < tuple(last):
+                    raise unsorted(n // 2 if j else 0, last)
+                last = [h.order[0], h.order[1]]
+            row0 += n
+            if big:
+                _release(sums, counts)
+    finally:
+        _close(pool, None)
+    return kept
+
+
+def _when(t: int) -> str:
+    """A time in seconds (MISSING: null) as text, for errors."""
+    return "a null time" if t == MISSING else str(np.datetime64(int(t), "s"))
 
 
 class _Half:
@@ -157,6 +225,13 @@ class _Half:
         self.dropped = np.zeros(len(REASONS), np.int64)
         self.bad = np.zeros(2, np.int64)
         self.lastlen = None
+        self.order = np.zeros(4, np.int64)  # scan_meds: (subject, time) of the last, first row
+
+    def reserve(self, n: int) -> None:
+        """Room for n events."""
+        if self.idx.shape[0] < n:
+            self.idx = np.empty(n, np.int64)
+            self.val = np.empty(n, np.float64)
 
 
 def _scan_csv_events(name: str, path: Path, lk, stays: Stays, sums: np.ndarray,

@@ -247,6 +247,63 @@ def scan_arrow(lo, hi, lab, key, key_bits, key_bit0, time, time_bits, time_bit0,
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
+def scan_meds(lo, hi, subj, subj_bits, subj_bit0, time, time_bits, time_bit0, time_div, code,
+              code_bits, code_bit0, code_of, value, value_bits, value_bit0, stay, stay_bits,
+              stay_bit0, chart, stay_ids, key_ids, subj_start, subj_end, by_subject, intime,
+              outtime, offset, n_hours, feat, add, mul, low, high, n_features, out_idx, out_val,
+              dropped, order):
+    """The rows [lo, hi) of a MEDS batch as events for apply_events: scan_arrow's checks, with
+    the feature found from the code (code_of maps the batch's dictionary index to a position in
+    the dataset's codes, which index feat/add/mul) and the stay by the rules of the code's table:
+    a chartevents code by its icustay_id where the row has one (stay is empty when the data has
+    no such column), else, like labevents, by subject and time.
+
+    Rows must not go back in (subject, time) (null times read as MISSING, the earliest: static
+    rows first). order [4] gets the (subject, time) of the last and of the first row, so that
+    the caller checks the joins between halves and batches. Returns the number of events, or
+    -1 - r for the first row r that goes back (order[:2] then holds the row before it)."""
+    n_out = 0
+    last_subj = MISSING
+    k_subj = -1
+    last_stay = MISSING
+    k_stay = -1
+    has_stay = stay.shape[0] > 0
+    for r in range(lo, hi):
+        s = subj[r] if arrow_valid(subj_bits, subj_bit0, r) else MISSING
+        t = MISSING
+        if arrow_valid(time_bits, time_bit0, r):
+            t = time[r]
+            if time_div == 1_000_000:  # MEDS's microseconds: a multiply and a shift
+                t = t // 1_000_000
+            elif time_div != 1:
+                t = t // time_div
+        if r == lo:
+            order[2] = s
+            order[3] = t
+        elif s < order[0] or (s == order[0] and t < order[1]):
+            return -1 - r
+        order[0] = s
+        order[1] = t
+        c = code_of[code[r]] if arrow_valid(code_bits, code_bit0, r) else -1
+        x = value[r] if arrow_valid(value_bits, value_bit0, r) else np.nan
+        f, v = _feature_value(c, x, feat, add, mul, low, high)
+        if f < 0:
+            dropped[-1 - f] += 1
+            continue
+        if chart[c] and has_stay and arrow_valid(stay_bits, stay_bit0, r):
+            n_out, last_stay, k_stay = _emit(False, stay[r], t, f, v, last_stay, k_stay, stay_ids,
+                                             subj_start, subj_end, by_subject, intime, outtime,
+                                             offset, n_hours, n_features, out_idx, out_val, n_out,
+                                             dropped)
+        else:
+            n_out, last_subj, k_subj = _emit(True, s, t, f, v, last_subj, k_subj, key_ids,
+                                             subj_start, subj_end, by_subject, intime, outtime,
+                                             offset, n_hours, n_features, out_idx, out_val, n_out,
+                                             dropped)
+    return n_out
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def scan_events(buf, pos, end, final, ncols, want, col_slot, col_kind, skip_bad, lab, key_ids,
                 subj_start, subj_end, by_subject, intime, outtime, offset, n_hours, feat, add, mul,
                 low, high, n_features, out_idx, out_val, dropped, bad_info, lastlen):

@@ -245,7 +245,13 @@ def compile_kernels() -> None:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mimic-dir", required=True, help="MIMIC-IV directory holding hosp/ and icu/")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--mimic-dir", help="MIMIC-IV directory holding hosp/ and icu/ (default: none; this "
+                             "or --meds)")
+    source.add_argument("--meds", metavar="DIR",
+                        help="a MEDS dataset (data/**/*.parquet, metadata/) instead of MIMIC-IV "
+                             "tables; codes map to features by the catalog's meds templates "
+                             "(default: none)")
     parser.add_argument("--out", required=True,
                         help="output directory (replaced whole when the run succeeds)")
     parser.add_argument("--features", default=None,
@@ -272,9 +278,15 @@ def main(args: argparse.Namespace) -> int:
               file=sys.stderr)
         features = args.config
     try:
-        out = preprocess(args.mimic_dir, args.out, config=features,
-                         on_bad_lines=args.on_bad_lines, progress=not args.no_progress,
-                         seed=args.seed)
+        if args.meds is not None:
+            from .meds import preprocess_meds
+
+            out = preprocess_meds(args.meds, args.out, config=features,
+                                  progress=not args.no_progress, seed=args.seed)
+        else:
+            out = preprocess(args.mimic_dir, args.out, config=features,
+                             on_bad_lines=args.on_bad_lines, progress=not args.no_progress,
+                             seed=args.seed)
     except (OSError, ValueError) as e:
         print(f"ehrjepa preprocess: {e}", file=sys.stderr)
         return 1
@@ -284,6 +296,11 @@ def main(args: argparse.Namespace) -> int:
     for name, t in m["tables"].items():
         drops = ", ".join(f"{k} {v}" for k, v in t["dropped"].items() if v) or "none"
         print(f"  {name:12s} read {t['rows_read']:>12,d}  kept {t['rows_kept']:>12,d}  dropped: {drops}")
+    if "total" in m:  # MEDS: the shards' sum, and where stays and splits came from
+        t = m["total"]
+        drops = ", ".join(f"{k} {v}" for k, v in t["dropped"].items() if v) or "none"
+        print(f"  {'total':12s} read {t['rows_read']:>12,d}  kept {t['rows_kept']:>12,d}  dropped: {drops}")
+        print(f"  stays paired by {m['icu_stays']['paired_by']}; splits from {m['split_source']}")
     for w in m["warnings"]:
         print(f"  warning: {w}")
     return 0

@@ -1,0 +1,414 @@
+"""`ehrjepa preprocess --meds DIR`: a MEDS dataset (schema 0.4) -> the processed format.
+
+The MEDS counterpart of preprocess.py, with the same rules (events.py) and output (processed.py):
+
+- Codes -> features: the catalog's `meds` templates (catalog.py; MIMIC_IV_MEDS's codes,
+  `LAB//{itemid}//*` for chartevents, `LAB//RESULT//{itemid}//*` for labevents), with the
+  catalog's conversions and valid ranges by itemid. A chartevents code is placed by its
+  icustay_id where the data has that column (as MIMIC's stay_id), else like a lab: the
+  subject's stay whose window holds its time.
+- Stays: ICU_ADMISSION// and ICU_DISCHARGE// events, paired by icustay_id where present, else in
+  time order per subject (stay ids are then numbered 1, 2, ... in subject, time order).
+- death_hosp: 1 when the subject's MEDS_DEATH lies within [admission, discharge] of the
+  hospital admission holding the stay (HOSPITAL_ADMISSION// / HOSPITAL_DISCHARGE//, paired by
+  hadm_id where present); MIMIC_IV_MEDS times MEDS_DEATH at admissions.deathtime, which MIMIC
+  sets for in-hospital deaths only, so this is hospital_expire_flag as far as MEDS tells; -1
+  where no admission holds the stay. los_days from the ICU events.
+- Splits: metadata/subject_splits.parquet (train / tuning / held_out -> train / val / test),
+  our subject hash where it is absent (manifest `split_source`).
+
+Two passes over data/**/*.parquet, one row group at a time: the first reads subject_id, time
+and code for the stay events and the distinct codes, the second streams every row through the
+numba kernel scan_meds (drivers.aggregate_meds). Every row is kept or dropped for a named
+reason, per shard and in total, in OUT/manifest.json.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import Catalog, load_catalog
+from .drivers import RELEASE_BYTES, ScanOptions, _release, aggregate_meds
+from .events import REASONS, finalize_hours
+from .processed import finish_outputs, open_outputs, split_of_subjects, write_manifest, write_meta, \
+    write_stays
+from .readers import KIND_FLOAT, KIND_INT, KIND_TIME, MISSING, TableStats, arrow_column
+from .readers.files import BLOCK_ROWS
+from .readers.parquet import _NO_BITS, ArrowColumn, _parquet_error
+from .staging import pause_point, staged_output
+from .stays import Stays
+
+COLUMNS = {"subject_id": "an integer", "time": "a timestamp", "code": "a string",
+           "numeric_value": "a float"}
+MEDS_SPLITS = {"train": 0, "tuning": 1, "held_out": 2}  # -> processed.SPLITS
+# stay event kinds, by code prefix
+KINDS = {"ICU_ADMISSION": 1, "ICU_DISCHARGE": 2, "HOSPITAL_ADMISSION": 3, "HOSPITAL_DISCHARGE": 4,
+         "MEDS_DEATH": 5}
+DROP_NAMES = tuple("not_a_feature" if r == "unknown_itemid" else r for r in REASONS)
+
+
+def data_shards(meds_dir: Path) -> list[Path]:
+    shards = sorted((meds_dir / "data").rglob("*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"{meds_dir}/data/**/*.parquet: no MEDS data shards found")
+    return shards
+
+
+def open_shard(path: Path):
+    """(ParquetFile with `code` read as a dictionary, has icustay_id, has hadm_id); a missing
+    column or one of the wrong type is an error naming the file and the column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path, read_dictionary=["code"])
+    except (pa.ArrowException, OSError) as e:
+        raise _parquet_error(path, e) from e
+    schema = pf.schema_arrow
+    for name, kind in COLUMNS.items():
+        if name not in schema.names:
+            raise ValueError(f"{path}: missing MEDS column {name!r} (columns: "
+                             f"{', '.join(schema.names)})")
+        t = schema.field(name).type
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        ok = {"subject_id": pa.types.is_integer, "time": pa.types.is_timestamp,
+              "code": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+              "numeric_value": pa.types.is_floating}[name](t)
+        if not ok:
+            raise ValueError(f"{path}: column {name!r} has type {t}, expected {kind} (MEDS 0.4)")
+    names = set(schema.names)
+    return pf, "icustay_id" in names, "hadm_id" in names
+
+
+def _batches(pf, path: Path, columns: list[str], block_rows: int, stats: TableStats):
+    """Record batches, one row group at a time; an undecodable one is an error naming the file."""
+    import pyarrow as pa
+
+    try:
+        for g in range(pf.num_row_groups):
+            for batch in pf.iter_batches(batch_size=block_rows, row_groups=[g], columns=columns,
+                                         use_threads=False):
+                stats.rows_read += batch.num_rows
+                if batch.num_rows:
+                    yield batch
+    except (pa.ArrowException, OSError) as e:
+        raise _parquet_error(path, e) from e
+
+
+def _dictionary(arr):
+    """The code column as a DictionaryArray (read so; encoded here otherwise)."""
+    import pyarrow as pa
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return arr if pa.types.is_dictionary(arr.type) else arr.dictionary_encode()
+
+
+def _kinds(dictionary) -> np.ndarray:
+    """KINDS of each dictionary value (0: not a stay event)."""
+    return np.array([next((k for p, k in KINDS.items() if c == p or c.startswith(p + "//")), 0)
+                     for c in dictionary.to_pylist()], np.int8)
+
+
+# -------------------------------------------------------------------------------------------------
+# pass 1: the stay events and the distinct codes
+
+
+def read_stay_events(shards: list[Path]) -> tuple[dict, list[str], bool, bool]:
+    """(stay events {subject, time (s), kind, hadm_id, icustay_id}, the sorted distinct codes,
+    every shard has icustay_id, every shard has hadm_id)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    parts, codes = [], set()
+    all_stay = all_hadm = True
+    for path in shards:
+        pf, has_stay, has_hadm = open_shard(path)
+        all_stay &= has_stay
+        all_hadm &= has_hadm
+        cols = ["subject_id", "time", "code"] + ["hadm_id"] * has_hadm + ["icustay_id"] * has_stay
+        for batch in _batches(pf, path, cols, BLOCK_ROWS, TableStats(str(path))):
+            code = _dictionary(batch.column("code"))
+            codes.update(code.dictionary.to_pylist())
+            kinds = _kinds(code.dictionary)
+            if not kinds.any():
+                continue
+            idx = code.indices.fill_null(0).to_numpy()
+            kind = np.where(code.is_valid().to_numpy(zero_copy_only=False), kinds[idx], 0)
+            keep = pa.array(kind > 0)
+            part = {"kind": kind[kind > 0]}
+            for name, kd in (("subject_id", KIND_INT), ("time", KIND_TIME), ("hadm_id", KIND_INT),
+                             ("icustay_id", KIND_INT)):
+                if name in cols:
+                    col = arrow_column(pc.filter(batch.column(name), keep), kd, path, name)
+                    part[name] = _plain_int(col)
+                else:
+                    part[name] = np.full(len(part["kind"]), MISSING, np.int64)
+            parts.append(part)
+    codes.discard(None)
+    events = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0, np.int64)
+              for k in ("kind", "subject_id", "time", "hadm_id", "icustay_id")}
+    return events, sorted(codes), all_stay, all_hadm
+
+
+def _plain_int(col: ArrowColumn) -> np.ndarray:
+    """An int or time ArrowColumn as int64 (seconds for times), MISSING at nulls."""
+    out = col.data // col.div if col.div != 1 else col.data.copy()
+    if len(col.valid):
+        bits = np.unpackbits(col.valid, bitorder="little")[col.bit0:col.bit0 + len(out)]
+        out[bits == 0] = MISSING
+    return out
+
+
+def _pair(subject, when, start: np.ndarray, ident, use_ident: bool):
+    """Pair start and end events into intervals: by `ident` (first start and first end of each
+    id), else in time order per subject (each start with the next end before the next start).
+    Returns (subject, id, t_start, t_end, rows used, rows unpaired); ids are numbered 1, 2, ...
+    in (subject, time) order when not given."""
+    if use_ident:
+        ok = ident != MISSING
+        out = []
+        for flag in (True, False):
+            sel = np.flatnonzero(ok & (start == flag))
+            ids, first = np.unique(ident[sel], return_index=True)
+            out.append((ids, sel[first]))
+        (ids_s, rows_s), (ids_e, rows_e) = out
+        both, i_s, i_e = np.intersect1d(ids_s, ids_e, return_indices=True)
+        s, e = rows_s[i_s], rows_e[i_e]
+        unpaired = len(subject) - 2 * len(both)
+        return subject[s], both, when[s], when[e], unpaired
+    order = np.lexsort((~start, when, subject))  # at one time a start before its end
+    subj, tid, t0, t1 = [], [], [], []
+    open_row = -1
+    for r in order.tolist():
+        if open_row >= 0 and subject[open_row] != subject[r]:
+            open_row = -1  # the subject's last start had no end
+        if start[r]:
+            open_row = r
+        elif open_row >= 0:
+            subj.append(subject[r])
+            t0.append(when[open_row])
+            t1.append(when[r])
+            open_row = -1
+    unpaired = len(subject) - 2 * len(subj)
+    return (np.array(subj, np.int64), np.arange(1, len(subj) + 1, dtype=np.int64),
+            np.array(t0, np.int64), np.array(t1, np.int64), unpaired)
+
+
+def build_stays(ev: dict, has_stay: bool, has_hadm: bool, stats: TableStats, dropped: dict,
+                warnings: list[str]) -> tuple[Stays, np.ndarray]:
+    """(Stays, death_hosp int8) from the stay events (see the module docstring)."""
+    icu = np.flatnonzero((ev["kind"] == 1) | (ev["kind"] == 2))
+    stats.rows_read = len(icu)
+    subj, sid, t_in, t_out, unpaired = _pair(ev["subject_id"][icu], ev["time"][icu],
+                                             ev["kind"][icu] == 1, ev["icustay_id"][icu], has_stay)
+    dropped["unpaired"] = unpaired
+    hosp = np.flatnonzero((ev["kind"] == 3) | (ev["kind"] == 4))
+    h_subj, h_id, h_in, h_out, _ = _pair(ev["subject_id"][hosp], ev["time"][hosp],
+                                         ev["kind"][hosp] == 3, ev["hadm_id"][hosp], has_hadm)
+    # each stay's admission: the subject's admission holding intime
+    adm_of = {}
+    for j in np.argsort(h_in, kind="stable").tolist():
+        adm_of.setdefault(int(h_subj[j]), []).append(j)
+    adm = np.full(len(subj), -1, np.int64)
+    for i, (s, t) in enumerate(zip(subj.tolist(), t_in.tolist())):
+        for j in adm_of.get(s, ()):
+            if h_in[j] <= t <= h_out[j]:
+                adm[i] = j
+                break
+    hadm = np.where(adm >= 0, h_id[np.maximum(adm, 0)] if len(h_id) else MISSING, MISSING)
+    cols = {"stay_id": sid, "subject_id": subj, "hadm_id": hadm, "intime": t_in,
+            "outtime": t_out}
+    stay_drops = {"bad_id": 0, "bad_timestamp": 0, "outtime_before_intime": 0, "duplicate_stay": 0}
+    stays = Stays(cols, stats, stay_drops)
+    for k, v in stay_drops.items():  # each stay is two events
+        dropped[k] = 2 * v
+    # death within the stay's hospital admission
+    died = ev["kind"] == 5
+    death = {}
+    for s, t in zip(ev["subject_id"][died].tolist(), ev["time"][died].tolist()):
+        death[s] = min(t, death.get(s, t))
+    a = adm[_rows_of(sid, stays.stay_id)]
+    flag = np.full(len(stays), -1, np.int8)
+    for i, (s, j) in enumerate(zip(stays.subject_id.tolist(), a.tolist())):
+        if j >= 0:
+            t = death.get(s)
+            flag[i] = int(t is not None and h_in[j] <= t <= h_out[j])
+    if (flag < 0).any():
+        warnings.append(f"{int((flag < 0).sum())} stays lie in no HOSPITAL_ADMISSION// .. "
+                        "HOSPITAL_DISCHARGE// interval: death_hosp = -1 (unknown)")
+    return stays, flag
+
+
+def _rows_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Positions in ids of the (distinct, present) values `wanted`."""
+    order = np.argsort(ids, kind="stable")
+    return order[np.searchsorted(ids[order], wanted)]
+
+
+def read_splits(meds_dir: Path, subject_id: np.ndarray, seed: int,
+                warnings: list[str]) -> tuple[np.ndarray, str]:
+    """(split code per stay, where the splits came from)."""
+    import pyarrow.parquet as pq
+
+    path = meds_dir / "metadata" / "subject_splits.parquet"
+    ours = split_of_subjects(subject_id, seed)
+    if not path.exists():
+        return ours, f"ehrjepa subject hash, seed {seed} ({path} absent)"
+    table = pq.read_table(path)
+    for name in ("subject_id", "split"):
+        if name not in table.column_names:
+            raise ValueError(f"{path}: missing column {name!r}")
+    names = table["split"].to_pylist()
+    bad = sorted({n for n in names if n not in MEDS_SPLITS}, key=str)
+    if bad:
+        raise ValueError(f"{path}: unknown split {bad[0]!r} (expected train, tuning, held_out)")
+    sid = table["subject_id"].to_numpy()
+    code = np.array([MEDS_SPLITS[n] for n in names], np.int8)
+    order = np.argsort(sid, kind="stable")
+    pos = np.clip(np.searchsorted(sid[order], subject_id), 0, max(len(sid) - 1, 0))
+    found = (sid[order][pos] == subject_id) if len(sid) else np.zeros(len(subject_id), bool)
+    split = np.where(found, code[order][pos] if len(sid) else 0, ours).astype(np.int8)
+    if (~found).any():
+        warnings.append(f"{int((~found).sum())} stays' subjects are missing from {path}: "
+                        f"split by the ehrjepa subject hash (seed {seed})")
+    return split, str(path)
+
+
+# -------------------------------------------------------------------------------------------------
+# pass 2: the events
+
+
+def iter_event_batches(pf, path: Path, codes, has_stay: bool, stats: TableStats, block_rows: int):
+    """Blocks {column: ArrowColumn, "code_of": dictionary index -> position in `codes`}."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cols = ["subject_id", "time", "code", "numeric_value"] + ["icustay_id"] * has_stay
+    empty = ArrowColumn(np.zeros(0, np.int64), _NO_BITS, 0, 1)
+    for batch in _batches(pf, path, cols, block_rows, stats):
+        code = _dictionary(batch.column("code"))
+        code_of = pc.index_in(code.dictionary, value_set=codes).fill_null(-1)
+        indices = code.indices.cast(pa.int64())
+        block = {"code": arrow_column(indices, KIND_INT, path, "code"),
+                 "code_of": code_of.to_numpy().astype(np.int64),
+                 "icustay_id": empty}
+        for name, kind in (("subject_id", KIND_INT), ("time", KIND_TIME),
+                           ("numeric_value", KIND_FLOAT), ("icustay_id", KIND_INT)):
+            if name in cols:
+                block[name] = arrow_column(batch.column(name), kind, path, name)
+        yield block
+
+
+def preprocess_meds(meds_dir: str | Path, out: str | Path,
+                    config: str | Path | Catalog | None = None, progress: bool = True,
+                    seed: int = 0, options: ScanOptions = ScanOptions()) -> Path:
+    """Turn the MEDS dataset at meds_dir into OUT (processed.py's format); returns OUT. OUT is
+    built beside its place and moved in whole (staging.py)."""
+    from .preprocess import _import_numba_math_without_scipy
+
+    t_start = time.perf_counter()
+    meds_dir, out = Path(os.path.abspath(meds_dir)), Path(out)
+    if not meds_dir.is_dir():
+        raise FileNotFoundError(f"MEDS directory not found: {meds_dir}")
+    _import_numba_math_without_scipy()
+    catalog = config if isinstance(config, Catalog) else load_catalog(config)
+    shards = data_shards(meds_dir)
+    with staged_output(out) as tmp:
+        _build(meds_dir, shards, tmp, catalog, progress, seed, t_start, options)
+    return out
+
+
+def _build(meds_dir: Path, shards: list[Path], out: Path, catalog: Catalog, progress: bool,
+           seed: int, t_start: float, options: ScanOptions) -> None:
+    import pyarrow as pa
+    from tqdm.auto import tqdm
+
+    warnings: list[str] = []
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ev, codes, has_stay, has_hadm = read_stay_events(shards)
+    st = TableStats("ICU_ADMISSION// and ICU_DISCHARGE// events")
+    stay_dropped: dict[str, int] = {}
+    stays, death = build_stays(ev, has_stay, has_hadm, st, stay_dropped, warnings)
+    stays_entry = {"rows_read": st.rows_read, "rows_kept": 2 * len(stays),
+                   "dropped": stay_dropped,
+                   "paired_by": "icustay_id" if has_stay else "time order per subject"}
+    assert stays_entry["rows_kept"] + sum(stay_dropped.values()) == st.rows_read, stays_entry
+    lookup = catalog.meds_lookup(codes)
+    for w in lookup.warnings:
+        print(f"ehrjepa preprocess: warning: {w}", file=sys.stderr)
+    warnings += lookup.warnings
+    seconds["stays"] = time.perf_counter() - t0
+
+    names = catalog.names
+    sums, counts = open_outputs(out, stays.total_hours, len(names))
+    t0 = time.perf_counter()
+    shard_entries, total = {}, np.zeros(len(REASONS), np.int64)
+    total_read = total_kept = 0
+    code_values = pa.array(codes, pa.string())
+    bar = tqdm(total=len(shards), desc="meds shards", unit="shard", disable=not progress,
+               delay=0.5, leave=False)
+    for path in shards:
+        pf, shard_stay, _ = open_shard(path)
+        st = TableStats(str(path))
+        dropped = np.zeros(len(REASONS), np.int64)
+        batches = iter_event_batches(pf, path, code_values, shard_stay and has_stay, st,
+                                     options.parquet_block_rows)
+        kept = aggregate_meds(path, batches, lookup.items, lookup.chart, stays, sums, counts,
+                              dropped, options)
+        entry = {"path": str(path), "rows_read": st.rows_read, "rows_kept": int(kept),
+                 "dropped": {n: int(d) for n, d in zip(DROP_NAMES, dropped)}}
+        if kept + int(dropped.sum()) != st.rows_read:  # an accounting bug, never bad input
+            raise AssertionError(f"{path}: rows kept {kept} + dropped {dropped} != read {st.rows_read}")
+        shard_entries[path.relative_to(meds_dir).as_posix()] = entry
+        total += dropped
+        total_read += st.rows_read
+        total_kept += kept
+        bar.update()
+    bar.close()
+    pause_point("scan")
+    seconds["events"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    split, split_source = read_splits(meds_dir, stays.subject_id, seed, warnings)
+    hour_train = np.repeat(split == 0, stays.n_hours).astype(np.uint8)
+    stats = np.zeros((3, len(names)), np.float64)
+    kept_by_feature = np.zeros(len(names), np.int64)
+    step = max(1, (16 << 20) // max(1, len(names) * 6))
+    for r0 in range(0, stays.total_hours, step):
+        r1 = min(r0 + step, stays.total_hours)
+        kept_by_feature += counts[r0:r1].sum(axis=0, dtype=np.int64)
+        finalize_hours(sums, counts, r0, r1, hour_train, stats)
+        if sums.nbytes + counts.nbytes >= RELEASE_BYTES:
+            _release(sums, counts)
+    n, s1, s2 = stats
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm_mean = np.where(n > 0, s1 / np.maximum(n, 1), 0.0)
+        var = np.where(n > 0, s2 / np.maximum(n, 1) - norm_mean ** 2, 0.0)
+    norm_std = np.sqrt(np.maximum(var, 0.0))
+    norm_std = np.where((norm_std > 1e-12) & np.isfinite(norm_std), norm_std, 1.0)
+    finish_outputs(out, sums, counts)
+    del sums, counts
+    seconds["finalize"] = time.perf_counter() - t0
+
+    write_stays(out, stays, split, death)
+    write_meta(out, names, norm_mean, norm_std, seed)
+    pause_point("write")
+    kept_by_table = {t: int(sum(k for k, f in zip(kept_by_feature, catalog.features)
+                                if f.table == t)) for t in ("chartevents", "labevents")}
+    manifest = {"source": "meds", "meds_dir": str(meds_dir), "tables": shard_entries,
+                "total": {"rows_read": total_read, "rows_kept": total_kept,
+                          "dropped": {n: int(d) for n, d in zip(DROP_NAMES, total)},
+                          "kept_by_table": kept_by_table},
+                "icu_stays": stays_entry, "split_source": split_source,
+                "warnings": warnings, "n_stays": len(stays), "total_hours": stays.total_hours,
+                "config": os.path.abspath(catalog.path) if catalog.path else None,
+                "seconds": {k: round(v, 3) for k, v in seconds.items()}
+                | {"total": round(time.perf_counter() - t_start, 3)}}
+    write_manifest(out, manifest)
