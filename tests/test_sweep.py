@@ -197,3 +197,13 @@ def test_probe_objective_never_opens_the_test_split(tmp_path, capsys, monkeypatc
     losses = [[line.split(",")[1] for line in (run / "metrics.csv").read_text().splitlines()]
               for run in (trial_dir, tmp_path / "plain")]
     assert losses[0] == losses[1] and len(losses[0]) > 2
+
+
+def test_a_trial_that_cannot_run_fails_alone_with_its_reason(tmp_path, capsys, monkeypatch, data):
+    no_plots(monkeypatch)
+    space = write_space(tmp_path / "space.yaml", {"data.batch_size": {"choice": [100000]}})
+    study_dir = tmp_path / "study"
+    assert cli_main(sweep_args(data, space, study_dir, 2, "--objective", "val_loss")) == 1  # no trial completed
+    out = capsys.readouterr().out
+    assert out.count("fewer than one batch") == 2 and "no trial completed: no best.yaml" in out
+    assert trial_states(study_dir) == {0: "FAIL", 1: "FAIL"} and not (study_dir / "best.yaml").exists()

@@ -76,8 +76,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"ehrjepa sweep: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
 
-    from ehrjepa.train.loop import TrainingDiverged
-
     objective = Objective(base_raw, params, study_dir, args.objective, scorer)
     print(f"ehrjepa sweep: study '{args.study_name}' in {url}, {args.objective} "
           f"({OBJECTIVES[args.objective]}), {len(params)} parameter(s), {args.trials} trials in all")
@@ -90,7 +88,8 @@ def main(args: argparse.Namespace) -> int:
             best = f"best {study.best_value:.4f} (trial {study.best_trial.number})"
         except ValueError:
             best = "no best yet"
-        print(f"trial {trial.number}: {trial.state.name.lower()}{where}, value {value}; {best}")
+        error = f" ({trial.user_attrs['error']})" if "error" in trial.user_attrs else ""
+        print(f"trial {trial.number}: {trial.state.name.lower()}{where}{error}, value {value}; {best}")
 
     start = time.perf_counter()
     ran = 0
@@ -101,8 +100,12 @@ def main(args: argparse.Namespace) -> int:
         done = n.get("COMPLETE", 0) + n.get("PRUNED", 0) + n.get("FAIL", 0)
         if done + n.get("RUNNING", 0) >= args.trials:
             break
-        study.optimize(objective, n_trials=1, callbacks=[report],
-                       catch=(TrialFailed, TrainingDiverged, ConfigError))
+        try:
+            study.optimize(objective, n_trials=1, callbacks=[report], catch=(TrialFailed,))
+        except KeyboardInterrupt:  # Optuna has marked the trial failed; the study stays as it is
+            print(f"ehrjepa sweep: interrupted; rerun the same command to run the missing trials",
+                  file=sys.stderr)
+            return 130
         ran += 1
     n = counts(study)
     notes = write_outputs(study, study_dir, base_raw, str(data_dir), args.objective)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ehrjepa.config import config_from_dict
+from ehrjepa.config import ConfigError, config_from_dict
 from ehrjepa.sweep.space import Param, with_values
 
 OBJECTIVES = {"probe": "maximize", "val_loss": "minimize"}
@@ -107,6 +107,7 @@ class Objective:
         import optuna
 
         from ehrjepa.train import train
+        from ehrjepa.train.loop import CheckpointWriteFailed, TrainingDiverged
 
         run_dir = self.study_dir / f"trial_{trial.number:04d}"
         # who runs it: a rerun on this host fails the trial when that process is gone (study.py)
@@ -114,7 +115,6 @@ class Objective:
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         values = {p.key: p.suggest(trial) for p in self.params}
-        cfg = config_from_dict(with_values(self.base_raw, values), source=f"trial {trial.number}")
         last = {}
 
         def on_validation(step, model, row):
@@ -127,8 +127,16 @@ class Objective:
         start = time.perf_counter()
         self.say(f"trial {trial.number}: {run_dir} with "
                  + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()))
-        train(cfg, run_dir, resume=False, progress=False, on_validation=on_validation)
+        try:  # a trial that cannot run or diverges fails alone, with its reason in one line
+            cfg = config_from_dict(with_values(self.base_raw, values), source=f"trial {trial.number}")
+            train(cfg, run_dir, resume=False, progress=False, on_validation=on_validation)
+        except (ConfigError, TrainingDiverged, CheckpointWriteFailed, ValueError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            trial.set_user_attr("error", reason)
+            raise TrialFailed(reason) from None
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
         if "value" not in last:
-            raise TrialFailed(f"trial {trial.number}: no validation step ran in {run_dir} (empty val split?)")
+            reason = f"no validation step ran in {run_dir} (empty val split?)"
+            trial.set_user_attr("error", reason)
+            raise TrialFailed(reason)
         return last["value"]
