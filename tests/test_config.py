@@ -114,3 +114,18 @@ def test_an_empty_or_section_less_config_is_an_error_naming_the_file(tmp_path, t
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_whole_stay_keys_checked_and_old_configs_keep_fixed_windows():
+    old = config_from_dict({"data": {"length": 29}})  # a config written before whole stays
+    assert old.data.min_length is None and old.data.tokens_per_batch == 0
+    cfg = config_from_dict({"data": {"length": 168, "min_length": 8, "max_hours": 168,
+                                     "tokens_per_batch": 4096, "crop": "random"},
+                            "mask": {"context_fraction": 0.75, "target_hours": 168}})
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    for bad, where in [({"data": {"min_length": 30}}, "data.min_length"),
+                       ({"data": {"crop": "middle"}}, "data.crop"),
+                       ({"data": {"tokens_per_batch": 10}}, "data.tokens_per_batch"),
+                       ({"mask": {"context_fraction": 1.5}}, "context_fraction")]:
+        with pytest.raises(ConfigError, match=where):
+            config_from_dict(bad)

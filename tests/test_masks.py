@@ -127,3 +127,56 @@ def test_same_seed_same_masks_any_number_of_workers():
     other_epoch, other_seed = _masks(0, epoch=1), _masks(0, seed=8)
     assert any(not torch.equal(a["target_index"], b["target_index"]) for a, b in zip(single, other_epoch))
     assert any(not torch.equal(a["target_index"], b["target_index"]) for a, b in zip(single, other_seed))
+
+
+def check_ragged(m: dict, lengths: np.ndarray, cfg: MaskConfig):
+    """Each sample's masks lie inside its own hours, are disjoint, and have its own counts."""
+    ci, cl, ti, tl = m["context_index"], m["context_lengths"], m["target_index"], m["target_lengths"]
+    for b, L in enumerate(lengths.tolist()):
+        nc, nt = int(cl[b]), int(tl[b])
+        c, t = set(ci[b, :nc].tolist()), set(ti[b, :nt].tolist())
+        assert len(c) == nc >= 1 and len(t) == nt and (nt >= 1 or L == 1), (L, nc, nt)
+        assert max(c | t) < L and min(c | t) >= 0 and not c & t, (L, c, t)
+        if cfg.kind == "future":
+            C = cfg.context_hours if cfg.context_fraction is None else round(cfg.context_fraction * L)
+            C = min(max(C, 1), max(L - 1, 1))
+            assert c == set(range(C)) and t == set(range(C, C + min(cfg.target_hours, L - C)))
+        elif L > 1:
+            assert L - nt >= min(cfg.min_context, L - 1)  # targets leave room for the context
+    return cl, tl
+
+
+@pytest.mark.parametrize("cfg", [
+    MaskConfig(kind="future", context_hours=24, target_hours=5),
+    MaskConfig(kind="future", context_fraction=0.75, target_hours=168),
+    MaskConfig(kind="multiblock"),
+    MaskConfig(kind="multiblock", target_block_hours=(4, 12), n_targets=4, min_context=8),
+])
+def test_masks_on_random_lengths(cfg):
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        lengths = rng.integers(1, 169, size=16)
+        lengths[0] = 1
+        check_ragged(sample_masks(cfg, 168, 16, np.random.default_rng(1), lengths=lengths), lengths, cfg)
+
+
+def test_counts_are_per_sample_and_scale_with_length():
+    lengths = np.array([168, 24, 168, 24] * 8)
+    cfg = MaskConfig(kind="multiblock", target_block_hours=(6, 6), n_targets=4, min_context=4)
+    m = sample_masks(cfg, 168, len(lengths), np.random.default_rng(0), lengths=lengths)
+    tl = m["target_lengths"].numpy()
+    # four 6-hour blocks in 168 hours; one in 24 (ceil(4 x 24 / 168)): never cut to the shortest
+    assert tl[lengths == 24].max() <= 6 and tl[lengths == 168].mean() > 12
+    future = sample_masks(MaskConfig(kind="future", context_fraction=0.5, target_hours=100), 168,
+                          4, lengths=np.array([168, 24, 10, 2]))
+    assert future["context_lengths"].tolist() == [84, 12, 5, 1]
+    assert future["target_lengths"].tolist() == [84, 12, 5, 1]
+    assert future["context_index"].shape[1] == 84  # padded to the batch's longest, not beyond
+
+
+def test_uniform_lengths_give_the_fixed_window_masks():
+    cfg = MaskConfig(kind="multiblock")
+    fixed = sample_masks(cfg, 29, 8, np.random.default_rng(5))
+    same = sample_masks(cfg, 29, 8, np.random.default_rng(5), lengths=np.full(8, 29))
+    for k in fixed:
+        assert torch.equal(fixed[k], same[k]), k

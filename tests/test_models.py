@@ -334,3 +334,31 @@ def test_resolve_device():
             resolve_device("cuda")
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("tpu")
+
+
+def test_hour_content_is_not_swamped_at_336_positions():
+    # whole stays: positions run to weeks of hours; the hour must still explain well under 70 %
+    torch.manual_seed(0)
+    model = JEPA(ModelConfig(size="micro"), n_features=F_, max_hours=336)
+    batch = make_batch(B=16, T=336)
+    with torch.no_grad():
+        h = model.embed(batch["values"], batch["observed"], batch["delta"])
+    total = h.var(dim=(0, 1), unbiased=False).sum()
+    by_hour = h.mean(0).var(0, unbiased=False).sum()
+    assert by_hour / total < 0.7
+
+
+def test_a_ragged_sample_loses_the_same_as_alone():
+    # lengths: the target encoder attends within each sample's hours, so padding changes nothing
+    model = micro()
+    lengths = np.array([20, 9, 14])
+    cfg = MaskConfig(kind="future", context_fraction=0.6, target_hours=20)
+    batch = make_batch(B=3)
+    batch.update(sample_masks(cfg, T_, 3, lengths=lengths), lengths=torch.from_numpy(lengths))
+    batch["values"][1, 9:] = 1e3  # padding hours hold garbage
+    with torch.no_grad():
+        _, _ = model(batch)
+        h = model.targets(batch["values"], batch["observed"], batch["delta"], batch["lengths"])
+        for b, n in enumerate(lengths.tolist()):
+            alone = model.targets(*(batch[k][b:b + 1, :n] for k in ("values", "observed", "delta")))
+            torch.testing.assert_close(h[b, :n], alone[0], atol=1e-5, rtol=1e-5)
