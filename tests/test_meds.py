@@ -1,0 +1,218 @@
+"""`ehrjepa preprocess --meds`: agreement with the MIMIC path on the synthetic cohort, a hand-built
+dataset with known hourly answers, and bad MEDS input."""
+import json
+import shutil
+from datetime import datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ehrjepa.data import open_processed
+from ehrjepa.data.drivers import ScanOptions
+from ehrjepa.data.meds import preprocess_meds
+from ehrjepa.data.preprocess import preprocess
+from ehrjepa.synth import write_synthetic
+
+PATIENTS = 60
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory):
+    """The synthetic cohort (one seed) preprocessed from its MEDS copy and from its MIMIC tables;
+    the MIMIC labevents once as written and once timed at storetime, which is when MIMIC_IV_MEDS
+    times a lab result (LAB//RESULT//...)."""
+    tmp = tmp_path_factory.mktemp("agree")
+    write_synthetic(tmp / "meds", PATIENTS, seed=4, fmt="meds", progress=False)
+    write_synthetic(tmp / "mimic", PATIENTS, seed=4, fmt="parquet", progress=False)
+    shutil.copytree(tmp / "mimic", tmp / "stored")
+    lab_path = tmp / "stored" / "hosp" / "labevents.parquet"
+    lab = pq.read_table(lab_path)
+    pq.write_table(lab.set_column(lab.schema.get_field_index("charttime"), "charttime",
+                                  lab["storetime"]), lab_path)
+    # small batches, split over two threads: the joins of the sortedness check are exercised
+    preprocess_meds(tmp / "meds", tmp / "out_meds", progress=False,
+                    options=ScanOptions(parquet_block_rows=5000, parallel_rows=1000))
+    for name in ("mimic", "stored"):
+        preprocess(tmp / name, tmp / f"out_{name}", progress=False)
+    return {name: open_processed(tmp / f"out_{name}") for name in ("meds", "mimic", "stored")}
+
+
+def test_same_stays_labels_and_splits(both):
+    a, b = both["meds"], both["mimic"]
+    assert a.n_stays > 50
+    for column in b.stays.column_names:  # stay ids, times, hours, split, death_hosp, los_days
+        assert a.stays[column].equals(b.stays[column]), column
+    assert 0 < int(np.sum(a.stays["death_hosp"].to_numpy() == 1)) < a.n_stays
+    assert a.manifest["split_source"].endswith("subject_splits.parquet")
+
+
+def test_same_hourly_means_and_counts(both):
+    a, b, plain = both["meds"], both["stored"], both["mimic"]
+    assert a.features == b.features
+    assert np.array_equal(a.count, b.count)
+    assert a.count.sum() > 1000
+    # numeric_value is float32 in MEDS, valuenum float64 in the MIMIC tables
+    np.testing.assert_allclose(a.mean, b.mean, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(a.norm_mean, b.norm_mean, rtol=1e-5)
+    # the vital signs (charttime in both layouts) agree with the unchanged MIMIC run too
+    chart = [i for i, f in enumerate(a.features) if f in ("heart_rate", "sbp", "temperature")]
+    assert np.array_equal(a.count[:, chart], plain.count[:, chart])
+
+
+def test_same_accounting_of_kept_rows(both):
+    a, b = both["meds"].manifest, both["stored"].manifest
+    assert a["total"]["kept_by_table"] == {t: b["tables"][t]["rows_kept"]
+                                           for t in ("chartevents", "labevents")}
+    assert a["total"]["rows_kept"] == sum(t["rows_kept"] for t in a["tables"].values())
+    for entry in list(a["tables"].values()) + [a["total"]]:
+        assert entry["rows_kept"] + sum(entry["dropped"].values()) == entry["rows_read"]
+    assert a["icu_stays"]["rows_kept"] == 2 * a["n_stays"]
+
+
+# -------------------------------------------------------------------------------------------------
+# a hand-built dataset
+
+
+def T(text):
+    return datetime.fromisoformat(text)
+
+
+def write_shard(path, rows, schema=None, drop=()):
+    """rows: (subject_id, time text or None, code, numeric_value or None)."""
+    cols = {"subject_id": pa.array([r[0] for r in rows], pa.int64()),
+            "time": pa.array([T(r[1]) if r[1] else None for r in rows], pa.timestamp("us")),
+            "code": pa.array([r[2] for r in rows], pa.string()),
+            "numeric_value": pa.array([r[3] for r in rows], pa.float32())}
+    table = pa.table({k: v for k, v in cols.items() if k not in drop})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table if schema is None else table.cast(schema), path)
+
+
+@pytest.fixture()
+def hand(tmp_path):
+    rows = [
+        (1, None, "GENDER//F", None),
+        (1, "2150-01-01 03:00", "LAB//RESULT//50912//mg/dL", 9.0),  # 7 h before intime: outside
+        (1, "2150-01-01 08:00", "HOSPITAL_ADMISSION//EW EMER.//ER", None),
+        (1, "2150-01-01 08:00", "LAB//RESULT//50912//mg/dL", 2.0),  # lookback: hour 0
+        (1, "2150-01-01 10:00", "ICU_ADMISSION//MICU", None),
+        (1, "2150-01-01 10:10", "LAB//220045//bpm", 80.0),
+        (1, "2150-01-01 10:50", "LAB//220045//bpm", 90.0),
+        (1, "2150-01-01 10:50", "LAB//223761//°F", 98.6),  # 37 C
+        (1, "2150-01-01 11:00", "LAB//220045//bpm", 500.0),  # out of range
+        (1, "2150-01-01 12:59", "LAB//220045//bpm", None),  # no value
+        (1, "2150-01-01 13:00", "LAB//RESULT//50912//mg/dL", 4.0),  # hour 3
+        (1, "2150-01-01 13:00", "LAB//SPECIMEN_COLLECTED//50912", None),  # not a feature
+        (1, "2150-01-01 13:30", "ICU_DISCHARGE//MICU", None),
+        (1, "2150-01-01 13:30", "LAB//220045//bpm", 70.0),  # at outtime: outside
+        (1, "2150-01-02 09:00", "MEDS_DEATH", None),
+        (1, "2150-01-02 09:00", "HOSPITAL_DISCHARGE//DIED", None),
+        (2, "2151-05-01 00:00", "ICU_ADMISSION//SICU", None),
+        (2, "2151-05-01 01:15", "LAB//RESULT//50912//mg/dL", 1.5),
+        (2, "2151-05-01 02:00", "ICU_DISCHARGE//SICU", None),
+    ]
+    write_shard(tmp_path / "meds" / "data" / "0.parquet", rows)
+    return tmp_path
+
+
+def test_hand_built_hourly_answers(hand):
+    out = preprocess_meds(hand / "meds", hand / "out", progress=False)
+    p = open_processed(out)
+    assert p.stays["stay_id"].to_pylist() == [1, 2]  # no icustay_id: numbered in order
+    assert p.stays["n_hours"].to_pylist() == [4, 2]
+    assert p.stays["death_hosp"].to_pylist() == [1, -1]  # subject 2 has no hospital admission
+    assert p.stays["los_days"].to_pylist() == [3.5 / 24, 2 / 24]
+    hr, temp, cr = (p.features.index(f) for f in ("heart_rate", "temperature", "creatinine"))
+    assert p.count[:, hr].tolist() == [2, 0, 0, 0, 0, 0]
+    assert p.mean[0, hr] == 85.0 and np.isnan(p.mean[1, hr])
+    assert p.mean[0, temp] == pytest.approx(37.0)
+    assert p.count[:, cr].tolist() == [1, 0, 0, 1, 0, 1]
+    assert p.mean[[0, 3, 5], cr].tolist() == [2.0, 4.0, 1.5]
+    m = p.manifest
+    assert m["total"]["rows_read"] == 19 and m["total"]["rows_kept"] == 6
+    d = m["total"]["dropped"]
+    assert (d["not_a_feature"], d["out_of_range"], d["no_value"], d["outside_stay"]) == (9, 1, 1, 2)
+    assert m["icu_stays"]["paired_by"] == "time order per subject"
+    assert m["split_source"].startswith("ehrjepa subject hash")
+    assert any("stays lie in no HOSPITAL_ADMISSION" in w for w in m["warnings"])
+    assert any("'LAB//220050//*' (sbp) matches no code" in w for w in m["warnings"])
+
+
+def test_icustay_id_places_chart_codes(hand):
+    """With an icustay_id column a chart code goes to its own stay, as chartevents' stay_id."""
+    path = hand / "meds" / "data" / "0.parquet"
+    t = pq.read_table(path)
+    sid = [None] * t.num_rows
+    sid[4] = sid[12] = 30  # subject 1's ICU events
+    sid[16] = sid[18] = 31
+    sid[5] = 31  # a heart rate filed under subject 2's stay, at subject 1's time: outside
+    pq.write_table(t.append_column("icustay_id", pa.array(sid, pa.int64())), path)
+    p = open_processed(preprocess_meds(hand / "meds", hand / "out", progress=False))
+    assert p.stays["stay_id"].to_pylist() == [30, 31]
+    hr = p.features.index("heart_rate")
+    assert p.count[0, hr] == 1 and p.mean[0, hr] == 90.0
+    assert p.manifest["total"]["dropped"]["outside_stay"] == 3
+
+
+def test_splits_file_maps_meds_names(hand):
+    (hand / "meds" / "metadata").mkdir()
+    pq.write_table(pa.table({"subject_id": pa.array([1, 2], pa.int64()),
+                             "split": ["held_out", "tuning"]}),
+                   hand / "meds" / "metadata" / "subject_splits.parquet")
+    p = open_processed(preprocess_meds(hand / "meds", hand / "out", progress=False))
+    assert p.stays["split"].to_pylist() == ["test", "val"]
+
+
+# -------------------------------------------------------------------------------------------------
+# bad input: one-line errors naming the file, and no OUT left behind
+
+
+def expect_error(root, match):
+    with pytest.raises(ValueError, match=match) as e:
+        preprocess_meds(root / "meds", root / "out", progress=False)
+    assert "\n" not in str(e.value)
+    assert not (root / "out").exists()
+
+
+def test_missing_column(tmp_path):
+    write_shard(tmp_path / "meds" / "data" / "0.parquet", [(1, "2150-01-01 00:00", "X", 1.0)],
+                drop=("numeric_value",))
+    expect_error(tmp_path, r"0\.parquet: missing MEDS column 'numeric_value'")
+
+
+def test_wrong_dtypes(tmp_path):
+    path = tmp_path / "meds" / "data" / "0.parquet"
+    write_shard(path, [(1, "2150-01-01 00:00", "X", 1.0)])
+    t = pq.read_table(path)
+    pq.write_table(t.set_column(1, "time", t["time"].cast(pa.string())), path)
+    expect_error(tmp_path, r"0\.parquet: column 'time' has type string, expected a timestamp")
+    pq.write_table(t.set_column(2, "code", pa.array([7], pa.int64())), path)
+    expect_error(tmp_path, r"column 'code' has type int64, expected a string")
+
+
+@pytest.mark.parametrize("threads", [False, True])
+def test_unsorted_shard(hand, threads):
+    path = hand / "meds" / "data" / "0.parquet"
+    t = pq.read_table(path)
+    pq.write_table(pa.concat_tables([t.slice(10), t.slice(0, 10)]), path)  # subject 2 first
+    options = ScanOptions(parallel_rows=2) if threads else ScanOptions()
+    with pytest.raises(ValueError, match=r"0\.parquet: not sorted by subject_id, then time: "
+                                         r"row 9 goes back from subject 2 at 2151-05-01T02:00:00"):
+        preprocess_meds(hand / "meds", hand / "out", progress=False, options=options)
+    # subjects in order, times not: rows 1 and 2 swapped
+    pq.write_table(t.take([0, 2, 1] + list(range(3, t.num_rows))), path)
+    with pytest.raises(ValueError, match=r"row 2 goes back from subject 1 at 2150-01-01T08:00:00"):
+        preprocess_meds(hand / "meds", hand / "out", progress=False)
+
+
+def test_cli(hand, capsys):
+    from ehrjepa.cli import main
+
+    assert main(["preprocess", "--meds", str(hand / "meds"), "--out", str(hand / "out"),
+                 "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "2 stays, 6 hours" in text and "stays paired by time order per subject" in text
+    assert main(["preprocess", "--meds", str(hand / "nothing"), "--out", str(hand / "o2")]) == 1
+    assert json.loads((hand / "out" / "manifest.json").read_text())["source"] == "meds"
