@@ -305,3 +305,39 @@ def test_on_validation_sees_each_validation_step_and_can_stop_the_run(tmp_path, 
     assert [s for s, _, _ in seen] == [2, 4]
     assert all(math.isfinite(v) and training for _, v, training in seen)
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 4
+
+
+def whole_stays(data_dir, *overrides):
+    """micro on whole-stay crops of up to 48 hours, batched by a 384-token budget."""
+    return micro(data_dir, "data.length=48", "data.min_length=6", "data.max_hours=48",
+                 "data.tokens_per_batch=384", "mask.context_fraction=0.75", "mask.target_hours=12",
+                 *overrides)
+
+
+def test_whole_stay_loss_goes_down(tmp_path, data_dir):
+    run = tmp_path / "run"
+    summary = train(whole_stays(data_dir, "train.max_steps=60", "train.warmup_steps=6",
+                                "train.val_every=30"), run, progress=False)
+    rows = read_metrics(run / "metrics.csv")
+    assert summary["steps"] == 60 and len(rows) == 60
+    first = np.mean([r["loss"] for r in rows[:6]])
+    last = np.mean([r["loss"] for r in rows[-6:]])
+    assert last < 0.8 * first, (first, last)
+    val = [r["val_loss"] for r in rows if r["val_loss"] is not None]
+    assert len(val) == 2 and all(math.isfinite(v) for v in val)
+
+
+def test_whole_stay_resume_is_exact_across_an_epoch(tmp_path, data_dir):
+    """Random crops, hour-block multiblock masks, token-budget batches: stop and resume give the
+    same losses as a straight run, across an epoch boundary."""
+    common = ["train.max_steps=14", "data.crop=random", "mask.kind=multiblock",
+              "mask.target_block_hours=[2,6]", "mask.min_context=4", "data.tokens_per_batch=1536"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(whole_stays(data_dir, *common), straight, progress=False)
+    train(whole_stays(data_dir, *common, "train.stop_after=7"), split, progress=False)
+    train(whole_stays(data_dir, *common, "train.stop_after=7"), split, resume=True, progress=False)
+    a, b = losses(straight), losses(split)
+    assert list(a) == list(b) == list(range(1, 15))
+    np.testing.assert_allclose([b[s] for s in b], [a[s] for s in a], rtol=0, atol=1e-6)
+    position = torch.load(split / "checkpoints" / "last.pt", weights_only=True)["data_position"]
+    assert position["epoch"] >= 1  # the run crossed an epoch (new crops, new batches)
