@@ -48,6 +48,11 @@ def main(args: argparse.Namespace) -> int:
                                      write_outputs)
     from ehrjepa.probe.tasks import HOURS
 
+    try:
+        import optuna  # noqa: F401 -- an extra, not a core dependency
+    except ImportError:
+        print("ehrjepa sweep: needs Optuna: pip install 'optuna>=4'", file=sys.stderr)
+        return 2
     study_dir, data_dir = Path(args.study_dir), Path(args.data).resolve()
     try:
         if args.trials < 1:
@@ -62,6 +67,11 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"{data_dir}: not a processed data folder (no stays.parquet); run `ehrjepa preprocess`")
         scorer = None
         if args.objective == "probe":
+            shortest = min([base.data.max_hours] + [v for p in params if p.key == "data.max_hours"
+                                                    for v in p.extremes()])
+            if shortest < HOURS:
+                raise ValueError(f"the probe objective embeds {HOURS} hours: data.max_hours must be >= {HOURS}, "
+                                 f"got {shortest}")
             scorer = ProbeScorer(data_dir, args.task, HOURS, args.label_fraction, args.seed)
         if study_dir.exists() and not study_dir.is_dir():
             raise ValueError(f"--study-dir {study_dir} is a file")
@@ -73,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
         url = storage_url(study_dir, args.storage)
         study = open_study(url, args.study_name, OBJECTIVES[args.objective], args.seed, args.prune_after, record)
     except (ConfigError, SpaceError, SweepError, ValueError, OSError) as e:
-        print(f"ehrjepa sweep: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"ehrjepa sweep: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
         return 2
 
     objective = Objective(base_raw, params, study_dir, args.objective, scorer)
@@ -85,7 +95,8 @@ def main(args: argparse.Namespace) -> int:
         last = max(trial.intermediate_values, default=None)
         where = f" at step {last}" if trial.state.name == "PRUNED" and last is not None else ""
         try:
-            best = f"best {study.best_value:.4f} (trial {study.best_trial.number})"
+            top = study.best_trial  # one read: other processes may finish trials meanwhile
+            best = f"best {top.value:.4f} (trial {top.number})"
         except ValueError:
             best = "no best yet"
         error = f" ({trial.user_attrs['error']})" if "error" in trial.user_attrs else ""
@@ -103,7 +114,7 @@ def main(args: argparse.Namespace) -> int:
         try:
             study.optimize(objective, n_trials=1, callbacks=[report], catch=(TrialFailed,))
         except KeyboardInterrupt:  # Optuna has marked the trial failed; the study stays as it is
-            print(f"ehrjepa sweep: interrupted; rerun the same command to run the missing trials",
+            print("ehrjepa sweep: interrupted; rerun the same command to run the missing trials",
                   file=sys.stderr)
             return 130
         ran += 1
@@ -116,7 +127,8 @@ def main(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"  note: {note}")
     if (study_dir / "best.yaml").is_file() and n.get("COMPLETE"):
-        print(f"  best     {study.best_value:.4f}, trial {study.best_trial.number}: {study.best_trial.params}")
+        top = study.best_trial
+        print(f"  best     {top.value:.4f}, trial {top.number}: {top.params}")
         print(f"  outputs  {study_dir / 'best.yaml'}, {study_dir / 'trials.csv'}, {study_dir}/*.png")
         return 0
     return 1
