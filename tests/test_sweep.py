@@ -207,3 +207,15 @@ def test_a_trial_that_cannot_run_fails_alone_with_its_reason(tmp_path, capsys, m
     out = capsys.readouterr().out
     assert out.count("fewer than one batch") == 2 and "no trial completed: no best.yaml" in out
     assert trial_states(study_dir) == {0: "FAIL", 1: "FAIL"} and not (study_dir / "best.yaml").exists()
+
+
+def test_every_option_says_its_default_or_required():
+    import argparse
+
+    from ehrjepa.sweep.cli import configure
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    for action in parser._actions:
+        if action.option_strings != ["-h", "--help"]:
+            assert "(default: " in action.help or "(required)" in action.help, action.option_strings
