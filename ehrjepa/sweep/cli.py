@@ -37,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="trials that must finish before the median pruner stops any (default: 5)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a base config value for every trial, e.g. --set train.max_steps=500 "
-                             "(repeatable; default: none)")
+                             "(repeatable) (default: none)")
 
 
 def main(args: argparse.Namespace) -> int:
