@@ -392,7 +392,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="/tmp/ehrjepa-bench",
                         help="generated input and outputs (outside the repo; reused between runs)")
     parser.add_argument("--json", default=None, help="write results here (default WORKDIR/preprocess.json)")
-    parser.add_argument("--config", default=None, help="feature catalog (default configs/features.yaml)")
+    parser.add_argument("--features", "--config", dest="features", default=None,
+                        help="feature catalog (default configs/features.yaml; --config is an alias)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per tool; the fastest is reported")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
@@ -410,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     configure(parser)
     args = parser.parse_args(argv)
     if args.child:
-        return run_child(args.child, Path(args.mimic_dir), Path(args.out), args.config)
+        return run_child(args.child, Path(args.mimic_dir), Path(args.out), args.features)
     from bench.common import fmt_bytes, machine_info, markdown_table, run_measured, write_json
 
     if args.quick:
@@ -445,8 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                         shutil.rmtree(out)
                     cmd = [sys.executable, "-m", "bench.preprocess", "--child", tool,
                            "--mimic-dir", str(mimic_dir), "--out", str(out)]
-                    if args.config:
-                        cmd += ["--config", args.config]
+                    if args.features:
+                        cmd += ["--features", args.features]
                     m = run_measured(cmd, cwd=REPO, timeout_s=args.timeout)
                     run = {"rows": info["rows"].get("chartevents", rows), "rows_target": rows,
                            "labevents_rows": info["rows"].get("labevents"), "format": fmt,
