@@ -3,6 +3,7 @@
     python -m bench train_step                       # every case and mode that applies here
     python -m bench train_step --quick               # CPU: small-8x20, a few steps
     python -m bench train_step --case small-64x256 --mode compile_bf16_ro --mode ours --json out.json
+    python -m bench train_step --lengths stays --data OUT [--size micro] [--tokens 2048]
 
 Cases (future masks, 25 features), named size-BxT after what runs: small-8x20 (15 context + 5
 target hours; the CPU default), small-256x20 (15 + 5), small-64x256 (192 + 64), base-64x256
@@ -15,6 +16,15 @@ bench/results.csv as it finishes (see bench/results.py; --quick runs only with -
   "triton" + the ehrjepa.kernels EMA, with the whole step (forward, backward, AdamW, EMA)
   captured in one CUDA graph; falls back to no graph, and says so, if the capture fails.
 On CUDA every mode uses fused AdamW (as the rival's anchor run did); on CPU the foreach AdamW.
+
+`--lengths stays` (issue 12, whole-stay pretraining): token-budget batches (ehrjepa.data.batches,
+--tokens per batch) of lengths drawn from the processed stays' real distribution (the train
+split's n_hours, capped at --hours, at least --min-length), future masks (75 % context, the next
+24 hours targets), for attention sdpa (padded to each batch's longest sample, key mask) and
+triton (the gather kernel, which skips padding; on CPU its torch reference), beside the
+fixed-window case (29-hour windows, 24 + 5, as many per batch as the same token budget holds).
+Reported: real tokens/s (the samples' own hours), padded tokens/s (batch x longest) and the
+padded fraction. CPU: eager fp32; CUDA: bf16 autocast + torch.compile(dynamic=True).
 
 MFU counts matmul FLOPs of the linear layers only (attention score/value products left out, as in
 ../shared/anchors): 2 x weights x tokens for the target encoder's forward over all T hours, and
@@ -63,6 +73,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="MFU denominator (default 989 on CUDA, measured bf16 matmul on CPU)")
     parser.add_argument("--threads", type=int, help="CPU: torch threads (default: torch's choice)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--lengths", choices=["fixed", "stays"], default="fixed",
+                        help="stays: token-budget batches of the processed stays' lengths (needs "
+                             "--data; default: fixed, the cases above)")
+    parser.add_argument("--data", help="--lengths stays: processed data folder (ehrjepa preprocess OUT)")
+    parser.add_argument("--hours", type=int, default=168, help="--lengths stays: longest crop (default 168)")
+    parser.add_argument("--min-length", type=int, default=12,
+                        help="--lengths stays: shortest stay taken (default 12)")
+    parser.add_argument("--tokens", type=int,
+                        help="--lengths stays: padded tokens per batch (default 2048 on CPU, 16384 on CUDA)")
     results.add_option(parser)
 
 
@@ -220,6 +239,152 @@ def run_one(case, mode, device, args) -> dict:
     return row
 
 
+def stay_lengths(data: str, hours: int, min_length: int):
+    """min(n_hours, hours) of every train stay with n_hours >= min_length."""
+    import numpy as np
+
+    from ehrjepa.data import open_processed
+
+    processed = open_processed(data)
+    n = processed.stays.column("n_hours").to_numpy()[processed.split_indices("train")]
+    n = np.minimum(n[n >= min_length], hours).astype(np.int64)
+    if len(n) == 0:
+        raise SystemExit(f"train_step: {data}: no train stay has {min_length} hours or more")
+    return n
+
+
+def ragged_batch(lengths, hours: int, device, C=None, P=None):
+    """Random inputs of the given per-sample lengths, padded to the longest; future masks (75 %
+    context and the next 24 hours, or C + P hours on fixed windows)."""
+    import numpy as np
+    import torch
+
+    from ehrjepa.masks import MaskConfig, sample_masks
+
+    lengths = np.asarray(lengths, dtype=np.int64)
+    B, T = len(lengths), int(lengths.max())
+    g = torch.Generator().manual_seed(int(lengths.sum()))
+    valid = (torch.arange(T)[None, :] < torch.from_numpy(lengths)[:, None])[..., None].float()
+    observed = (torch.rand(B, T, N_FEATURES, generator=g) < 0.3).float() * valid
+    batch = {"values": torch.randn(B, T, N_FEATURES, generator=g) * valid, "observed": observed,
+             "delta": torch.rand(B, T, N_FEATURES, generator=g) * 48 * (1 - observed),
+             "lengths": torch.from_numpy(lengths)}
+    cfg = (MaskConfig(kind="future", context_fraction=0.75, target_hours=24) if C is None
+           else MaskConfig(kind="future", context_hours=C, target_hours=P))
+    batch.update(sample_masks(cfg, hours, B, lengths=lengths))
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def run_stays(case, attention, batches, device, args) -> dict:
+    """Time full steps over `batches` (lists of sample lengths) with one attention backend."""
+    import contextlib
+
+    import torch
+
+    from ehrjepa.models import JEPA, ModelConfig, param_groups
+
+    cuda = device.type == "cuda"
+    size = args.size or ("small" if cuda else "micro")
+    real = sum(int(sum(b)) for b in batches[args.warmup:])
+    padded = sum(len(b) * int(max(b)) for b in batches[args.warmup:])
+    row = {"case": case, "size": size, "attention": attention, "batches": len(batches) - args.warmup,
+           "mean_batch": round(sum(len(b) for b in batches) / len(batches), 1),
+           "padded_fraction": round(1 - real / padded, 4)}
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    try:
+        model = JEPA(ModelConfig(size=size, attention=attention), N_FEATURES, args.hours).to(device)
+        forward = torch.compile(model, dynamic=True) if cuda else model
+        autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+        opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, fused=cuda)
+        hours = max(args.hours, max(max(b) for b in batches))
+        data = [ragged_batch(b, hours, device, *((24, 5) if case == "windows-29" else ())) for b in batches]
+
+        def step(batch):
+            with autocast():
+                loss, _ = forward(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            model.momentum_update(0.996)
+
+        for batch in data[: args.warmup]:
+            step(batch)
+        sync(device)
+        t0 = time.perf_counter()
+        for batch in data[args.warmup:]:
+            step(batch)
+        sync(device)
+        elapsed = time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001 - one failing case must not hide the others
+        row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        return row
+    row.update(s=round(elapsed, 3), real_tokens_s=round(real / elapsed, 1),
+               padded_tokens_s=round(padded / elapsed, 1))
+    return row
+
+
+def main_stays(args, device, name) -> int:
+    """--lengths stays: token-budget batches of real stay lengths vs fixed windows."""
+    import numpy as np
+    import torch
+
+    from ehrjepa.data.batches import TokenBudgetBatchSampler
+
+    if not args.data:
+        print("train_step: --lengths stays needs --data OUT (processed data)", file=sys.stderr)
+        return 2
+    cuda = device.type == "cuda"
+    tokens = args.tokens or (16384 if cuda else 2048)
+    lengths = stay_lengths(args.data, args.hours, args.min_length)
+    sampler = TokenBudgetBatchSampler(lengths, tokens, seed=0)
+    need = args.warmup + args.steps
+    stays = []
+    for epoch in range(need):  # as many epochs as it takes (small data sets)
+        stays += [lengths[b].tolist() for b in sampler.epoch_batches(epoch)]
+        if len(stays) >= need:
+            break
+    stays = stays[:need]
+    windows = [[29] * (tokens // 29)] * need
+    print(f"# train step, --lengths stays, on {name}, torch {torch.__version__}: {len(lengths)} "
+          f"train stays of {args.data} (median {int(np.median(lengths))} h, capped at {args.hours}), "
+          f"{tokens} tokens per batch", flush=True)
+    record = results.destination(args.results, args.quick)
+    rows = []
+    for case, batches in (("stays", stays), ("windows-29", windows)):
+        for attention in ("sdpa", "triton"):
+            row = run_stays(case, attention, batches, device, args)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            if record:
+                out = {"benchmark": "train_step", "case": f"{row['size']}-{case}",
+                       "tool": f"{attention}{'-packed' if attention == 'triton' else '-padded'}",
+                       "shape": f"{tokens} tokens/batch, mean {row['mean_batch']} samples, up to "
+                                f"{args.hours if case == 'stays' else 29} h"}
+                if "error" in row:
+                    out["status"] = f"failed: {row['error']}"
+                else:
+                    out.update(wall_s=row["s"], value=row["real_tokens_s"], unit="real tokens/s",
+                               note=f"padded tokens/s {row['padded_tokens_s']}, padded fraction "
+                                    f"{row['padded_fraction']}, {row['batches']} steps after "
+                                    f"{args.warmup} warm-up; {name}")
+                results.append_rows([out], record)
+    print("\n| case | attention | samples/batch | padded fraction | real tokens/s | padded tokens/s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['case']} | {r['attention']} | failed: {r['error'][:80]} | | | |")
+            continue
+        print(f"| {r['case']} | {r['attention']} | {r['mean_batch']} | {r['padded_fraction']:.3f} "
+              f"| {r['real_tokens_s']:,.0f} | {r['padded_tokens_s']:,.0f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "torch": torch.__version__, "tokens": tokens,
+                       "results": rows}, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return 1 if any("error" in r for r in rows) else 0
+
+
 def result_row(row, args, machine, threads=None) -> dict:
     """The results.csv row of one (case, mode); `threads`: torch's CPU threads (None on CUDA)."""
     out = {"benchmark": "train_step", "case": row["case"], "tool": row["mode"],
@@ -267,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         name = (f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
                 f"load average {load:.1f} at start)")
+    if args.lengths == "stays":
+        return main_stays(args, device, name)
 
     def ceilings():
         return {"bf16": measured_matmul_tflops(device, torch.bfloat16),
