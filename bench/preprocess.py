@@ -1,6 +1,6 @@
 """Preprocessing benchmark: `ehrjepa preprocess` against DuckDB, polars and pandas.
 
-    python -m bench preprocess [--rows 5000000,50000000] [--formats csv,csv.gz,parquet]
+    python -m bench preprocess [--rows 5000000,50000000] [--formats csv,csv.gz,parquet,meds]
                                [--tools ehrjepa,duckdb,polars,pandas] [--workdir DIR]
                                [--json PATH] [--repeat N] [--quick]
 
@@ -19,10 +19,14 @@ by the library's find_table):
   - hour = floor((charttime - intime) / 1 h), 0 for the 6 h look-back;
   - group by (stay, hour, feature): mean and count.
 
+Format `meds` (`--format meds`) is the same cohort as a MEDS dataset, `rows` counting every
+MEDS event, timed for `ehrjepa preprocess --meds` against DuckDB and polars (no pandas):
+bench/preprocess_meds.py holds its input and baselines.
+
 Prints a markdown table (rows, format, tool, wall s, cpu s (user + system, steadier than wall
 time on a shared machine), peak RSS, wall-time speedup against DuckDB measured in the same run)
 and writes JSON. On the smallest size (up to 10 M rows) it also checks that ehrjepa's output
-agrees with DuckDB's aggregation group by group. Generated data stays outside the repository
+agrees with DuckDB's and polars' aggregations group by group. Generated data stays outside the repository
 (default /tmp/ehrjepa-bench) and is reused by later runs. Each tool's best run is appended to
 bench/results.csv (bench/results.py; a --quick run only with --results).
 """
@@ -43,6 +47,8 @@ from ehrjepa.data.readers import FORMATS as TABLE_FORMATS, find_table
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = ("ehrjepa", "duckdb", "polars", "pandas")
 FORMATS = tuple(ext[1:] for ext in TABLE_FORMATS)  # csv.gz, csv, parquet
+ALL_FORMATS = FORMATS + ("meds",)  # meds: bench/preprocess_meds.py
+CHECKED = ("duckdb", "polars")  # the baselines ehrjepa's output is compared with
 LOOKBACK_S = 6 * 3600
 CHECK_MAX_ROWS = 10_000_000  # the agreement check runs on the smallest size, if at most this
 MODULES = {"icustays": "icu", "chartevents": "icu", "labevents": "hosp"}  # the tables read
@@ -279,11 +285,15 @@ def run_pandas(mimic_dir: Path, out: Path, config: str | None) -> int:
     return len(agg)
 
 
-def run_child(tool: str, mimic_dir: Path, out: Path, config: str | None) -> int:
-    """Run one tool in this process (the parent times the process); print a JSON line."""
+def run_child(tool: str, mimic_dir: Path, out: Path, config: str | None, fmt: str = "") -> int:
+    """Run one tool in this process (the parent times the process); print a JSON line.
+    fmt "meds": mimic_dir is a MEDS dataset (bench/preprocess_meds.py's runners)."""
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    if tool == "ehrjepa":
+    if fmt == "meds":
+        from bench.preprocess_meds import RUNNERS
+        groups = RUNNERS[tool](mimic_dir, out, config)
+    elif tool == "ehrjepa":
         groups = run_ehrjepa(mimic_dir, out, config)
     else:
         groups = {"duckdb": run_duckdb, "polars": run_polars, "pandas": run_pandas}[tool](mimic_dir, out, config)
@@ -372,9 +382,18 @@ def compare_aggregations(ours_path: Path, theirs_path: Path, rtol: float = 1e-4)
 # ----------------------------------------------------------------------------------------------
 # the benchmark
 
+def tools_for(fmt: str, tools: list[str]) -> list[str]:
+    """The asked tools that have a runner for `fmt` (MEDS: no pandas)."""
+    if fmt != "meds":
+        return tools
+    from bench.preprocess_meds import RUNNERS
+    return [t for t in tools if t in RUNNERS]
+
+
 def result_rows(best: dict, runs: list[dict]) -> list[dict]:
     """bench/results.csv rows: each (rows, format, tool)'s best run, and the failed ones."""
-    rows = [{"benchmark": "preprocess", "case": f"{fmt} {rows_target:,}", "shape": f"{r['rows']:,} rows",
+    rows = [{"benchmark": "preprocess", "case": f"{fmt} {rows_target:,}",
+             "shape": f"{r['rows']:,} {'events' if fmt == 'meds' else 'rows'}",
              "tool": tool, "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
              "rss_mb": r["peak_rss_bytes"] / 2**20} for (rows_target, fmt, tool), r in best.items()]
     failed = {(r["rows_target"], r["format"], r["tool"]): r for r in runs if "error" in r}
@@ -387,7 +406,8 @@ def result_rows(best: dict, runs: list[dict]) -> list[dict]:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", default=None,
                         help="chartevents row counts, comma separated (default 5000000,50000000)")
-    parser.add_argument("--formats", default=None, help="csv,csv.gz,parquet (default all)")
+    parser.add_argument("--formats", "--format", dest="formats", default=None,
+                        help="csv,csv.gz,parquet,meds (default: the MIMIC formats csv.gz,csv,parquet)")
     parser.add_argument("--tools", default=",".join(TOOLS), help="ehrjepa,duckdb,polars,pandas")
     parser.add_argument("--workdir", default="/tmp/ehrjepa-bench",
                         help="generated input and outputs (outside the repo; reused between runs)")
@@ -404,6 +424,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--mimic-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-format", default="", help=argparse.SUPPRESS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     configure(parser)
     args = parser.parse_args(argv)
     if args.child:
-        return run_child(args.child, Path(args.mimic_dir), Path(args.out), args.features)
+        return run_child(args.child, Path(args.mimic_dir), Path(args.out), args.features,
+                         args.child_format)
     from bench.common import fmt_bytes, machine_info, markdown_table, run_measured, write_json
 
     if args.quick:
@@ -423,8 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     formats = [f.strip() for f in args.formats.split(",")]
     tools = [t.strip() for t in args.tools.split(",")]
     for f in formats:
-        if f not in FORMATS:
-            parser.error(f"unknown format {f!r}; choose from {FORMATS}")
+        if f not in ALL_FORMATS:
+            parser.error(f"unknown format {f!r}; choose from {ALL_FORMATS}")
     for t in tools:
         if t not in TOOLS:
             parser.error(f"unknown tool {t!r}; choose from {TOOLS}")
@@ -438,9 +460,13 @@ def main(argv: list[str] | None = None) -> int:
     results = {"machine": machine_info(), "args": vars(args), "runs": [], "checks": []}
     for rows in rows_list:
         for fmt in formats:
-            mimic_dir, info = make_input(workdir, rows, fmt, seed=args.seed, log=log)
+            if fmt == "meds":
+                from bench.preprocess_meds import make_meds_input
+                mimic_dir, info = make_meds_input(workdir, rows, seed=args.seed, log=log)
+            else:
+                mimic_dir, info = make_input(workdir, rows, fmt, seed=args.seed, log=log)
             for rep in range(args.repeat):
-                for tool in tools:  # interleaved, so noise hits every tool alike
+                for tool in tools_for(fmt, tools):  # interleaved, so noise hits every tool alike
                     out = workdir / "out" / f"{rows}-{fmt.replace('.', '_')}-{tool}"
                     if out.exists():
                         shutil.rmtree(out)
@@ -448,10 +474,13 @@ def main(argv: list[str] | None = None) -> int:
                            "--mimic-dir", str(mimic_dir), "--out", str(out)]
                     if args.features:
                         cmd += ["--features", args.features]
+                    if fmt == "meds":
+                        cmd += ["--child-format", fmt]
                     m = run_measured(cmd, cwd=REPO, timeout_s=args.timeout)
-                    run = {"rows": info["rows"].get("chartevents", rows), "rows_target": rows,
-                           "labevents_rows": info["rows"].get("labevents"), "format": fmt,
-                           "input_bytes": info["chartevents_bytes"], "tool": tool, "repeat": rep,
+                    run = {"rows": info["rows"].get("chartevents", info["rows"].get("events", rows)),
+                           "rows_target": rows, "labevents_rows": info["rows"].get("labevents"),
+                           "format": fmt, "input_bytes": info.get("input_bytes", info.get("chartevents_bytes")),
+                           "tool": tool, "repeat": rep,
                            **m.as_dict()}
                     if m.returncode == 0:
                         run.update(json.loads(m.stdout.strip().splitlines()[-1]))
@@ -463,14 +492,16 @@ def main(argv: list[str] | None = None) -> int:
                     results["runs"].append(run)
                     write_json(json_path, results)
             # agreement on the smallest size, from this format's outputs
-            if (rows == min(rows_list) and rows <= CHECK_MAX_ROWS and not args.no_check
-                    and {"ehrjepa", "duckdb"} <= set(tools)):
+            if rows == min(rows_list) and rows <= CHECK_MAX_ROWS and not args.no_check:
                 ours = workdir / "out" / f"{rows}-{fmt.replace('.', '_')}-ehrjepa"
-                theirs = workdir / "out" / f"{rows}-{fmt.replace('.', '_')}-duckdb" / "agg.parquet"
-                if (ours / "mean.npy").exists() and theirs.exists():
-                    check = {"rows": rows, "format": fmt, **compare_aggregations(ours, theirs)}
+                for baseline in (t for t in CHECKED if t in tools_for(fmt, tools)):
+                    theirs = workdir / "out" / f"{rows}-{fmt.replace('.', '_')}-{baseline}" / "agg.parquet"
+                    if not ((ours / "mean.npy").exists() and theirs.exists()):
+                        continue
+                    check = {"rows": rows, "format": fmt, "baseline": baseline,
+                             **compare_aggregations(ours, theirs)}
                     results["checks"].append(check)
-                    log(f"check ehrjepa vs duckdb ({fmt}): {'agree' if check['agree'] else 'DISAGREE'} "
+                    log(f"check ehrjepa vs {baseline} ({fmt}): {'agree' if check['agree'] else 'DISAGREE'} "
                         f"({check['groups_ehrjepa']:,} vs {check['groups_baseline']:,} groups)")
                     write_json(json_path, results)
 
@@ -484,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     for rows in rows_list:
         for fmt in formats:
             duck = best.get((rows, fmt, "duckdb"))
-            for tool in tools:
+            for tool in tools_for(fmt, tools):
                 r = best.get((rows, fmt, tool))
                 if r is None:
                     table.append([f"{rows:,}", fmt, "-", tool, "failed", "-", "-", "-"])
@@ -498,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         results_module.append_rows(result_rows(best, results["runs"]), record,
                                    packages=("numba", "pyarrow", "duckdb", "polars", "pandas"))
     results["table"] = markdown_table(
-        ["chartevents rows", "format", "input MB", "tool", "wall s", "cpu s", "peak RSS", "vs DuckDB"],
+        ["rows (chartevents; meds: events)", "format", "input MB", "tool", "wall s", "cpu s", "peak RSS", "vs DuckDB"],
         table)
     write_json(json_path, results)
     mi = results["machine"]
@@ -506,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
           f"best of {args.repeat}; wall time of the whole process\n")
     print(results["table"])
     for c in results["checks"]:
-        print(f"\nehrjepa vs DuckDB ({c['rows']:,} rows, {c['format']}): "
+        print(f"\nehrjepa vs {c['baseline']} ({c['rows']:,} rows, {c['format']}): "
               f"{'agree' if c['agree'] else 'DISAGREE'}: {c['groups_ehrjepa']:,} / {c['groups_baseline']:,} groups, "
               f"{c['events_ehrjepa']:,} / {c['events_baseline']:,} events")
     print(f"\nJSON: {json_path}")
