@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ehrjepa.data.augment import AugmentConfig
 from ehrjepa.masks import MaskConfig
 from ehrjepa.models import ModelConfig
 
@@ -39,6 +40,7 @@ class DataConfig:
     tokens_per_batch: int = 0
     num_workers: int = 0  # DataLoader workers per process
     val_batches: int = 1  # size of the fixed validation set, in batches of batch_size
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training only; off by default
 
 
 @dataclass

@@ -328,10 +328,11 @@ def test_whole_stay_loss_goes_down(tmp_path, data_dir):
 
 
 def test_whole_stay_resume_is_exact_across_an_epoch(tmp_path, data_dir):
-    """Random crops, hour-block multiblock masks, token-budget batches: stop and resume give the
-    same losses as a straight run, across an epoch boundary."""
+    """Random crops, hour-block multiblock masks, token-budget batches, augmentation: stop and
+    resume give the same losses as a straight run, across an epoch boundary."""
     common = ["train.max_steps=14", "data.crop=random", "mask.kind=multiblock",
-              "mask.target_block_hours=[2,6]", "mask.min_context=4", "data.tokens_per_batch=1536"]
+              "mask.target_block_hours=[2,6]", "mask.min_context=4", "data.tokens_per_batch=1536",
+              "data.augment.drop=0.2", "data.augment.jitter=1", "data.augment.noise=0.05"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(whole_stays(data_dir, *common), straight, progress=False)
     train(whole_stays(data_dir, *common, "train.stop_after=7"), split, progress=False)

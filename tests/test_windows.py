@@ -235,3 +235,55 @@ def test_bad_arguments(tiny):
         WindowDataset(tiny, "train", length=0, stride=1)
     with pytest.raises(ValueError, match="max_delta"):
         WindowDataset(tiny, "train", length=2, stride=1, max_delta=0)
+
+
+def _random_stays(tmp_path, seed=4):
+    rng = np.random.default_rng(seed)
+    hours = rng.integers(20, 40, 6)
+    mean = rng.normal(0, 1, (hours.sum(), 3)).astype(np.float32)
+    mean[rng.random(mean.shape) < 0.5] = np.nan
+    proc = open_dir(write_processed(tmp_path / "p", hours, mean, ["train"] * 6, [0.0] * 3, [1.0] * 3))
+    return proc, mean, np.concatenate([[0], np.cumsum(hours)[:-1]])
+
+
+@pytest.mark.parametrize("aug", [dict(drop=0.5), dict(jitter=3), dict(noise=0.5),
+                                 dict(drop=0.3, jitter=2, noise=0.1)])
+def test_augment_rederives_observed_and_delta_and_is_seeded(tmp_path, aug):
+    from ehrjepa.data.augment import AugmentConfig, augment_hours
+
+    proc, mean, offset = _random_stays(tmp_path)
+    cfg = AugmentConfig(**aug)
+    ds = WindowDataset(proc, "train", length=12, stride=5, augment=cfg, seed=9)
+    plain = WindowDataset(proc, "train", length=12, stride=5)
+    changed = 0
+    for i in range(0, len(ds), 3):
+        stay, start = ds.window_index[i]
+        item, base = ds[i], plain[i]
+        # the item is the plain fill of the augmented raw hours: observed/delta/values re-derived
+        rng = np.random.default_rng([9, 0, int(stay), int(start)])
+        end = min(int(proc.stays.column("n_hours")[int(stay)].as_py()), start + 12 + cfg.jitter)
+        raw = augment_hours(mean[offset[stay]:offset[stay] + end], cfg, np.ones(3, np.float32), rng)
+        want = reference_window(raw, 0, start, 12, np.zeros(3), np.ones(3), 48.0)
+        for key, w in zip(("values", "observed", "delta"), want):
+            np.testing.assert_allclose(item[key].numpy(), w, rtol=1e-5, atol=1e-5)
+        if cfg.drop and not cfg.jitter:
+            assert (item["observed"] <= base["observed"]).all()  # dropping only removes
+        changed += not torch.equal(item["values"], base["values"])
+        torch.testing.assert_close(ds[i]["values"], item["values"])  # same seed, same epoch
+    assert changed
+    epoch0 = [ds[i]["values"] for i in range(len(ds))]
+    ds.set_epoch(1)
+    assert any(not torch.equal(ds[i]["values"], epoch0[i]) for i in range(len(ds)))  # a new draw
+
+
+def test_augment_off_is_the_plain_window(tmp_path):
+    from ehrjepa.data.augment import AugmentConfig
+
+    proc, _, _ = _random_stays(tmp_path)
+    ds = WindowDataset(proc, "train", length=12, stride=5, augment=AugmentConfig(), seed=9)
+    plain = WindowDataset(proc, "train", length=12, stride=5)
+    assert ds.augment is None
+    for key in ("values", "observed", "delta"):
+        assert torch.equal(ds[3][key], plain[3][key])
+    with pytest.raises(ValueError, match="drop"):
+        AugmentConfig(drop=1.0)

@@ -11,6 +11,9 @@ A window is `length` consecutive hours of one stay. Each item holds, per hour an
 `StayCropDataset` is the whole-stay variant: one sample per stay, a crop of up to `length` hours
 (at least `min_length`), so a short stay gives a short sample (see its docstring).
 
+`augment` (an AugmentConfig, training only) perturbs the stay's observations before the fill,
+seeded by (seed, epoch, stay, start); see ehrjepa/data/augment.py.
+
 The arrays are filled by one numba function reading straight from the memory-mapped
 `processed.mean`. The dataset pickles without the arrays (each DataLoader worker reopens the
 memory map from its file), so `DataLoader(num_workers>0)` costs no copy of the data.
@@ -21,6 +24,8 @@ import numba
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from ehrjepa.data.augment import AugmentConfig, augment_hours
 
 
 @numba.njit(cache=True, nogil=True)
@@ -101,10 +106,11 @@ class WindowDataset(Dataset):
     """
 
     def __init__(self, processed, split: str | None, length: int, stride: int,
-                 max_delta: float = 48.0, _for_hours: bool = False):
+                 max_delta: float = 48.0, _for_hours: bool = False,
+                 augment: AugmentConfig | None = None, seed: int = 0):
         if length < 1 or stride < 1:
             raise ValueError(f"length and stride must be >= 1, got length={length}, stride={stride}")
-        stay_rows, n_hours = self._open(processed, split, length, max_delta)
+        stay_rows, n_hours = self._open(processed, split, length, max_delta, augment, seed)
         self.stride = int(stride)
         self.n_short_stays = int((n_hours < self.length).sum())
         if _for_hours:  # one window per stay, at hour 0
@@ -114,10 +120,14 @@ class WindowDataset(Dataset):
             total = _count_windows(n_hours, self.length, self.stride)
             self.window_index = _window_index(stay_rows, n_hours, self.length, self.stride, total)
 
-    def _open(self, processed, split: str | None, length: int, max_delta: float):
+    def _open(self, processed, split: str | None, length: int, max_delta: float,
+              augment: AugmentConfig | None, seed: int):
         """Check and keep the processed arrays; (stay rows of `split`, their n_hours)."""
         if max_delta <= 0:
             raise ValueError(f"max_delta must be > 0, got {max_delta}")
+        self.augment = augment if augment is not None and augment.active else None
+        self.seed = int(seed)
+        self.epoch = 0
         self.split = split
         self.length = int(length)
         self.max_delta = float(max_delta)
@@ -126,6 +136,7 @@ class WindowDataset(Dataset):
         stays = processed.stays
         self._offset = np.ascontiguousarray(stays.column("offset").to_numpy(), dtype=np.int64)
         n_hours_all = np.ascontiguousarray(stays.column("n_hours").to_numpy(), dtype=np.int64)
+        self._n_hours = n_hours_all
         if split is None:
             stay_rows = np.arange(len(self._offset), dtype=np.int64)
         else:
@@ -145,6 +156,11 @@ class WindowDataset(Dataset):
         filename = getattr(self._mean, "filename", None)
         self._mean_path = str(filename) if isinstance(self._mean, np.memmap) and filename else None
         return stay_rows, n_hours_all[stay_rows]
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch seeds the augmentation (and StayCropDataset's random crops); set it before
+        each epoch's iterator, which copies the dataset to the workers."""
+        self.epoch = int(epoch)
 
     @property
     def sample_lengths(self) -> np.ndarray:
@@ -183,8 +199,14 @@ class WindowDataset(Dataset):
         values = np.empty(shape, np.float32)
         observed = np.empty(shape, np.float32)
         delta = np.empty(shape, np.float32)
-        fill_window(self._mean_array(), self._offset[stay], start, length, self.norm_mean,
-                    self.norm_std, self.max_delta, values, observed, delta)
+        mean, offset = self._mean_array(), self._offset[stay]
+        if self.augment is not None:  # a perturbed copy of the hours the window reads
+            end = min(int(self._n_hours[stay]), start + length + self.augment.jitter)
+            rng = np.random.default_rng([self.seed, self.epoch, int(stay), int(start)])
+            mean = augment_hours(mean[offset:offset + end], self.augment, self.norm_std, rng)
+            offset = 0
+        fill_window(mean, offset, start, length, self.norm_mean, self.norm_std, self.max_delta,
+                    values, observed, delta)
         return {
             "values": torch.from_numpy(values),
             "observed": torch.from_numpy(observed),
@@ -222,26 +244,22 @@ class StayCropDataset(WindowDataset):
     """
 
     def __init__(self, processed, split: str | None, length: int, min_length: int,
-                 crop: str = "start", seed: int = 0, max_delta: float = 48.0):
+                 crop: str = "start", seed: int = 0, max_delta: float = 48.0,
+                 augment: AugmentConfig | None = None):
         if not 1 <= min_length <= length:
             raise ValueError(f"need 1 <= min_length <= length, got min_length={min_length}, "
                              f"length={length}")
         if crop not in CROPS:
             raise ValueError(f"crop: unknown crop {crop!r}; choose one of {list(CROPS)}")
-        stay_rows, n_hours = self._open(processed, split, length, max_delta)
+        stay_rows, n_hours = self._open(processed, split, length, max_delta, augment, seed)
         self.min_length = int(min_length)
         self.crop = crop
-        self.seed = int(seed)
-        self.epoch = 0
         keep = n_hours >= self.min_length
         self.n_short_stays = int((~keep).sum())
         self.stay_rows = stay_rows[keep]
         self.stay_hours = n_hours[keep]
         # (stay row, 0): the crop's start depends on the epoch when crop="random"
         self.window_index = np.stack([self.stay_rows, np.zeros_like(self.stay_rows)], axis=1)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     @property
     def sample_lengths(self) -> np.ndarray:

@@ -86,10 +86,12 @@ def open_data(cfg: Config):
     d = cfg.data
     if whole_stays(cfg):
         seed = cfg.train.seed
-        train_set = StayCropDataset(processed, "train", d.length, d.min_length, d.crop, seed, d.max_delta)
+        train_set = StayCropDataset(processed, "train", d.length, d.min_length, d.crop, seed,
+                                    d.max_delta, augment=d.augment)
         val_set = StayCropDataset(processed, "val", d.length, d.min_length, d.crop, seed + 1, d.max_delta)
     else:
-        train_set = WindowDataset(processed, "train", d.length, d.stride, d.max_delta)
+        train_set = WindowDataset(processed, "train", d.length, d.stride, d.max_delta,
+                                  augment=d.augment, seed=cfg.train.seed)
         val_set = WindowDataset(processed, "val", d.length, d.stride, d.max_delta)
     return train_set, val_set, train_set.n_features
 
