@@ -1,5 +1,5 @@
 """ehrjepa: JEPA pretraining of patient representations from ICU time series (MIMIC-IV)."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="ehrjepa",
@@ -10,8 +10,7 @@ setup(
     python_requires=">=3.10",
     # kernels/ is installed as ehrjepa.kernels so that no generic top-level `kernels` lands in
     # site-packages.
-    packages=["ehrjepa", "ehrjepa.data", "ehrjepa.data.readers", "ehrjepa.models", "ehrjepa.train", "ehrjepa.probe",
-              "ehrjepa.synth", "ehrjepa.kernels"],
+    packages=find_packages(include=["ehrjepa", "ehrjepa.*"]) + ["ehrjepa.kernels"],
     package_dir={"ehrjepa": "ehrjepa", "ehrjepa.kernels": "kernels"},
     install_requires=[
         "torch>=2.5",
@@ -26,10 +25,12 @@ setup(
         "isal>=1.6",
         "scikit-learn>=1.3",
         "matplotlib>=3.7",
+        "optuna>=4",  # ehrjepa sweep
     ],
     extras_require={
         "dev": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "duckdb>=1.0", "polars>=1.0",
-                "pandas>=2.0", "psutil>=5", "tensorboard>=2.14"],
+                "pandas>=2.0", "psutil>=5", "tensorboard>=2.14",
+                "meds>=0.4,<0.5"],  # the MEDS schemas that test synth --format meds
         "gpu": [],  # kept so that `pip install -e ".[gpu]"` still works: Triton is a requirement now
         "tensorboard": ["tensorboard>=2.14"],
     },
