@@ -20,7 +20,7 @@ OVERRIDES = ["data.batch_size=16", "data.val_batches=1", "train.max_steps=6", "t
 
 
 def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
-    from ehrjepa.data import preprocess
+    from ehrjepa.data.preprocess import preprocess
     from ehrjepa.synth import write_synthetic
 
     write_synthetic(tmp_path / "mimic", 40, seed=1, progress=False)

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ehrjepa.data import open_processed, preprocess
+from ehrjepa.data import open_processed
+from ehrjepa.data.preprocess import preprocess
 from ehrjepa.data.catalog import load_catalog
 from ehrjepa.data.drivers import ScanOptions
 

@@ -26,7 +26,7 @@ MICRO = REPO / "configs" / "micro.yaml"
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """Synthetic MIMIC-IV (60 patients), preprocessed: about 900 train and 25 val windows."""
-    from ehrjepa.data import preprocess
+    from ehrjepa.data.preprocess import preprocess
     from ehrjepa.synth import write_synthetic
 
     root = tmp_path_factory.mktemp("data")

@@ -1,14 +1,15 @@
 """MIMIC-IV data: feature catalog, table reading, preprocessing, the processed format, windows.
 
 Names are imported lazily (module __getattr__), so `import ehrjepa.data` is cheap and does not
-pull in torch or numba until a name is used.
+pull in torch or numba until a name is used. The pipeline is `ehrjepa.data.preprocess.preprocess`:
+not re-exported here, because importing the module `ehrjepa.data.preprocess` would replace a
+re-exported function of the same name on this package.
 """
 from __future__ import annotations
 
 import importlib
 
 _EXPORTS = {
-    "preprocess": "ehrjepa.data.preprocess",
     "open_processed": "ehrjepa.data.processed",
     "Processed": "ehrjepa.data.processed",
     "load_catalog": "ehrjepa.data.catalog",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .events import (REASONS, TABLES, aggregate_events, apply_events, apply_events_in,
+from .events import (REASONS, TABLES, aggregate_events, apply_events, apply_events_in, finalize_hours,
                      scan_arrow, scan_events, scan_meds)
 from .readers import MISSING, TableStats, iter_parquet_arrow, iter_table, table_format
 from .readers.csv_stream import BLOCK_BYTES, PARALLEL_BYTES, CsvBytes, _column_plan, _raise_bad
@@ -83,6 +83,30 @@ def _release(*arrays) -> None:
                 mm.madvise(mmap.MADV_DONTNEED)
             except (OSError, ValueError):
                 pass
+
+
+def finish_hours(sums: np.ndarray, counts: np.ndarray, hour_train: np.ndarray):
+    """Turn the summed hours into means in place, chunk by chunk, and return
+    (norm_mean, norm_std, kept_by_feature): the per-feature mean and std of the hourly means over
+    train hours only (std 1 where 0 or undefined; mean 0 where never observed)."""
+    n_features = sums.shape[1]
+    total_hours = sums.shape[0]
+    stats = np.zeros((3, n_features), np.float64)
+    kept_by_feature = np.zeros(n_features, np.int64)
+    step = max(1, (16 << 20) // max(1, n_features * 6))
+    for r0 in range(0, total_hours, step):
+        r1 = min(r0 + step, total_hours)
+        kept_by_feature += counts[r0:r1].sum(axis=0, dtype=np.int64)
+        finalize_hours(sums, counts, r0, r1, hour_train, stats)
+        if sums.nbytes + counts.nbytes >= RELEASE_BYTES:
+            _release(sums, counts)
+    n, s1, s2 = stats
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm_mean = np.where(n > 0, s1 / np.maximum(n, 1), 0.0)
+        var = np.where(n > 0, s2 / np.maximum(n, 1) - norm_mean ** 2, 0.0)
+    norm_std = np.sqrt(np.maximum(var, 0.0))
+    norm_std = np.where((norm_std > 1e-12) & np.isfinite(norm_std), norm_std, 1.0)
+    return norm_mean, norm_std, kept_by_feature
 
 
 def _aggregate_parquet(name: str, path: Path, lk, stays: Stays, sums: np.ndarray,

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from .catalog import Catalog, load_catalog
-from .drivers import RELEASE_BYTES, ScanOptions, _release, aggregate_meds
-from .events import REASONS, finalize_hours
+from .drivers import ScanOptions, aggregate_meds, finish_hours
+from .events import REASONS
 from .processed import finish_outputs, open_outputs, split_of_subjects, write_manifest, write_meta, \
     write_stays
 from .readers import KIND_FLOAT, KIND_INT, KIND_TIME, MISSING, TableStats, arrow_column
@@ -378,21 +378,7 @@ def _build(meds_dir: Path, shards: list[Path], out: Path, catalog: Catalog, prog
     t0 = time.perf_counter()
     split, split_source = read_splits(meds_dir, stays.subject_id, seed, warnings)
     hour_train = np.repeat(split == 0, stays.n_hours).astype(np.uint8)
-    stats = np.zeros((3, len(names)), np.float64)
-    kept_by_feature = np.zeros(len(names), np.int64)
-    step = max(1, (16 << 20) // max(1, len(names) * 6))
-    for r0 in range(0, stays.total_hours, step):
-        r1 = min(r0 + step, stays.total_hours)
-        kept_by_feature += counts[r0:r1].sum(axis=0, dtype=np.int64)
-        finalize_hours(sums, counts, r0, r1, hour_train, stats)
-        if sums.nbytes + counts.nbytes >= RELEASE_BYTES:
-            _release(sums, counts)
-    n, s1, s2 = stats
-    with np.errstate(invalid="ignore", divide="ignore"):
-        norm_mean = np.where(n > 0, s1 / np.maximum(n, 1), 0.0)
-        var = np.where(n > 0, s2 / np.maximum(n, 1) - norm_mean ** 2, 0.0)
-    norm_std = np.sqrt(np.maximum(var, 0.0))
-    norm_std = np.where((norm_std > 1e-12) & np.isfinite(norm_std), norm_std, 1.0)
+    norm_mean, norm_std, kept_by_feature = finish_hours(sums, counts, hour_train)
     finish_outputs(out, sums, counts)
     del sums, counts
     seconds["finalize"] = time.perf_counter() - t0

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .catalog import Catalog, load_catalog
-from .drivers import RELEASE_BYTES, ScanOptions, _release, aggregate_table
-from .events import CHART_REASONS, LAB_REASONS, REASONS, TABLES, finalize_hours
+from .drivers import ScanOptions, aggregate_table, finish_hours
+from .events import CHART_REASONS, LAB_REASONS, REASONS, TABLES
 from .processed import (FRACTIONS, finish_outputs, open_outputs, split_of_subjects, write_manifest,
                         write_meta, write_stays)
 from .readers import TableStats, find_table, read_table
@@ -168,18 +168,7 @@ def _build(mimic_dir: Path, out: Path, catalog: Catalog, on_bad_lines: str, prog
     t0 = time.perf_counter()
     split = split_of_subjects(stays.subject_id, seed)
     hour_train = np.repeat(split == 0, stays.n_hours).astype(np.uint8)
-    stats = np.zeros((3, n_features), np.float64)
-    step = max(1, (16 << 20) // max(1, n_features * 6))
-    for r0 in range(0, stays.total_hours, step):
-        finalize_hours(sums, counts, r0, min(r0 + step, stays.total_hours), hour_train, stats)
-        if sums.nbytes + counts.nbytes >= RELEASE_BYTES:
-            _release(sums, counts)
-    n, s1, s2 = stats
-    with np.errstate(invalid="ignore", divide="ignore"):
-        norm_mean = np.where(n > 0, s1 / np.maximum(n, 1), 0.0)
-        var = np.where(n > 0, s2 / np.maximum(n, 1) - norm_mean ** 2, 0.0)
-    norm_std = np.sqrt(np.maximum(var, 0.0))
-    norm_std = np.where((norm_std > 1e-12) & np.isfinite(norm_std), norm_std, 1.0)
+    norm_mean, norm_std, _ = finish_hours(sums, counts, hour_train)
     finish_outputs(out, sums, counts)
     del sums, counts
     seconds["finalize"] = time.perf_counter() - t0
