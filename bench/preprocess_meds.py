@@ -127,7 +127,8 @@ def run_duckdb(meds_dir: Path, out: Path, config: str | None) -> int:
         **spec, "itemid": pa.array(spec["itemid"], pa.int64()),
         "lo": pa.array(spec["lo"], pa.float64()), "hi": pa.array(spec["hi"], pa.float64())}))
     files = "[" + ", ".join(f"'{p}'" for p in shards(meds_dir)) + "]"
-    data = f"read_parquet({files}, filename = true, file_row_number = true)"
+    data = f"read_parquet({files}, file_row_number = true)"  # and the virtual column file_index
+    row = "(file_index::BIGINT << 40) + file_row_number"  # a row's place in the shards' order
     # the dataset's codes that name a feature (first table whose template and catalog match)
     con.execute(f"""
       create temp table code_map as
@@ -146,14 +147,14 @@ def run_duckdb(meds_dir: Path, out: Path, config: str | None) -> int:
         from {data}
         where ({is_stay}) and icustay_id is not null
         qualify row_number() over (partition by icustay_id, is_start
-                                   order by filename, file_row_number) = 1)
+                                   order by {row}) = 1)
       select s.icustay_id as stay_id, s.subject_id, s.t as t_in, e.t as t_out
       from ev s join ev e on s.icustay_id = e.icustay_id and s.is_start and not e.is_start
       where s.subject_id is not null and e.t > s.t""")
     con.execute(f"""
       copy (
         with ev as (
-          select d.subject_id, d.icustay_id, d.filename, d.file_row_number,
+          select d.subject_id, d.icustay_id, {row.replace("file_", "d.file_")} as row,
                  epoch_us(d.time) // 1000000 as t, m.feature, m.chart and d.icustay_id is not null as by_stay,
                  (d.numeric_value::DOUBLE + m.add) * m.mul as v, m.lo, m.hi
           from {data} d join code_map m on d.code = m.code
@@ -168,7 +169,7 @@ def run_duckdb(meds_dir: Path, out: Path, config: str | None) -> int:
           from kept k join stays st on k.subject_id = st.subject_id
             and k.t >= st.t_in - {LOOKBACK_S} and k.t < st.t_out
           where not k.by_stay
-          qualify row_number() over (partition by k.filename, k.file_row_number
+          qualify row_number() over (partition by k.row
                                      order by (k.t >= st.t_in) desc, st.t_in, st.stay_id) = 1),
         events as (select * from chart union all select * from lab)
         select stay_id, greatest((t - t_in) // 3600, 0)::BIGINT as hour, feature,
