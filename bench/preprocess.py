@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -390,15 +391,17 @@ def tools_for(fmt: str, tools: list[str]) -> list[str]:
     return [t for t in tools if t in RUNNERS]
 
 
-def result_rows(best: dict, runs: list[dict]) -> list[dict]:
-    """bench/results.csv rows: each (rows, format, tool)'s best run, and the failed ones."""
+def result_rows(best: dict, runs: list[dict], note: str = "") -> list[dict]:
+    """bench/results.csv rows: each (rows, format, tool)'s best run, and the failed ones;
+    `note` (the run's repeats and the machine's load) on each."""
     rows = [{"benchmark": "preprocess", "case": f"{fmt} {rows_target:,}",
              "shape": f"{r['rows']:,} {'events' if fmt == 'meds' else 'rows'}",
              "tool": tool, "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
-             "rss_mb": r["peak_rss_bytes"] / 2**20} for (rows_target, fmt, tool), r in best.items()]
+             "rss_mb": r["peak_rss_bytes"] / 2**20, "note": note}
+            for (rows_target, fmt, tool), r in best.items()]
     failed = {(r["rows_target"], r["format"], r["tool"]): r for r in runs if "error" in r}
     rows += [{"benchmark": "preprocess", "case": f"{fmt} {rows_target:,}", "tool": tool,
-              "status": f"failed: {r['error']}"}
+              "status": f"failed: {r['error']}", "note": note}
              for (rows_target, fmt, tool), r in failed.items() if (rows_target, fmt, tool) not in best]
     return rows
 
@@ -525,8 +528,11 @@ def main(argv: list[str] | None = None) -> int:
                               f"{r['wall_s']:.2f}", f"{r['cpu_s']:.2f}", fmt_bytes(r["peak_rss_bytes"]),
                               speed])
     record = results_module.destination(args.results, args.quick)
-    if record:
-        results_module.append_rows(result_rows(best, results["runs"]), record,
+    if record:  # wall times on a shared machine depend on its load: say it
+        note = (f"best of {args.repeat}; load {results['machine']['load_avg_1m']:.1f} at the start, "
+                f"{os.getloadavg()[0]:.1f} at the end (1-min average, "
+                f"{results['machine']['cpus']} CPUs)")
+        results_module.append_rows(result_rows(best, results["runs"], note), record,
                                    packages=("numba", "pyarrow", "duckdb", "polars", "pandas"))
     results["table"] = markdown_table(
         ["rows (chartevents; meds: events)", "format", "input MB", "tool", "wall s", "cpu s", "peak RSS", "vs DuckDB"],
