@@ -219,3 +219,16 @@ def test_every_option_says_its_default_or_required():
     for action in parser._actions:
         if action.option_strings != ["-h", "--help"]:
             assert "(default: " in action.help or "(required)" in action.help, action.option_strings
+
+
+def test_the_probe_objective_labels_every_probe_task(data):
+    """aki_24_72h is labelled from the hourly labs, not the stays table: the objective must get it
+    (or a one-line reason) through the probe's own labels_by_split, never a KeyError."""
+    from ehrjepa.probe.tasks import TASKS
+    from ehrjepa.sweep.objective import ProbeScorer
+
+    for task in TASKS:
+        try:
+            ProbeScorer(data, task, hours=24)
+        except ValueError as e:
+            assert str(e).count("\n") == 0 and task in str(e)

@@ -39,7 +39,7 @@ class ProbeScorer:
     def __init__(self, data_dir, task: str, hours: int, label_fraction: float = 1.0, seed: int = 0):
         from ehrjepa.data import WindowDataset, open_processed
         from ehrjepa.probe.label_efficiency import subject_order, take_fraction
-        from ehrjepa.probe.tasks import MIN_CLASS_COUNT, TASKS, class_counts, task_labels
+        from ehrjepa.probe.tasks import MIN_CLASS_COUNT, TASKS, class_counts, labels_by_split
 
         if task not in TASKS:
             raise ValueError(f"--task {task!r}: expected one of {', '.join(TASKS)}")
@@ -51,7 +51,10 @@ class ProbeScorer:
         for split in ("train", "val"):  # never "test"
             dataset = WindowDataset.for_hours(processed, split, hours)
             rows = dataset.window_index[:, 0].astype(np.int64)
-            y = task_labels(processed.stays, rows)[task]
+            labels, unavailable = labels_by_split(processed, {split: rows}, hours)
+            if task in unavailable:
+                raise ValueError(f"--task {task}: {unavailable[task]}")
+            y = labels[task][split]
             keep = ~np.isnan(y)
             if split == "train" and label_fraction < 1.0:
                 order = subject_order(subject[rows], np.random.default_rng(seed))
