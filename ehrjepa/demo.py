@@ -110,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"({time.perf_counter() - t:.1f} s)")
 
     if not args.skip_probe:
-        t = _stage(f"4/4 probe: frozen embeddings vs random init vs raw features -> {report}")
+        t = _stage(f"4/4 probe: frozen embeddings vs random init vs raw features vs gradient-boosted trees -> {report}")
         rc = cli(["probe", "--run", str(run), "--data", str(data), "--out", str(report), "--device", "cpu"])
         if rc:
             return rc
