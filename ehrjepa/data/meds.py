@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from .catalog import Catalog, load_catalog
-from .drivers import ScanOptions, aggregate_meds, finish_hours
+from .drivers import ScanOptions, aggregate_meds
 from .events import REASONS
-from .processed import finish_outputs, open_outputs, split_of_subjects, write_manifest, write_meta, \
-    write_stays
+from .preprocess import finish_and_write
+from .processed import open_outputs, split_of_subjects, write_manifest
 from .readers import KIND_FLOAT, KIND_INT, KIND_TIME, MISSING, TableStats, arrow_column
 from .readers.files import BLOCK_ROWS
 from .readers.parquet import _NO_BITS, ArrowColumn, _parquet_error
@@ -377,15 +377,10 @@ def _build(meds_dir: Path, shards: list[Path], out: Path, catalog: Catalog, prog
 
     t0 = time.perf_counter()
     split, split_source = read_splits(meds_dir, stays.subject_id, seed, warnings)
-    hour_train = np.repeat(split == 0, stays.n_hours).astype(np.uint8)
-    norm_mean, norm_std, kept_by_feature = finish_hours(sums, counts, hour_train)
-    finish_outputs(out, sums, counts)
+    kept_by_feature = finish_and_write(out, stays, split, death, names, seed, sums, counts)
     del sums, counts
     seconds["finalize"] = time.perf_counter() - t0
 
-    write_stays(out, stays, split, death)
-    write_meta(out, names, norm_mean, norm_std, seed)
-    pause_point("write")
     kept_by_table = {t: int(sum(k for k, f in zip(kept_by_feature, catalog.features)
                                 if f.table == t)) for t in ("chartevents", "labevents")}
     manifest = {"source": "meds", "meds_dir": str(meds_dir), "tables": shard_entries,

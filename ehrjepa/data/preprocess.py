@@ -21,8 +21,8 @@ import numpy as np
 from .catalog import Catalog, load_catalog
 from .drivers import ScanOptions, aggregate_table, finish_hours
 from .events import CHART_REASONS, LAB_REASONS, REASONS, TABLES
-from .processed import (FRACTIONS, finish_outputs, open_outputs, split_of_subjects, write_manifest,
-                        write_meta, write_stays)
+from .processed import (finish_outputs, open_outputs, split_of_subjects, write_manifest, write_meta,
+                        write_stays)
 from .readers import TableStats, find_table, read_table
 from .staging import pause_point, staged_output
 from .stays import Stays
@@ -167,16 +167,11 @@ def _build(mimic_dir: Path, out: Path, catalog: Catalog, on_bad_lines: str, prog
     # ---- split, means, train-only normalisation
     t0 = time.perf_counter()
     split = split_of_subjects(stays.subject_id, seed)
-    hour_train = np.repeat(split == 0, stays.n_hours).astype(np.uint8)
-    norm_mean, norm_std, _ = finish_hours(sums, counts, hour_train)
-    finish_outputs(out, sums, counts)
+    finish_and_write(out, stays, split, death, names, seed, sums, counts)
     del sums, counts
     seconds["finalize"] = time.perf_counter() - t0
 
-    # ---- stays.parquet, features.json, manifest.json
-    write_stays(out, stays, split, death)
-    write_meta(out, names, norm_mean, norm_std, seed)
-    pause_point("write")
+    # ---- manifest.json
     manifest = {"tables": manifest_tables, "warnings": warnings, "n_stays": len(stays),
                 "total_hours": stays.total_hours,
                 "config": os.path.abspath(catalog.path) if catalog.path else None,
@@ -231,6 +226,20 @@ def compile_kernels() -> None:
 
 # -------------------------------------------------------------------------------------------------
 # CLI
+
+
+def finish_and_write(out: Path, stays: Stays, split: np.ndarray, death: np.ndarray, names: list[str],
+                     seed: int, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The end both pipelines (MIMIC tables, MEDS shards) share: hourly sums become means,
+    normalisation statistics come from train hours only, and mean.npy, count.npy, stays.parquet
+    and features.json are written into `out`. Returns the events kept per feature."""
+    hour_train = np.repeat(split == 0, stays.n_hours).astype(np.uint8)
+    norm_mean, norm_std, kept_by_feature = finish_hours(sums, counts, hour_train)
+    finish_outputs(out, sums, counts)
+    write_stays(out, stays, split, death)
+    write_meta(out, names, norm_mean, norm_std, seed)
+    pause_point("write")
+    return kept_by_feature
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
