@@ -1,6 +1,7 @@
 """`ehrjepa probe`: how much a pretrained encoder helps clinical prediction, against baselines.
 
     ehrjepa probe --run RUN --data OUT --out REPORT [--methods M,...] [--label-fractions F,... --repeats R]
+                  [--labels DIR]
 
 Embeds the first --hours hours of every stay with the frozen target encoder (or, with --encoder
 context, the context encoder) of RUN's checkpoint (jepa) and with an untrained encoder of the same
@@ -11,6 +12,7 @@ pretrained and the untrained encoder with a small head end to end (minutes on CP
 default), and reports test AUROC/AUPRC with bootstrap intervals in
 REPORT/report.{json,md} and PNGs. With --label-fractions, every method is also refit on that
 fraction of the train and val subjects, --repeats times, and scored on the full test split.
+With --labels DIR, the tasks are those of DIR's MEDS label files instead (`label_probe.py`).
 Any fault is one line naming its file.
 """
 from __future__ import annotations
@@ -47,13 +49,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(default: none)")
     parser.add_argument("--repeats", type=int, default=5,
                         help="seeded subsamples per label fraction (default: %(default)s)")
+    parser.add_argument("--labels", default=None, metavar="DIR",
+                        help="probe the tasks of these MEDS label files instead of the built-in tasks: DIR/TASK/"
+                             "*.parquet (subject_id, prediction_time, boolean_value, as ACES writes them), each "
+                             "label's stay embedded over its whole hours before prediction_time, at most --hours "
+                             "(default: none)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (default: show them)")
 
 
 def main(args: argparse.Namespace) -> int:
     from ehrjepa.probe.label_efficiency import parse_fractions
     from ehrjepa.probe.report import (comparison_lines, label_efficiency_notes, label_efficiency_table,
-                                      report_notes, results_table)
+                                      placement_table, report_notes, results_table)
     from ehrjepa.probe.run import run_probe
 
     if args.hours < 1:
@@ -77,13 +84,17 @@ def main(args: argparse.Namespace) -> int:
         report = run_probe(args.run, args.data, args.out, checkpoint=args.checkpoint, encoder=args.encoder,
                            hours=args.hours, device=args.device, batch_size=args.batch_size,
                            n_bootstrap=args.bootstrap, seed=args.seed, progress=not args.no_progress,
-                           methods=methods, label_fractions=fractions, repeats=args.repeats)
+                           methods=methods, label_fractions=fractions, repeats=args.repeats,
+                           labels_dir=args.labels)
     except (OSError, ValueError, RuntimeError) as e:  # each names its file on its first line
         text = str(e).strip()
         print(f"ehrjepa probe: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
         return 1
     print(f"\nprobe of {report['checkpoint']} (step {report['step']}); embeddings: {report['pooling']}\n")
     print(results_table(report))
+    if "label_files" in report:
+        print()
+        print(placement_table(report))
     for line in report_notes(report):
         print(f"- {line}")
     for line in comparison_lines(report):

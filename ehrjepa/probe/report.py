@@ -113,6 +113,26 @@ def label_efficiency_notes(report: dict) -> list[str]:
     return notes
 
 
+def cohort_line(report: dict) -> str:
+    """The report.md line on which stays (or labels) were probed."""
+    if "label_files" in report:
+        return (f"- cohort: the placed labels of each task, in the split of their stay (at most "
+                f"{report['hours']} hours each; see Labels)")
+    return (f"- cohort: stays with at least {report['hours']} hours; " + ", ".join(
+        f"{s} {c['with_hours']} of {c['stays']}" for s, c in report.get("cohort", {}).items()))
+
+
+def placement_table(report: dict) -> str:
+    """The markdown table of report["label_files"]: labels read, placed (by split) and not placed by reason."""
+    counts = report.get("labels", {})
+    out = ["| task | read | placed | positives | train / val / test | not placed |", "|---|---|---|---|---|---|"]
+    for task, t in report["label_files"]["tasks"].items():
+        splits = " / ".join(str(counts.get(task, {}).get(s, {}).get("n", 0)) for s in ("train", "val", "test"))
+        dropped = ", ".join(f"{reason} {n}" for reason, n in t["not_placed"].items() if n) or "none"
+        out.append(f"| {task} | {t['read']} | {t['placed']} | {t['positives']} | {splits} | {dropped} |")
+    return "\n".join(out)
+
+
 def markdown(report: dict) -> str:
     """The human-readable summary."""
     c_grid = report.get("c_grid") or [float("nan")]
@@ -124,9 +144,11 @@ def markdown(report: dict) -> str:
            f"{c_grid[-1]:g} chosen by validation AUROC; metrics on the test split "
            f"with 95 % percentile bootstrap intervals ({report.get('n_bootstrap')} resamples, seed "
            f"{report.get('seed')}); subject-level splits from preprocessing",
-           f"- cohort: stays with at least {report['hours']} hours; " + ", ".join(
-               f"{s} {c['with_hours']} of {c['stays']}" for s, c in report.get("cohort", {}).items()),
-           "", "## Results", "", results_table(report), ""]
+           cohort_line(report), "", "## Results", "", results_table(report), ""]
+    if "label_files" in report:
+        out += ["## Labels", "", f"From `{report['label_files']['dir']}`; each placed label's stay embedded and "
+                f"summarised over its whole hours before prediction_time, at most {report['hours']}.", "",
+                placement_table(report), ""]
     notes = report_notes(report)
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]

@@ -104,12 +104,14 @@ def unseen_positions_note(config, hours: int) -> str | None:
             f"\"The small model on CPU\")")
 
 
-def method_descriptions(encoder: str, hours: int, seed: int, settings=None) -> dict[str, str]:
-    """What each method of METHODS is, in words (report.json "methods")."""
+def method_descriptions(encoder: str, hours: int, seed: int, settings=None, span: str | None = None) -> dict[str, str]:
+    """What each method of METHODS is, in words (report.json "methods"); span: the hours summarised
+    and pooled, in words (default: hours [0, hours))."""
     from ehrjepa.probe.finetune import Settings
 
     s = settings or Settings()
-    summary = f"per-feature last, mean, min, max, observed fraction over hours [0, {hours})"
+    span = span or f"hours [0, {hours})"
+    summary = f"per-feature last, mean, min, max, observed fraction over {span}"
     budget = (f"a {s.head} head on the mean over hours [0, {hours}), trained end to end with binary cross-entropy, "
               f"AdamW (lr {s.lr:g}, warmup {s.warmup_steps} then cosine to {s.min_lr:g}, batch {s.batch_size}), up to "
               f"{s.max_steps} steps, early-stopped on validation AUROC (measured every {s.eval_every} steps, "
@@ -127,13 +129,14 @@ def method_descriptions(encoder: str, hours: int, seed: int, settings=None) -> d
 def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "target", hours: int = HOURS,
               device: str = "cpu", batch_size: int = 256, n_bootstrap: int = 1000, seed: int = 0,
               progress: bool = True, methods=DEFAULT_METHODS, label_fractions=None, repeats: int = 5,
-              finetune_settings=None) -> dict:
+              finetune_settings=None, labels_dir=None) -> dict:
     """Probe a pretrained run against the baselines; write REPORT and return its dict.
 
     methods: which of METHODS to fit (in METHODS order whatever the order given); label_fractions:
     fractions in (0, 1] of the train and val subjects to refit every method on, `repeats` times
     each (report["label_efficiency"]); None: no such refits. finetune_settings: the budget of
-    jepa_finetune and scratch (finetune.Settings; default Settings())."""
+    jepa_finetune and scratch (finetune.Settings; default Settings()). labels_dir: probe the tasks of
+    these MEDS label files (`label_probe.py`) instead of the built-in tasks."""
     from ehrjepa.data import WindowDataset
     from ehrjepa.device import resolve_device
     from ehrjepa.probe.baselines import raw_features
@@ -154,6 +157,10 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
             raise ValueError(f"label fractions must lie in (0, 1], not {bad or 'none'}")
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, not {repeats}")
+    if labels_dir is not None:
+        from ehrjepa.probe.label_probe import check_label_methods
+
+        check_label_methods(methods)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     ckpt_path = resolve_checkpoint(run_dir, checkpoint)
     device = resolve_device(device)
@@ -166,6 +173,12 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
     if hours > max_hours:
         raise ValueError(f"--hours {hours} is longer than the model's max_hours {max_hours} ({ckpt_path})")
     untrained = random_init_like(config, n_features, seed)
+    if labels_dir is not None:
+        return run_label_probe(labels_dir, processed, {"jepa": model, "random_init": untrained}, methods, encoder,
+                               hours, device, batch_size, n_bootstrap, seed, progress, label_fractions, repeats,
+                               out_dir=out_dir, header={"checkpoint": str(ckpt_path), "step": step,
+                                                        "run": str(run_dir), "data": str(Path(data_dir))},
+                               unseen=unseen_positions_note(config, hours), metrics_csv=run_dir / "metrics.csv")
 
     datasets = {split: WindowDataset.for_hours(processed, split, hours) for split in SPLITS}
     rows = {split: datasets[split].window_index[:, 0].astype(np.int64) for split in SPLITS}
@@ -256,4 +269,41 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
     report["notes"] = notes
     write_report(report, out_dir, curves=curves, embeddings=embeddings, labels=all_labels,
                  metrics_csv=run_dir / "metrics.csv")
+    return report
+
+
+def run_label_probe(labels_dir, processed, models, methods, encoder, hours, device, batch_size, n_bootstrap, seed,
+                    progress, label_fractions, repeats, out_dir: Path, header: dict, unseen: str | None,
+                    metrics_csv: Path) -> dict:
+    """run_probe with --labels: the tasks of the label files (`label_probe.py`), the same report with
+    report["label_files"] (the labels placed and not placed) and no PCA plot (labels have no one cohort)."""
+    from ehrjepa.probe.label_probe import probe_label_files
+    from ehrjepa.probe.report import write_report
+
+    if out_dir.exists() and not out_dir.is_dir():  # fail before the embedding, not after it
+        raise FileExistsError(f"{out_dir} is a file: the report needs a folder there")
+    found, curves = probe_label_files(labels_dir, processed, models, methods, encoder, hours, device, batch_size,
+                                      n_bootstrap, seed, progress, label_fractions, repeats)
+    span = "hours [0, h) of the label's stay before its prediction_time"
+    report = {
+        "tasks": found.pop("tasks"),
+        "skipped": found.pop("skipped"),
+        "comparisons": found.pop("comparisons"),
+        "encoder": encoder,
+        "pooling": found.pop("pooling"),
+        "hours": hours,
+        "methods": {m: d for m, d in method_descriptions(encoder, hours, seed, span=span).items() if m in methods},
+        **header,
+        "device": str(device),
+        "cohort": found.pop("cohort"),
+        "labels": found.pop("labels"),
+        "label_files": found.pop("label_files"),
+        "n_bootstrap": n_bootstrap,
+        "seed": seed,
+        "c_grid": list(C_GRID),
+        **found,  # label_efficiency(_setup) on request
+    }
+    report["notes"] = [unseen] if unseen else []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_report(report, out_dir, curves=curves, metrics_csv=metrics_csv)
     return report
