@@ -21,7 +21,7 @@ import numpy as np
 
 from ehrjepa.probe.fit import C_GRID, fit_method
 from ehrjepa.probe.metrics import ranked_metrics
-from ehrjepa.probe.tasks import MIN_CLASS_COUNT, class_counts
+from ehrjepa.probe.tasks import MIN_CLASS_COUNT, class_counts, skip_reason
 
 SUBSAMPLED = ("train", "val")
 
@@ -74,15 +74,7 @@ def subsample_masks(subjects: dict[str, np.ndarray], fractions, repeats: int, se
 
 def too_few(y_by_split: dict[str, np.ndarray], min_count: dict[str, int] = MIN_CLASS_COUNT) -> str | None:
     """Why a subsample cannot be probed (too few positives or negatives in train or val), else None."""
-    problems = []
-    for split in SUBSAMPLED:
-        n, pos, _ = class_counts(y_by_split[split])
-        need = min_count[split]
-        if pos < need:
-            problems.append(f"{split} has {pos} positives (need >= {need})")
-        if n - pos < need:
-            problems.append(f"{split} has {n - pos} negatives (need >= {need})")
-    return "; ".join(problems) if problems else None
+    return skip_reason(y_by_split, min_count, splits=SUBSAMPLED)
 
 
 def _sd(values: list[float]) -> float:

@@ -97,10 +97,11 @@ def class_counts(y: np.ndarray) -> tuple[int, int, int]:
     return int(known.sum()), int((y[known] == 1).sum()), int((~known).sum())
 
 
-def skip_reason(y_by_split: dict[str, np.ndarray], min_count: dict[str, int] = MIN_CLASS_COUNT) -> str | None:
-    """Why a task cannot be probed (too few positives or negatives in some split), else None."""
+def skip_reason(y_by_split: dict[str, np.ndarray], min_count: dict[str, int] = MIN_CLASS_COUNT,
+                splits=SPLITS) -> str | None:
+    """Why a task cannot be probed (too few positives or negatives in one of `splits`), else None."""
     problems = []
-    for split in SPLITS:
+    for split in splits:
         n, pos, _ = class_counts(y_by_split[split])
         need = min_count[split]
         if pos < need:
