@@ -374,6 +374,11 @@ def test_note_on_hours_the_context_never_covered():
     note = unseen_positions_note(cfg("multiblock", 15, 20), 24)
     assert "[0, 20)" in note and "(data.length=24)" in note
     assert unseen_positions_note(cfg("multiblock", 15, 20), 20) is None
+    # whole stays: the future context is a fraction of each crop, up to data.length hours
+    long = cfg("future", 24, 168)
+    long.mask.context_fraction = 0.75
+    assert unseen_positions_note(long, 72) is None
+    assert "[0, 126)" in unseen_positions_note(long, 140)
 
 
 @pytest.mark.parametrize("name", ["micro", "small", "base", "large"])

@@ -15,6 +15,8 @@ _EXPORTS = {
     "load_catalog": "ehrjepa.data.catalog",
     "Catalog": "ehrjepa.data.catalog",
     "WindowDataset": "ehrjepa.data.windows",
+    "StayCropDataset": "ehrjepa.data.windows",
+    "TokenBudgetBatchSampler": "ehrjepa.data.batches",
 }
 __all__ = list(_EXPORTS)
 

@@ -89,10 +89,17 @@ def unseen_positions_note(config, hours: int) -> str | None:
     """A note when the probe embeds hour positions that the context encoder never saw as context
     in pretraining (the EMA target encoder only copies what the context encoder learned), or None.
 
-    With the future mask the context is hours [0, mask.context_hours) of each window; with
-    multiblock, any hour of the data.length-hour window."""
+    With the future mask the context is hours [0, mask.context_hours) of each window, or
+    [0, round(mask.context_fraction x data.length)) of the longest crops when the fraction is set;
+    with multiblock, any hour of the data.length-hour window."""
     future = config.mask.kind == "future"
-    seen = config.mask.context_hours if future else config.data.length
+    fraction = getattr(config.mask, "context_fraction", None)
+    if not future:
+        seen = config.data.length
+    elif fraction is not None:
+        seen = round(fraction * config.data.length)
+    else:
+        seen = config.mask.context_hours
     if hours <= seen:
         return None
     fix = (f"data.length={hours + config.mask.target_hours}, mask.context_hours={hours}" if future
