@@ -18,11 +18,13 @@ def test_demo_runs_every_stage(tmp_path, capsys):
         assert acc["rows_kept"] + sum(acc["dropped"].values()) == acc["rows_read"]
     assert (out / "run" / "checkpoints" / "last.pt").exists()
     report = json.loads((out / "probe" / "report.json").read_text())
-    ran = [t for t in ("mortality_hosp", "los_gt_3d", "los_gt_7d") if t in report["tasks"]]
+    from ehrjepa.probe.tasks import TASKS
+
+    ran = [t for t in TASKS if t in report["tasks"]]
     skipped = set(report.get("skipped", {}))
-    assert set(ran) | skipped == {"mortality_hosp", "los_gt_3d", "los_gt_7d"}
+    assert set(ran) | skipped == set(TASKS)  # every task ran or says why not
     for task in ran:
-        assert set(report["tasks"][task]) == {"jepa", "random_init", "raw_features"}
+        assert set(report["tasks"][task]) == {"jepa", "random_init", "raw_features", "raw_gbdt"}
 
 
 def test_demo_twice_starts_fresh_in_the_same_folder(tmp_path, capsys):
