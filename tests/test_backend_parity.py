@@ -56,9 +56,18 @@ def test_sdpa_and_triton_kernels_agree(monkeypatch, mask_cfg):
     assert torch.isfinite(loss)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-6, msg=f"seed {seed}")
     assert grads.keys() == ref_grads.keys()
+    _assert_grads_close(grads, ref_grads, f"seed {seed}")
+
+
+def _assert_grads_close(grads, ref_grads, where=""):
+    """Each parameter's gradient within 1e-3 of the reference, relative to its own norm, or to 1 %
+    of the whole gradient's norm for a parameter whose gradient is nearly zero on these fresh
+    inputs (there fp32 rounding alone can exceed 1e-3 of it: a flaky test, not a bug)."""
+    total = torch.sqrt(sum(g.norm() ** 2 for g in ref_grads.values()))
     for name, g in grads.items():
-        rel = (g - ref_grads[name]).norm() / ref_grads[name].norm().clamp_min(1e-12)
-        assert rel < 1e-3, f"{name}: relative gradient error {rel:.2e} (seed {seed})"
+        scale = torch.maximum(ref_grads[name].norm(), 1e-2 * total).clamp_min(1e-12)
+        rel = (g - ref_grads[name]).norm() / scale
+        assert rel < 1e-3, f"{name}: relative gradient error {rel:.2e} ({where})"
 
 
 def test_ragged_batch_sdpa_padded_and_triton_packed_agree(monkeypatch):
@@ -74,6 +83,4 @@ def test_ragged_batch_sdpa_padded_and_triton_packed_agree(monkeypatch):
                         lambda *a, **kw: real(*a, **{**kw, "backend": "triton"}))
     loss, grads = _loss_and_grads("triton", batch)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-6)
-    for name, g in grads.items():
-        rel = (g - ref_grads[name]).norm() / ref_grads[name].norm().clamp_min(1e-12)
-        assert rel < 1e-3, f"{name}: relative gradient error {rel:.2e}"
+    _assert_grads_close(grads, ref_grads, "ragged batch")
