@@ -12,6 +12,8 @@ def test_demo_runs_every_stage(tmp_path, capsys):
     printed = capsys.readouterr().out
     for stage in ("1/4 synth", "2/4 preprocess", "3/4 train", "4/4 probe", "demo done"):
         assert stage in printed
+    # preprocessing's counts are printed once (the demo adds only what they do not say)
+    assert len(re.findall(r"chartevents +read", printed)) == 1
     assert (out / "mimic" / "icu" / "chartevents.csv.gz").exists()
     manifest = json.loads((out / "processed" / "manifest.json").read_text())
     for acc in manifest["tables"].values():
@@ -51,3 +53,20 @@ def test_demo_never_touches_a_folder_it_did_not_make(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--patients", "60", "--steps", "4"]) == 2
     assert "not made by `ehrjepa demo`" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "a user's file"
+
+
+def test_version_and_the_demo_help_give_what_a_new_user_asks(capsys):
+    import pytest
+
+    import ehrjepa
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"ehrjepa {ehrjepa.__version__}"
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for option in ("--out", "--patients", "--steps", "--seed", "--config"):
+        described = help_text.split(option, 2)[-1].split(" --")[0]
+        assert "default" in described, f"{option}: no default in its help"
