@@ -104,8 +104,17 @@ def patients_for_rows(workdir: Path, rows: int, seed: int, log) -> int:
     """Patient count giving about `rows` chartevents rows, from a small calibration run."""
     from ehrjepa.synth import write_synthetic
 
-    cal_patients = 300
-    cal_dir = workdir / "data" / f"calibration-synth-{seed}"
+    def chartevents_rows(out: Path, patients: int) -> int:
+        return write_synthetic(out, patients, seed=seed, fmt="csv", progress=False)["chartevents"]
+
+    return calibrated_patients(workdir / "data" / f"calibration-synth-{seed}", rows,
+                               chartevents_rows, "chartevents rows", log)
+
+
+def calibrated_patients(cal_dir: Path, rows: int, count_rows, what: str, log,
+                        cal_patients: int = 300) -> int:
+    """Patients giving about `rows` rows: `count_rows(folder, patients)` writes a calibration
+    cohort and returns its rows; the rows per patient are kept in cal_dir/rows.json for later runs."""
     cal_info = cal_dir / "rows.json"
     if cal_info.exists():
         per_patient = json.loads(cal_info.read_text())["per_patient"]
@@ -113,11 +122,10 @@ def patients_for_rows(workdir: Path, rows: int, seed: int, log) -> int:
         if cal_dir.exists():
             shutil.rmtree(cal_dir)
         cal_dir.mkdir(parents=True)
-        counts = write_synthetic(cal_dir / "mimic", cal_patients, seed=seed, fmt="csv", progress=False)
-        per_patient = counts["chartevents"] / cal_patients
-        shutil.rmtree(cal_dir / "mimic")
+        per_patient = count_rows(cal_dir / "cohort", cal_patients) / cal_patients
+        shutil.rmtree(cal_dir / "cohort")
         cal_info.write_text(json.dumps({"per_patient": per_patient}))
-        log(f"calibration: {per_patient:.0f} chartevents rows per patient")
+        log(f"calibration: {per_patient:.0f} {what} per patient")
     return max(1, round(rows / per_patient))
 
 

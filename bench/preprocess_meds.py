@@ -31,7 +31,7 @@ import shutil
 import time
 from pathlib import Path
 
-from bench.preprocess import LOOKBACK_S, catalog_rows
+from bench.preprocess import LOOKBACK_S, calibrated_patients, catalog_rows
 
 GENERATOR = "ehrjepa.synth-meds"
 STAY_PREFIXES = ("ICU_ADMISSION", "ICU_DISCHARGE")
@@ -91,21 +91,12 @@ def patients_for_events(workdir: Path, rows: int, seed: int, log) -> int:
     """Patient count giving about `rows` MEDS events, from a small calibration run."""
     from ehrjepa.synth.meds import write_meds
 
-    cal_patients = 300
-    cal_dir = workdir / "data" / f"calibration-synth-meds-{seed}"
-    cal_info = cal_dir / "rows.json"
-    if cal_info.exists():
-        per_patient = json.loads(cal_info.read_text())["per_patient"]
-    else:
-        if cal_dir.exists():
-            shutil.rmtree(cal_dir)
-        cal_dir.mkdir(parents=True)
-        counts = write_meds(cal_dir / "meds", cal_patients, seed=seed, progress=False)[0]
-        per_patient = sum(v for k, v in counts.items() if k.startswith("data/")) / cal_patients
-        shutil.rmtree(cal_dir / "meds")
-        cal_info.write_text(json.dumps({"per_patient": per_patient}))
-        log(f"calibration: {per_patient:.0f} MEDS events per patient")
-    return max(1, round(rows / per_patient))
+    def meds_events(out: Path, patients: int) -> int:
+        counts = write_meds(out, patients, seed=seed, progress=False)[0]
+        return sum(v for k, v in counts.items() if k.startswith("data/"))
+
+    return calibrated_patients(workdir / "data" / f"calibration-synth-meds-{seed}", rows,
+                               meds_events, "MEDS events", log)
 
 
 # ----------------------------------------------------------------------------------------------
