@@ -183,7 +183,7 @@ def _pair(subject, when, start: np.ndarray, ident, use_ident: bool):
         unpaired = len(subject) - 2 * len(both)
         return subject[s], both, when[s], when[e], unpaired
     order = np.lexsort((~start, when, subject))  # at one time a start before its end
-    subj, tid, t0, t1 = [], [], [], []
+    subj, t0, t1 = [], [], []
     open_row = -1
     for r in order.tolist():
         if open_row >= 0 and subject[open_row] != subject[r]:

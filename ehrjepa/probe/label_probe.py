@@ -10,7 +10,6 @@ report["label_files"].
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 

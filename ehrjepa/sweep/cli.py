@@ -49,9 +49,10 @@ def main(args: argparse.Namespace) -> int:
     from ehrjepa.probe.tasks import HOURS
 
     try:
-        import optuna  # noqa: F401 -- an extra, not a core dependency
+        import optuna  # noqa: F401 -- a requirement of the package; say so if it went missing
     except ImportError:
-        print("ehrjepa sweep: needs Optuna: pip install 'optuna>=4'", file=sys.stderr)
+        print("ehrjepa sweep: needs Optuna, which `pip install -e .` installs: pip install 'optuna>=4'",
+              file=sys.stderr)
         return 2
     study_dir, data_dir = Path(args.study_dir), Path(args.data).resolve()
     try:
