@@ -38,7 +38,7 @@ from tqdm import tqdm
 from ehrjepa.config import Config, config_to_dict, save_config
 from ehrjepa.device import resolve_device
 from ehrjepa.models import build_model  # a module global, so tests can swap it
-from ehrjepa.models.jepa import count_parameters
+from ehrjepa.models.jepa import parameter_counts
 from ehrjepa.models.checkpoint import save_checkpoint
 from ehrjepa.train.rng import rng_state, set_rng_state
 from ehrjepa.metrics_csv import read_metrics
@@ -240,11 +240,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
         decays = [g.get("name", "decay" if g["weight_decay"] > 0 else "no_decay") == "decay"
                   for g in optimizer.param_groups]
 
-        counts = {name: count_parameters(getattr(model, name, None))
-                  for name in ("encoder", "predictor", "target_encoder")}
+        counts = parameter_counts(model)
         say(f"parameters: encoder {counts['encoder'] / 1e6:.2f} M, predictor "
             f"{counts['predictor'] / 1e6:.2f} M, target encoder {counts['target_encoder'] / 1e6:.2f} M "
-            f"(trained: {sum(p.numel() for p in trainable) / 1e6:.2f} M)")
+            f"(trained: {counts['trainable'] / 1e6:.2f} M)")
         what = "crops of whole stays" if whole_stays(cfg) else "windows"
         say(f"data: {len(train_set)} train {what} ({steps_per_epoch} {per_step} per epoch), "
             f"{len(val_set)} validation {what}, {n_features} features")
