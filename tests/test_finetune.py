@@ -17,6 +17,7 @@ from ehrjepa.probe.aki import aki_from_creatinine, aki_labels
 from ehrjepa.probe.fit import evaluate_task
 from ehrjepa.probe.label_efficiency import label_efficiency, subsample_masks
 from ehrjepa.probe.tasks import task_labels
+from ehrjepa.schedules import lr_at
 
 from test_probe import FEATURES, make_run, write_processed
 
@@ -160,7 +161,10 @@ def test_finetune_is_seeded_and_leaves_its_encoder_alone(planted):
     assert np.array_equal(one.decision_function(test), two.decision_function(test))
     assert not np.array_equal(one.decision_function(test), other.decision_function(test))
     assert all(np.array_equal(a, b) for a, b in zip(before, encoder.parameters()))
-    assert ft.lr_at(0, TINY) == pytest.approx(TINY.lr / 10) and ft.lr_at(60, TINY) == pytest.approx(TINY.min_lr)
+    def lr(step):  # the schedule fine-tuning runs under these settings
+        return lr_at(step, TINY.lr, TINY.min_lr, TINY.warmup_steps, TINY.max_steps)
+
+    assert lr(0) == pytest.approx(TINY.lr / 10) and lr(60) == pytest.approx(TINY.min_lr)
 
 
 def test_probe_report_and_finetune_cli(planted, tmp_path, capsys):

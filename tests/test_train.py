@@ -14,7 +14,7 @@ from ehrjepa.train.rng import rng_state, set_rng_state
 from ehrjepa.train.loop import TrainingDiverged, train
 from ehrjepa.metrics_csv import COLUMNS, metric_series, read_metrics
 from ehrjepa.train.metrics import collapse_warning, rankme, target_std
-from ehrjepa.train.schedules import cosine, linear, lr_at
+from ehrjepa.schedules import cosine, linear, lr_at
 
 from pathlib import Path
 

@@ -28,7 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ehrjepa.models import param_groups
 from ehrjepa.probe.metrics import ranked_metrics
+from ehrjepa.schedules import lr_at
 
 HEADS = ("linear", "mlp")
 
@@ -107,21 +109,6 @@ class StayWindows:
         return tuple(t[index].to(device, non_blocking=True) for t in (self.values, self.observed, self.delta))
 
 
-def lr_at(step: int, s: Settings) -> float:
-    """Linear warmup to s.lr over s.warmup_steps, then cosine down to s.min_lr at s.max_steps."""
-    if step < s.warmup_steps:
-        return s.lr * (step + 1) / s.warmup_steps
-    progress = (step - s.warmup_steps) / max(1, s.max_steps - s.warmup_steps)
-    return s.min_lr + 0.5 * (s.lr - s.min_lr) * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on matrices, none on biases and norms (1-D parameters)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-
 @torch.inference_mode()
 def scores(model: Classifier, windows: StayWindows, rows: np.ndarray, device, batch_size: int = 512) -> np.ndarray:
     """Logits float64 [len(rows)] of the stays at `rows`, in eval mode."""
@@ -180,7 +167,7 @@ def finetune(encoder: nn.Module, width: int, windows: StayWindows, train_rows, y
         pick = order[at:at + s.batch_size]
         at += s.batch_size
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, s)
+            group["lr"] = lr_at(step, s.lr, s.min_lr, s.warmup_steps, s.max_steps)
         logits = model(*windows.batch(train_rows[pick], device))
         loss = F.binary_cross_entropy_with_logits(logits.float(), y_train[pick].to(logits.device))
         optimizer.zero_grad(set_to_none=True)

@@ -1,4 +1,4 @@
-"""JEPA pretraining: the loop (`train`), RNG capture for resume, schedules, metrics.
+"""JEPA pretraining: the loop (`train`), RNG capture for resume, metrics (schedules: `ehrjepa.schedules`).
 
 Models and checkpoint files (build_model, load_model) live in `ehrjepa.models`.
 

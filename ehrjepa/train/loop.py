@@ -44,7 +44,7 @@ from ehrjepa.train.rng import rng_state, set_rng_state
 from ehrjepa.metrics_csv import read_metrics
 from ehrjepa.train.metrics import MetricsLog, collapse_warning, rankme, target_std
 from ehrjepa.train.run_folder import checkpoint_candidates, clean_stale_temporaries, load_newest
-from ehrjepa.train.schedules import cosine, linear, lr_at
+from ehrjepa.schedules import cosine, linear, lr_at
 
 
 class TrainingDiverged(RuntimeError):

@@ -1,5 +1,8 @@
 """Per-step schedules: learning rate, weight decay and EMA momentum as pure functions of the step.
 
+Used by pretraining (`ehrjepa.train`) and by fine-tuning in the probe, which must not import the
+training app: so they live here, with no imports beyond math.
+
 Being pure functions of `step` (and the config), the schedules need no state of their own in a
 checkpoint: restoring the step restores them.
 """
