@@ -28,15 +28,17 @@ def main(args: argparse.Namespace) -> int:
     from ehrjepa.config import ConfigError, load_config
     from ehrjepa.models.checkpoint import CheckpointError
     from ehrjepa.train.loop import CheckpointWriteFailed, TrainingDiverged, train
-    from ehrjepa.train.run_folder import checkpoint_candidates
+    from ehrjepa.train.run_folder import NoRunToResume, require_checkpoints
 
     master = int(os.environ.get("RANK", "0")) == 0
     run_dir = Path(args.run_dir)
     config_path = args.config
-    if args.resume and not checkpoint_candidates(run_dir / "checkpoints"):
-        print(f"ehrjepa train: no run to resume in {run_dir} (no checkpoint in "
-              f"{run_dir / 'checkpoints'})", file=sys.stderr)
-        return 2
+    if args.resume:  # before reading RUN/config.yaml, which an empty folder does not have either
+        try:
+            require_checkpoints(run_dir)
+        except NoRunToResume as e:
+            print(f"ehrjepa train: {e}", file=sys.stderr)
+            return 2
     if config_path is None:
         if not args.resume:
             print("ehrjepa train: --config is required (unless --resume)", file=sys.stderr)

@@ -43,7 +43,8 @@ from ehrjepa.models.checkpoint import save_checkpoint
 from ehrjepa.train.rng import rng_state, set_rng_state
 from ehrjepa.metrics_csv import read_metrics
 from ehrjepa.train.metrics import MetricsLog, collapse_warning, rankme, target_std
-from ehrjepa.train.run_folder import checkpoint_candidates, clean_stale_temporaries, load_newest
+from ehrjepa.train.run_folder import (checkpoint_candidates, clean_stale_temporaries, load_newest,
+                                      require_checkpoints)
 from ehrjepa.schedules import cosine, linear, lr_at
 
 
@@ -363,11 +364,11 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
 
 def check_run_folder(run_dir: Path, resume: bool) -> None:
     """--resume needs a checkpoint in `run_dir`; a new run needs a folder without one."""
+    if resume:
+        require_checkpoints(run_dir)
+        return
     found = checkpoint_candidates(run_dir / "checkpoints")
-    if resume and not found:
-        raise FileNotFoundError(f"no run to resume in {run_dir} (no checkpoint in "
-                                f"{run_dir / 'checkpoints'})")
-    if not resume and found:
+    if found:
         raise FileExistsError(f"{run_dir} already holds a run ({found[0]}); pass --resume to "
                               "continue it or choose another --run-dir")
 

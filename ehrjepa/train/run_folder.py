@@ -23,6 +23,16 @@ def checkpoint_candidates(ckpt_dir: Path) -> list[Path]:
     return [p for p in [ckpt_dir / "last.pt", *steps, ckpt_dir / "best.pt"] if p.is_file()]
 
 
+def require_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoints of `run_dir` to resume from (checkpoint_candidates); NoRunToResume, naming
+    the folder, when there is none. The one place that says so, for the CLI and train() alike."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    candidates = checkpoint_candidates(ckpt_dir)
+    if not candidates:
+        raise NoRunToResume(f"no run to resume in {run_dir} (no checkpoint in {ckpt_dir})")
+    return candidates
+
+
 def load_newest(run_dir: Path, say=print) -> tuple[Path, dict]:
     """(path, checkpoint) of the first candidate that loads, saying which damaged ones it passed.
 
@@ -30,11 +40,8 @@ def load_newest(run_dir: Path, say=print) -> tuple[Path, dict]:
     damaged file) when none loads.
     """
     ckpt_dir = Path(run_dir) / "checkpoints"
-    candidates = checkpoint_candidates(ckpt_dir)
-    if not candidates:
-        raise NoRunToResume(f"no run to resume in {run_dir} (no checkpoint in {ckpt_dir})")
     damaged = []
-    for path in candidates:
+    for path in require_checkpoints(run_dir):
         try:
             ckpt = load_checkpoint(path, map_location="cpu")
         except CheckpointError as e:
