@@ -122,6 +122,12 @@ def test_intervals(run):
     assert adm.deathtime.notna().eq(dead).all()
     assert (adm.deathtime[dead] == adm.dischtime[dead]).all()
     assert (adm.discharge_location[dead] == "DIED").all()
+    # an ICU death (the last stay ends under 2 h before the death; ward deaths come later) dies
+    # at its outtime exactly, so a window ending at the ICU discharge sees the death
+    last_out = icu.groupby("hadm_id").outtime.max()
+    wait = adm.deathtime[dead] - adm.hadm_id[dead].map(last_out)
+    icu_death = wait < np.timedelta64(2, "h")
+    assert icu_death.any() and (wait[icu_death] == np.timedelta64(0)).all()
     # a fatal admission is the patient's last one, and dod is the day of death
     last = adm.sort_values("admittime").groupby("subject_id").tail(1)
     assert set(adm.hadm_id[dead]) <= set(last.hadm_id)

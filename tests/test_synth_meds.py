@@ -144,6 +144,27 @@ def test_events_are_the_mimic_tables(run):
     assert n("MEDS_DEATH") == len(dod) - dod.null_count > 0
 
 
+def test_icu_death_at_icu_discharge(run):
+    """An ICU death's MEDS_DEATH is at its ICU_DISCHARGE, so in-ICU mortality windows that end
+    at the discharge (configs/tasks/icu_mortality_24h.yaml) see it."""
+    root, _, mimic = run
+    data = read_data(root)
+    death = data.filter(pc.equal(data["code"], "MEDS_DEATH"))
+    death = dict(zip(death["subject_id"].to_pylist(),
+                     death["time"].cast(pa.int64()).to_pylist()))
+    out = data.filter(pc.starts_with(data["code"], "ICU_DISCHARGE//"))
+    last_out = {}
+    for s, t in zip(out["subject_id"].to_pylist(), out["time"].cast(pa.int64()).to_pylist()):
+        last_out[s] = max(t, last_out.get(s, t))
+    adm = mimic["admissions"].filter(pc.equal(mimic["admissions"]["hospital_expire_flag"], 1))
+    icu_deaths = 0
+    for s in adm["subject_id"].to_pylist():  # ward deaths come at least 2 h after the ICU
+        if s in last_out and death[s] - last_out[s] < 2 * 3600 * 10**6:
+            assert death[s] == last_out[s], s
+            icu_deaths += 1
+    assert icu_deaths > 0
+
+
 def test_splits_cover_every_subject(run):
     root, _, mimic = run
     splits = pq.read_table(root / "metadata" / "subject_splits.parquet")

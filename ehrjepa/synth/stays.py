@@ -80,6 +80,12 @@ def stays_and_admissions(rng, pat: dict) -> tuple[dict, dict]:
     has2 = np.zeros(A_icu, bool)
     has2[s_adm[s_order == 1]] = True
     stay_offset = np.where(s_order == 0, pre[s_adm], pre[s_adm] + los1[s_adm] + gap[s_adm])
+    # a stay that ends in death ends on a whole minute (admittime is on one): the admission's
+    # dischtime and deathtime are then its outtime exactly, and MEDS_DEATH its ICU_DISCHARGE
+    s_died = np.concatenate([sim1["died"], sim2["died"]])[keep_stay]
+    los = los - np.where(s_died, (stay_offset + los) % MINUTE, 0)  # still > hours * HOUR
+    los1[s_adm[s_order == 0]] = los[s_order == 0]
+    los2[s_adm[s_order == 1]] = los[s_order == 1]
     icu_len = pre + los1 + np.where(has2, gap + los2, 0) + post
     icu_len = -(-icu_len // MINUTE) * MINUTE  # dischtime on a whole minute
 
@@ -123,7 +129,7 @@ def stays_and_admissions(rng, pat: dict) -> tuple[dict, dict]:
     stays["hadm_id"] = hadm_id[stays["adm"]]
     stays["subject_id"] = pat["subject_id"][stays["pat"]]
 
-    # times of death: ICU deaths at outtime rounded up to the minute, ward deaths at discharge
+    # times of death: at the admission's dischtime (an ICU death's outtime, a ward death's)
     deathtime = np.where(a_fatal, dischtime, 0)
     adms = dict(pat=a_pat, hadm_id=hadm_id, admittime=admittime, dischtime=dischtime,
                 fatal=a_fatal, is_icu=a_icu >= 0,
