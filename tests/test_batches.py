@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ehrjepa.data.batches import TokenBudgetBatchSampler, budget_batches, padded_fraction
+from ehrjepa.data.batches import (TokenBudgetBatchSampler, budget_batches, padded_fraction,
+                                  share_evenly)
 from ehrjepa.data.windows import StayCropDataset
 from ehrjepa.masks import MaskCollator, MaskConfig
 
@@ -48,12 +49,38 @@ def test_sampler_is_deterministic_shares_ranks_and_resumes_mid_epoch():
     shares = [list(s) for s in ranks]
     assert len(shares[0]) == len(shares[1]) > 0
     flat = [i for share in shares for b in share for i in b]
-    assert len(flat) == len(set(flat))
+    assert len(flat) == len(set(flat)) == len(lengths)  # disjoint, and every sample once
     # resume: skipping k batches gives the rest of the same epoch
     whole = list(one)
     one.set_position(2, 5)
     assert list(one) == whole[5:] and len(one) == len(whole) - 5
 
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+def test_every_rank_gets_as_many_batches_and_no_sample_is_dropped(ranks):
+    lengths = skewed_lengths(500, seed=ranks)
+    for epoch in range(6):  # epochs whose batch count is not a multiple of the ranks, too
+        samplers = [TokenBudgetBatchSampler(lengths, 700, ranks, r, seed=1) for r in range(ranks)]
+        for s in samplers:
+            s.set_epoch(epoch)
+        shares = [s.epoch_batches() for s in samplers]
+        assert len({len(share) for share in shares}) == 1
+        flat = np.concatenate([b for share in shares for b in share])
+        np.testing.assert_array_equal(np.sort(flat), np.arange(len(lengths)))
+        assert all(len(b) * lengths[b].max() <= 700 for share in shares for b in share)
+        assert padded_fraction([b for share in shares for b in share], lengths) < 0.10
+
+
+def test_share_evenly_halves_the_largest_batches_and_drops_only_when_it_must():
+    batches = [np.arange(0, 4), np.arange(4, 6), np.arange(6, 7)]
+    got = share_evenly(batches, 2)
+    assert [b.tolist() for b in got] == [[0, 1], [2, 3], [4, 5], [6]]
+    assert [b.tolist() for b in share_evenly(batches, 3)] == [[0, 1, 2, 3], [4, 5], [6]]
+    assert [b.tolist() for b in share_evenly(got, 3)] == [[0], [1], [2], [3], [4, 5], [6]]
+    # three single-sample batches cannot become four: the third is dropped, as drop_last would
+    singles = [np.array([0]), np.array([1]), np.array([2])]
+    assert [b.tolist() for b in share_evenly(singles, 2)] == [[0], [1]]
 
 class _Processed:
     """The attributes of open_processed's result that the datasets read."""

@@ -10,9 +10,12 @@ One epoch, from a generator seeded by (seed, epoch) alone, identical on every ra
 2. cut the shuffled order into pools of about `pool_batches` batches' worth of tokens and sort
    each pool by length (longest first): the length bucketing;
 3. cut each sorted pool greedily into batches under the budget;
-4. shuffle the batches, drop the last few so that every rank gets as many, and deal them out:
-   rank r takes batches r, r + N, r + 2N, ... (DistributedSampler's share, by batch).
-Every sample is in exactly one batch of the epoch (one rank: nothing is dropped). Exact resume:
+4. with N ranks, split the batches with the most samples in two until their count is a
+   multiple of N, so that every rank gets as many batches and no sample is dropped (a half
+   batch is still under the budget; only an epoch with too few samples to split drops its last
+   batches, as DistributedSampler's drop_last would);
+5. shuffle the batches and deal them out: rank r takes batches r, r + N, r + 2N, ...
+Every sample is in exactly one batch of the epoch, on exactly one rank. Exact resume:
 `set_position(epoch, skip)` starts this rank's epoch after its first `skip` batches.
 """
 from __future__ import annotations
@@ -40,6 +43,21 @@ def budget_batches(lengths: np.ndarray, tokens: int, rng: np.random.Generator,
             count = max(1, tokens // longest)
             batches.append(chunk[begin:begin + count])
             begin += count
+    return batches
+
+
+def share_evenly(batches: list[np.ndarray], num_replicas: int) -> list[np.ndarray]:
+    """Step 4 above: `batches` with the largest ones halved until their count is a multiple of
+    `num_replicas` (each half keeps the sorted order, so its padding stays small); when there
+    are not enough samples for that, the last batches are dropped instead."""
+    batches = list(batches)
+    short = -len(batches) % num_replicas
+    if short > sum(len(b) - 1 for b in batches):
+        return batches[:len(batches) - len(batches) % num_replicas]
+    for _ in range(short):
+        i = max(range(len(batches)), key=lambda j: len(batches[j]))  # the first of the largest
+        half = (len(batches[i]) + 1) // 2
+        batches[i:i + 1] = [batches[i][:half], batches[i][half:]]
     return batches
 
 
@@ -80,9 +98,9 @@ class TokenBudgetBatchSampler:
             return self._cache[1]
         rng = np.random.default_rng([self.seed, epoch])
         batches = budget_batches(self.lengths, self.tokens, rng, self.pool_batches)
+        batches = share_evenly(batches, self.num_replicas)
         batches = [batches[i] for i in rng.permutation(len(batches))]
-        usable = len(batches) - len(batches) % self.num_replicas
-        mine = batches[self.rank:usable:self.num_replicas]
+        mine = batches[self.rank::self.num_replicas]
         self._cache = (epoch, mine)
         return mine
 
