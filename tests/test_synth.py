@@ -12,6 +12,7 @@ import pytest
 from ehrjepa import synth
 from ehrjepa.synth import SCHEMAS, batches, write_synthetic
 from ehrjepa.synth.chartevents import chartevents
+from ehrjepa.synth.severity import sickness
 from ehrjepa.synth.stays import draw_patients, stays_and_admissions
 
 TABLES = ["hosp/patients", "hosp/admissions", "hosp/labevents", "hosp/d_labitems",
@@ -284,6 +285,50 @@ def test_vitals_follow_severity():
     sbp = ce[(ce.itemid == 220179) & (ce.warning == 0)].dropna(subset=["valuenum"])
     assert np.corrcoef(hr.x, hr.valuenum)[0, 1] > 0.3
     assert np.corrcoef(sbp.x, sbp.valuenum)[0, 1] < -0.2
+
+
+def course_of_batches(n_batches=4, patients=500):
+    """Stays and admissions of a few batches, with each stay's sickness (severity.sickness)."""
+    out = []
+    for k in range(n_batches):
+        rng = np.random.default_rng([11, k])
+        pat = draw_patients(rng, k * patients, patients)
+        stays, adms = stays_and_admissions(rng, pat)
+        stays["sick"] = sickness(stays)
+        out.append((pat, stays, adms))
+    return out
+
+
+def tercile_rates(score, outcome):
+    lo, hi = np.percentile(score, [100 / 3, 200 / 3])
+    return outcome[score <= lo].mean(), outcome[score >= hi].mean()
+
+
+def test_readmissions_follow_severity():
+    """A second ICU stay, and a new admission within 30 days of a discharge alive, come more
+    often after sicker stays; both stay rare overall."""
+    first_sick, second, last_sick, back = [], [], [], []
+    for _, stays, adms in course_of_batches():
+        first = np.r_[True, stays["adm"][1:] != stays["adm"][:-1]]
+        alive1 = first & ~stays["died"]
+        first_sick.append(stays["sick"][alive1])
+        second.append(np.r_[stays["adm"][1:] == stays["adm"][:-1], False][alive1])
+        last = np.r_[stays["adm"][1:] != stays["adm"][:-1], True]
+        adm = stays["adm"][last]
+        alive = ~adms["fatal"][adm]
+        same_pat = np.r_[adms["pat"][1:] == adms["pat"][:-1], False]
+        wait = np.r_[adms["admittime"][1:], 0] - adms["dischtime"]
+        within = same_pat & (wait > 0) & (wait <= 30 * 86400)
+        last_sick.append(stays["sick"][last][alive])
+        back.append(within[adm][alive])
+    first_sick, second = np.concatenate(first_sick), np.concatenate(second)
+    last_sick, back = np.concatenate(last_sick), np.concatenate(back)
+    assert 0.06 <= second.mean() <= 0.15
+    low, high = tercile_rates(first_sick, second)
+    assert high > 2 * low + 0.03, (low, high)
+    assert 0.05 <= back.mean() <= 0.25
+    low, high = tercile_rates(last_sick, back)
+    assert high > 1.5 * low + 0.03, (low, high)
 
 
 def test_all_formats_readable_and_equal(tmp_path):

@@ -24,8 +24,19 @@ The outcomes are decided hour by hour along this path, so they depend on the who
                2 h to 7 days later in the same admission
 
 so in-hospital death (hospital_expire_flag) and ICU length of stay are functions of the area
-and slope of x_s over the first 24 h and later. A second ICU stay in the same admission gets
-its own path; the admission's death may come from it. Tuned to about 12 % deaths per stay and
+and slope of x_s over the first 24 h and later. Readmissions follow how sick the stay was,
+its sickness S_s = peak_s + 2 D_s(end) / K_s (peak_s: the highest smooth severity b + m t + J
+of the stay):
+
+    second ICU stay   in the same admission, after a surviving first stay, with probability
+                      sigmoid(-3.1 + 0.9 S_s) (about 10 % of first stays); it gets its own
+                      path, and the admission's death may come from it
+    30-day readmission  an admission left alive is followed by a new (ward) admission 6 h to
+                      29 days after its discharge with probability
+                      sigmoid(-3.2 + 0.6 S_last + 0.015 (age - 65)), S_last of its last stay;
+                      other admissions are months apart (LogNormal around 150 days)
+
+The admission's diagnoses (ICD-10-CM) are drawn from the same course; see diagnoses.py. Tuned to about 12 % deaths per stay and
 an ICU length of stay with median about 2 days and a long tail (see tests/test_synth.py).
 Measured on 10,000 patients (seed 0, stays >= 24 h, logistic regression on hourly means of the
 charted HR, SBP, RR and SpO2 over hours 0-23, AUROC for in-hospital death on a held-out half):
@@ -37,6 +48,7 @@ from __future__ import annotations
 import numpy as np
 
 MAX_STAY_HOURS = 960  # longest ICU stay simulated (40 days)
+VENT_SEVERITY = 0.8  # ventilated while the smooth severity is above this (chartevents.py)
 
 
 def simulate_stays(rng: np.random.Generator, age: np.ndarray) -> dict:
@@ -44,7 +56,8 @@ def simulate_stays(rng: np.random.Generator, age: np.ndarray) -> dict:
 
     Returns x, the smooth part (without the AR noise) `x_smooth`, the parameters b, m, r, K,
     `hours` (index of the last hour of the stay; its length is in (hours, hours + 1] h),
-    `died` (in the ICU) and `damage_frac` (D(end) / K).
+    `died` (in the ICU), `damage_frac` (D(end) / K), `peak` (the highest smooth severity of the
+    stay) and `vent_hours` (hours of the stay with smooth severity above VENT_SEVERITY).
     """
     n, H = len(age), MAX_STAY_HOURS
     age = np.asarray(age, np.float64)
@@ -79,5 +92,27 @@ def simulate_stays(rng: np.random.Generator, age: np.ndarray) -> dict:
     hours = np.minimum(np.minimum(death_hour, discharge_hour), H - 1)
     died = death_hour <= np.minimum(discharge_hour, H - 1)
     damage_frac = damage[np.arange(n), hours] / K
+    inside = np.arange(H) <= hours[:, None]
+    peak = np.where(inside, x_smooth, -np.inf).max(1)
+    vent_hours = (inside & (x_smooth > VENT_SEVERITY)).sum(1)
     return dict(x=x, x_smooth=x_smooth, b=b, m=m, r=r, K=K, hours=hours, died=died,
-                damage_frac=damage_frac)
+                damage_frac=damage_frac, peak=peak, vent_hours=vent_hours)
+
+
+def sickness(sim: dict) -> np.ndarray:
+    """How sick each stay was over its course: its peak smooth severity + 2 D(end) / K."""
+    return sim["peak"] + 2.0 * sim["damage_frac"]
+
+
+def p_second_stay(sick: np.ndarray) -> np.ndarray:
+    """Probability that a surviving stay is followed by a second ICU stay in its admission."""
+    return _sigmoid(-3.1 + 0.9 * sick)
+
+
+def p_readmit_30d(sick: np.ndarray, age: np.ndarray) -> np.ndarray:
+    """Probability that an admission left alive is followed by a new one within 30 days."""
+    return _sigmoid(-3.2 + 0.6 * sick + 0.015 * (np.asarray(age) - 65))
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))

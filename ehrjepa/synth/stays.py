@@ -11,7 +11,7 @@ from ehrjepa.synth.dictionaries import (ADMISSION_LOCATIONS, CAREUNITS, DISCHARG
                                         ED_TYPES, ICU_ADMISSION_TYPES, INSURANCE, MARITAL, RACE,
                                         WARD_ADMISSION_TYPES, YEAR_GROUPS)
 from ehrjepa.synth.schemas import DAY, HOUR, MINUTE, SCHEMAS
-from ehrjepa.synth.severity import simulate_stays
+from ehrjepa.synth.severity import p_readmit_30d, p_second_stay, sickness, simulate_stays
 
 
 def draw_patients(rng, first: int, n: int) -> dict:
@@ -33,21 +33,26 @@ def stays_and_admissions(rng, pat: dict) -> tuple[dict, dict]:
     """ICU stays (with their severity paths) and hospital admissions of a batch of patients.
 
     Each patient has 1 (88 %) or 2 ICU admissions and Poisson(0.6) admissions without an ICU
-    stay; 10 % of ICU admissions whose first stay survives have a second ICU stay. A patient
-    dies at most once: further fatal admissions are dropped, and the fatal one comes last.
+    stay. A surviving first stay is followed by a second ICU stay in its admission, and an
+    admission left alive by a new (ward) admission within 30 days, with probabilities that rise
+    with how sick the stay was (severity.py). A patient dies at most once: further fatal
+    admissions are dropped, and the fatal one comes last.
     """
     n = len(pat["age"])
     n_icu = 1 + (rng.random(n) < 0.12)
     icu_pat = np.repeat(np.arange(n), n_icu)
     sim1 = simulate_stays(rng, pat["age"][icu_pat])
-    second = ~sim1["died"] & (rng.random(len(icu_pat)) < 0.10)
+    second = ~sim1["died"] & (rng.random(len(icu_pat)) < p_second_stay(sickness(sim1)))
     sim2 = simulate_stays(rng, pat["age"][icu_pat[second]])
     last_frac = sim1["damage_frac"].copy()
     last_frac[second] = sim2["damage_frac"]
+    last_sick = sickness(sim1)
+    last_sick[second] = sickness(sim2)
     died_icu = sim1["died"].copy()
     died_icu[second] = sim2["died"]
     ward_death = ~died_icu & (rng.random(len(icu_pat)) < 0.5 * np.minimum(last_frac, 1.0) ** 2)
     fatal = died_icu | ward_death
+    readmit = ~fatal & (rng.random(len(icu_pat)) < p_readmit_30d(last_sick, pat["age"][icu_pat]))
     fatal_before = np.cumsum(fatal) - fatal  # fatal ICU admissions earlier in the batch ...
     first_of_pat = np.searchsorted(icu_pat, icu_pat)
     fatal_before = fatal_before - fatal_before[first_of_pat]  # ... of the same patient
@@ -61,6 +66,8 @@ def stays_and_admissions(rng, pat: dict) -> tuple[dict, dict]:
     x_smooth = np.concatenate([sim1["x_smooth"], sim2["x_smooth"]])[keep_stay]
     hours = np.concatenate([sim1["hours"], sim2["hours"]])[keep_stay]
     b = np.concatenate([sim1["b"], sim2["b"]])[keep_stay]
+    course = {k: np.concatenate([sim1[k], sim2[k]])[keep_stay]
+              for k in ("peak", "damage_frac", "vent_hours", "died")}
     s_adm, s_order = s_adm[keep_stay], s_order[keep_stay]
     S = len(hours)
     los = hours * HOUR + rng.integers(60, HOUR + 1, S)  # seconds; ceil(los / 1 h) = hours + 1
@@ -82,30 +89,39 @@ def stays_and_admissions(rng, pat: dict) -> tuple[dict, dict]:
     stay_offset = np.where(s_order == 0, pre[s_adm], pre[s_adm] + los1[s_adm] + gap[s_adm])
     # a stay that ends in death ends on a whole minute (admittime is on one): the admission's
     # dischtime and deathtime are then its outtime exactly, and MEDS_DEATH its ICU_DISCHARGE
-    s_died = np.concatenate([sim1["died"], sim2["died"]])[keep_stay]
-    los = los - np.where(s_died, (stay_offset + los) % MINUTE, 0)  # still > hours * HOUR
+    los = los - np.where(course["died"], (stay_offset + los) % MINUTE, 0)  # still > hours * HOUR
     los1[s_adm[s_order == 0]] = los[s_order == 0]
     los2[s_adm[s_order == 1]] = los[s_order == 1]
     icu_len = pre + los1 + np.where(has2, gap + los2, 0) + post
     icu_len = -(-icu_len // MINUTE) * MINUTE  # dischtime on a whole minute
 
-    # admissions without an ICU stay
+    # admissions without an ICU stay: the patients' own, then the 30-day readmissions
     n_ward = np.minimum(rng.poisson(0.6, n), 5)
-    ward_pat = np.repeat(np.arange(n), n_ward)
+    readm = np.flatnonzero(readmit & keep_adm)  # ICU admission that each readmission follows
+    ward_pat = np.concatenate([np.repeat(np.arange(n), n_ward), icu_pat[readm]])
     A_ward = len(ward_pat)
     ward_len = (np.exp(rng.normal(np.log(2.5 * DAY), 0.8, A_ward)) // MINUTE * MINUTE
                 ).astype(np.int64) + 4 * HOUR
 
-    # all admissions of the batch, in time order per patient, a fatal one last
+    # all admissions of the batch, in time order per patient (random), a fatal one last and a
+    # readmission right after the admission it follows
     a_pat = np.concatenate([icu_pat[keep_adm], ward_pat])
     a_icu = np.concatenate([np.flatnonzero(keep_adm), -np.ones(A_ward, np.int64)])  # ICU adm row
     a_fatal = np.concatenate([fatal[keep_adm], np.zeros(A_ward, bool)])
-    order = np.lexsort((rng.random(len(a_pat)), a_fatal, a_pat))
-    a_pat, a_icu, a_fatal = a_pat[order], a_icu[order], a_fatal[order]
+    key = rng.random(A_icu + A_ward)
+    key[A_icu + A_ward - len(readm):] = key[readm]
+    a_key = np.concatenate([key[:A_icu][keep_adm], key[A_icu:]])
+    a_readm = np.concatenate([np.zeros(A_ward - len(readm) + int(keep_adm.sum()), bool),
+                              np.ones(len(readm), bool)])
+    order = np.lexsort((a_readm, a_key, a_fatal, a_pat))
+    a_pat, a_icu, a_fatal, a_readm = a_pat[order], a_icu[order], a_fatal[order], a_readm[order]
     A = len(a_pat)
     a_len = np.where(a_icu >= 0, icu_len[np.maximum(a_icu, 0)],
                      np.concatenate([np.zeros(int(keep_adm.sum()), np.int64), ward_len])[order])
     a_gap = (DAY + np.exp(rng.normal(np.log(150 * DAY), 1.0, A))) // MINUTE * MINUTE
+    # the wait before a readmission: 6 h to 29 days, most within two weeks
+    wait = np.minimum(6 * HOUR + rng.exponential(9 * DAY, A), 29 * DAY) // MINUTE * MINUTE
+    a_gap = np.where(np.append(a_readm[1:], False), wait, a_gap)
     step = a_len + a_gap.astype(np.int64)
     first_adm = np.searchsorted(a_pat, a_pat)
     csum = np.cumsum(step) - step
@@ -121,7 +137,7 @@ def stays_and_admissions(rng, pat: dict) -> tuple[dict, dict]:
     outtime = intime + los
     s_order_key = np.lexsort((intime, a_pat[s_a]))  # stays in (patient, time) order
     stays = dict(adm=s_a, pat=a_pat[s_a], intime=intime, outtime=outtime, hours=hours, x=x,
-                 x_smooth=x_smooth, b=b)
+                 x_smooth=x_smooth, b=b, **course)
     stays = {k: v[s_order_key] for k, v in stays.items()}
     first_stay = np.searchsorted(stays["pat"], stays["pat"])
     stays["stay_id"] = (30_000_000 + 10 * (pat["subject_id"][stays["pat"]] - 10_000_000)
