@@ -22,6 +22,7 @@ ADM = "subject_id,hadm_id,admittime,dischtime,hospital_expire_flag"
 ICU = "subject_id,hadm_id,stay_id,first_careunit,last_careunit,intime,outtime,los"
 LAB = ("labevent_id,subject_id,hadm_id,specimen_id,itemid,order_provider_id,charttime,storetime,"
        "value,valuenum,valueuom,ref_range_lower,ref_range_upper,flag,priority,comments")
+DX = "subject_id,hadm_id,seq_num,icd_code,icd_version"
 CHART = ("subject_id,hadm_id,stay_id,caregiver_id,charttime,storetime,itemid,value,valuenum,"
          "valueuom,warning")
 HR, TEMP_C, TEMP_F, SBP_ART = 220045, 223762, 223761, 220050
@@ -45,17 +46,20 @@ def lab(subject, t, itemid, value, hadm="", row=1):
 
 
 def write_mimic(root, icustays, chartevents=None, labevents=(), patients=None, admissions=None,
-                fmt="csv"):
-    """A MIMIC-IV-shaped directory from row strings (chartevents=None: no chartevents file)."""
+                fmt="csv", adm_header=ADM, diagnoses=None):
+    """A MIMIC-IV-shaped directory from row strings (chartevents=None: no chartevents file,
+    diagnoses=None: no diagnoses_icd)."""
     subjects = sorted({int(r.split(",")[0]) for r in icustays}) or [1]
     patients = patients if patients is not None else [f"{s},F,60,2150,2011 - 2013," for s in subjects]
     hadms = sorted({(int(r.split(",")[0]), int(r.split(",")[1])) for r in icustays})
     admissions = admissions if admissions is not None else [
         f"{s},{h},{ts(-24)},{ts(400)},{int(h % 2 == 1)}" for s, h in hadms]
-    tables = {("hosp", "patients"): (PAT, patients), ("hosp", "admissions"): (ADM, admissions),
+    tables = {("hosp", "patients"): (PAT, patients), ("hosp", "admissions"): (adm_header, admissions),
               ("icu", "icustays"): (ICU, icustays), ("hosp", "labevents"): (LAB, labevents)}
     if chartevents is not None:
         tables[("icu", "chartevents")] = (CHART, chartevents)
+    if diagnoses is not None:
+        tables[("hosp", "diagnoses_icd")] = (DX, diagnoses)
     for (module, name), (header, rows) in tables.items():
         d = root / module
         d.mkdir(parents=True, exist_ok=True)
@@ -365,10 +369,14 @@ def test_stays_columns_split_and_train_only_norm(tmp_path):
     rows = [chart(10 * s, ts(0.5), HR, 50 + s) for s in range(1, 41)]
     p = run(tmp_path, icustays=stays, chartevents=rows, seed=3)
     schema = p.stays.schema
+    # no diagnoses_icd: no phenotype columns
     assert schema.names == ["stay_id", "subject_id", "hadm_id", "intime", "outtime", "n_hours",
-                            "offset", "split", "death_hosp", "los_days"]
+                            "offset", "split", "death_hosp", "los_days", "readmit_icu",
+                            "readmit_30d"]
     assert schema.field("intime").type == pa.timestamp("s") and schema.field("n_hours").type == pa.int32()
-    assert schema.field("death_hosp").type == pa.int8()
+    for name in ("death_hosp", "readmit_icu", "readmit_30d"):
+        assert schema.field(name).type == pa.int8()
+    assert "diagnoses_icd" in p.manifest["phenotypes"]["note"]
     assert p.stays.column("death_hosp").to_pylist() == [int((100 + s) % 2 == 1) for s in range(1, 41)]
     assert p.stays.column("los_days").to_pylist() == pytest.approx([2 / 24] * 40)
     train = p.split_indices("train")
@@ -573,3 +581,81 @@ def test_fused_csv_path_reports_the_bad_line(tmp_path):
     write_mimic(tmp_path / "in", [stay(1, 100, 10, ts(0), ts(10))], chartevents=rows)
     with pytest.raises(ValueError, match=r"chartevents\.csv: line 3: malformed CSV row"):
         preprocess(tmp_path / "in", tmp_path / "out", progress=False)
+
+
+# ---- outcome labels: readmissions from admissions and patients.dod, phenotypes from diagnoses
+
+ADM_FULL = "subject_id,hadm_id,admittime,dischtime,deathtime,hospital_expire_flag"
+
+
+def test_readmission_labels_and_diagnoses_accounted(tmp_path):
+    def day(d):
+        return ts(24 * d)
+
+    stays = [stay(1, 100, 10, day(0), day(1)), stay(1, 100, 11, day(2), day(3)),  # 2 ICU stays
+             stay(2, 200, 20, day(0), day(1)),  # dies in the stay
+             stay(3, 300, 30, day(0), day(1))]  # readmitted 29 days after discharge
+    admissions = [f"1,100,{day(0)},{day(5)},,0", f"1,101,{day(36)},{day(38)},,0",  # 31 days
+                  f"2,200,{day(0)},{day(1)},{day(1)},1",
+                  f"3,300,{day(0)},{day(4)},,0", f"3,301,{day(33)},{day(34)},,0"]
+    diagnoses = ["1,100,1,A419,10", "1,100,2,N179,10", "1,100,3,0389,9",  # ICD-9: not_icd10
+                 "1,101,1,I5023,10",  # an admission without an ICU stay: no_icu_stay
+                 "2,,1,R570,10",  # no hadm_id: bad_id
+                 "2,200,1,,10",  # no code
+                 "2,200,2,R6521,10"]
+    p = run(tmp_path, icustays=stays, chartevents=[], admissions=admissions, adm_header=ADM_FULL,
+            diagnoses=diagnoses)
+    col = {c: p.stays[c].to_pylist() for c in p.stays.column_names}
+    assert col["stay_id"] == [10, 11, 20, 30]
+    assert col["readmit_icu"] == [1, 0, -1, 0]
+    # subject 1: next admission 31 days after discharge; subject 2 died; subject 3: 29 days
+    assert col["readmit_30d"] == [0, 0, -1, 1]
+    assert col["phenotype_sepsis"] == [1, 1, 1, -1]  # R6521 is severe sepsis with septic shock
+    assert col["phenotype_aki"] == [1, 1, 0, -1]
+    assert col["phenotype_shock"] == [0, 0, 1, -1]
+    assert col["phenotype_heart_failure"] == [0, 0, 0, -1]  # I5023 is admission 101's
+    t = p.manifest["tables"]["diagnoses_icd"]
+    assert t["rows_read"] == 7 and t["rows_kept"] == 3
+    assert t["dropped"] == {"bad_id": 1, "not_icd10": 1, "no_code": 1, "no_icu_stay": 1}
+    assert p.manifest["phenotypes"]["names"] == ["sepsis", "aki", "arf", "heart_failure", "shock"]
+    assert p.manifest["labels"]["readmit_30d"] == {"1": 1, "0": 2, "-1": 1}
+    assert not any("deathtime" in w for w in p.manifest["warnings"])
+
+
+def test_dod_is_a_later_record_and_missing_columns_warn(tmp_path):
+    stays = [stay(1, 100, 10, ts(0), ts(24)), stay(2, 200, 20, ts(0), ts(24))]
+    patients = ["1,F,60,2150,2011 - 2013,2150-03-01", "2,F,60,2150,2011 - 2013,2150-01-20"]
+    admissions = [f"1,100,{ts(0)},{ts(48)},0", f"2,200,{ts(0)},{ts(48)},0"]
+    p = run(tmp_path, icustays=stays, chartevents=[], patients=patients, admissions=admissions)
+    # subject 1 died 2 months after discharge: followed up, not readmitted; subject 2 died
+    # within the 30 days: excluded
+    assert p.stays["readmit_30d"].to_pylist() == [0, -1]
+    assert any("no column deathtime" in w for w in p.manifest["warnings"])
+
+
+@pytest.mark.parametrize("fmt", ["csv.gz", "parquet"])
+def test_diagnoses_in_every_format(tmp_path, fmt):
+    stays = [stay(1, 100, 10, ts(0), ts(5))]
+    p = run(tmp_path, icustays=stays, chartevents=[], fmt=fmt,
+            diagnoses=["1,100,1,J9601,10", "1,100,2,4280,9"])
+    assert p.stays["phenotype_arf"].to_pylist() == [1]
+    assert p.manifest["tables"]["diagnoses_icd"]["dropped"]["not_icd10"] == 1
+
+
+def test_bad_diagnoses_line_and_phenotypes_option(tmp_path):
+    from ehrjepa.cli import main
+
+    stays = [stay(1, 100, 10, ts(0), ts(5))]
+    root = write_mimic(tmp_path / "m", icustays=stays, chartevents=[],
+                       diagnoses=["1,100,1,N179,10", "1,100", "1,100,3,Z99,10"])
+    with pytest.raises(ValueError, match=r"diagnoses_icd\.csv: line 3: malformed CSV row"):
+        preprocess(root, tmp_path / "out", progress=False)
+    (tmp_path / "p.yaml").write_text("phenotypes:\n  dependence: [Z99]\n")
+    assert main(["preprocess", "--mimic-dir", str(root), "--out", str(tmp_path / "out"),
+                 "--on-bad-lines", "skip", "--phenotypes", str(tmp_path / "p.yaml"),
+                 "--no-progress"]) == 0
+    p = open_processed(tmp_path / "out")
+    assert [c for c in p.stays.column_names if c.startswith("phenotype_")] == ["phenotype_dependence"]
+    assert p.stays["phenotype_dependence"].to_pylist() == [1]
+    t = p.manifest["tables"]["diagnoses_icd"]
+    assert (t["rows_read"], t["rows_kept"], t["dropped"]["bad_line"]) == (3, 2, 1)

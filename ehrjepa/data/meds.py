@@ -14,6 +14,11 @@ The MEDS counterpart of preprocess.py, with the same rules (events.py) and outpu
   hadm_id where present); MIMIC_IV_MEDS times MEDS_DEATH at admissions.deathtime, which MIMIC
   sets for in-hospital deaths only, so this is hospital_expire_flag as far as MEDS tells; -1
   where no admission holds the stay. los_days from the ICU events.
+- readmit_icu, readmit_30d, phenotype_<name> (outcomes.py): admissions from the HOSPITAL_ events,
+  their death from MEDS_DEATH within them, the subject's death record from MEDS_DEATH, diagnoses
+  from DIAGNOSIS//ICD//10//{code} events placed by hadm_id where present, else in the subject's
+  admission holding the event's time. No DIAGNOSIS// event at all: no phenotype columns.
+- Each subject's rows lie in one shard (MEDS's rule; a subject in two shards is an error).
 - Splits: metadata/subject_splits.parquet (train / tuning / held_out -> train / val / test),
   our subject hash where it is absent (manifest `split_source`).
 
@@ -34,7 +39,9 @@ import numpy as np
 from .catalog import Catalog, load_catalog
 from .drivers import ScanOptions, aggregate_meds
 from .events import REASONS
-from .preprocess import finish_and_write
+from .outcomes import (holding_admission, known, load_phenotypes, phenotypes, readmit_30d,
+                       readmit_icu)
+from .preprocess import finish_and_write, label_counts
 from .processed import open_outputs, split_of_subjects, write_manifest
 from .readers import KIND_FLOAT, KIND_INT, KIND_TIME, MISSING, TableStats, arrow_column
 from .readers.files import BLOCK_ROWS
@@ -47,7 +54,8 @@ COLUMNS = {"subject_id": "an integer", "time": "a timestamp", "code": "a string"
 MEDS_SPLITS = {"train": 0, "tuning": 1, "held_out": 2}  # -> processed.SPLITS
 # stay event kinds, by code prefix
 KINDS = {"ICU_ADMISSION": 1, "ICU_DISCHARGE": 2, "HOSPITAL_ADMISSION": 3, "HOSPITAL_DISCHARGE": 4,
-         "MEDS_DEATH": 5}
+         "MEDS_DEATH": 5, "DIAGNOSIS": 6}
+ICD10 = "DIAGNOSIS//ICD//10//"
 DROP_NAMES = tuple("not_a_feature" if r == "unknown_itemid" else r for r in REASONS)
 
 
@@ -120,19 +128,23 @@ def _kinds(dictionary) -> np.ndarray:
 
 
 def read_stay_events(shards: list[Path]) -> tuple[dict, list[str], bool, bool]:
-    """(stay events {subject, time (s), kind, hadm_id, icustay_id}, the sorted distinct codes,
-    every shard has icustay_id, every shard has hadm_id)."""
+    """(stay events {subject, time (s), kind, hadm_id, icustay_id, and "dx_code": the code of
+    each DIAGNOSIS// event}, the sorted distinct codes, every shard has icustay_id, every shard
+    has hadm_id). A subject with rows in two shards is an error naming both."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    parts, codes = [], set()
+    parts, codes, dx_codes, subjects = [], set(), [], []
     all_stay = all_hadm = True
-    for path in shards:
+    for k, path in enumerate(shards):
         pf, has_stay, has_hadm = open_shard(path)
         all_stay &= has_stay
         all_hadm &= has_hadm
         cols = ["subject_id", "time", "code"] + ["hadm_id"] * has_hadm + ["icustay_id"] * has_stay
+        shard_subjects = []
         for batch in _batches(pf, path, cols, BLOCK_ROWS, TableStats(str(path))):
+            shard_subjects.append(pc.unique(batch.column("subject_id")).drop_null()
+                                  .cast(pa.int64()).to_numpy())
             code = _dictionary(batch.column("code"))
             codes.update(code.dictionary.to_pylist())
             kinds = _kinds(code.dictionary)
@@ -149,11 +161,32 @@ def read_stay_events(shards: list[Path]) -> tuple[dict, list[str], bool, bool]:
                     part[name] = _plain_int(col)
                 else:
                     part[name] = np.full(len(part["kind"]), MISSING, np.int64)
+            dx = pa.array(idx[kind == KINDS["DIAGNOSIS"]])
+            dx_codes.append(code.dictionary.take(dx).cast(pa.string()))
             parts.append(part)
+        if shard_subjects:
+            subjects.append((k, np.unique(np.concatenate(shard_subjects))))
+    _check_one_shard_per_subject(shards, subjects)
     codes.discard(None)
     events = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0, np.int64)
               for k in ("kind", "subject_id", "time", "hadm_id", "icustay_id")}
+    events["dx_code"] = pa.concat_arrays(dx_codes) if dx_codes else pa.array([], pa.string())
     return events, sorted(codes), all_stay, all_hadm
+
+
+def _check_one_shard_per_subject(shards: list[Path], subjects: list[tuple[int, np.ndarray]]):
+    """MEDS keeps each subject's rows in one shard: a subject in two is an error naming both."""
+    if len(subjects) < 2:
+        return
+    sid = np.concatenate([s for _, s in subjects])
+    shard = np.concatenate([np.full(len(s), k) for k, s in subjects])
+    order = np.argsort(sid, kind="stable")
+    sid, shard = sid[order], shard[order]
+    twice = np.flatnonzero(sid[1:] == sid[:-1])
+    if len(twice):
+        i = twice[0]
+        raise ValueError(f"subject {sid[i]} has rows in {shards[shard[i]]} and in "
+                         f"{shards[shard[i + 1]]}: MEDS keeps each subject's rows in one shard")
 
 
 def _plain_int(col: ArrowColumn) -> np.ndarray:
@@ -201,8 +234,9 @@ def _pair(subject, when, start: np.ndarray, ident, use_ident: bool):
 
 
 def build_stays(ev: dict, has_stay: bool, has_hadm: bool, stats: TableStats, dropped: dict,
-                warnings: list[str]) -> tuple[Stays, np.ndarray]:
-    """(Stays, death_hosp int8) from the stay events (see the module docstring)."""
+                warnings: list[str]) -> tuple[Stays, np.ndarray, dict]:
+    """(Stays, death_hosp int8, the admissions {subject, hadm_id, admittime, dischtime,
+    deathtime, died} and deaths {subject, time}) from the stay events (module docstring)."""
     icu = np.flatnonzero((ev["kind"] == 1) | (ev["kind"] == 2))
     stats.rows_read = len(icu)
     subj, sid, t_in, t_out, unpaired = _pair(ev["subject_id"][icu], ev["time"][icu],
@@ -242,7 +276,52 @@ def build_stays(ev: dict, has_stay: bool, has_hadm: bool, stats: TableStats, dro
     if (flag < 0).any():
         warnings.append(f"{int((flag < 0).sum())} stays lie in no HOSPITAL_ADMISSION// .. "
                         "HOSPITAL_DISCHARGE// interval: death_hosp = -1 (unknown)")
-    return stays, flag
+    d_subj = np.array(sorted(death), np.int64)
+    d_time = np.array([death[s] for s in d_subj.tolist()], np.int64)
+    at = np.searchsorted(d_subj, h_subj)
+    hit = (at < len(d_subj)) & (d_subj[np.minimum(at, max(len(d_subj) - 1, 0))] == h_subj) \
+        if len(d_subj) else np.zeros(len(h_subj), bool)
+    t = np.where(hit, d_time[np.minimum(at, max(len(d_subj) - 1, 0))] if len(d_subj) else 0,
+                 MISSING)
+    inside = hit & (h_in <= t) & (t <= h_out)
+    admissions = {"subject": h_subj, "hadm_id": h_id, "admittime": h_in, "dischtime": h_out,
+                  "deathtime": np.where(inside, t, MISSING), "died": inside.astype(np.int8),
+                  "death_subject": d_subj, "death_time": d_time}
+    return stays, flag, admissions
+
+
+def outcome_labels(stays: Stays, adm: dict, ev: dict, pheno: dict, entry: dict) -> dict:
+    """readmit_icu, readmit_30d and (where there are DIAGNOSIS// events) phenotype_<name> per
+    stay; `entry` gets the diagnosis events' accounting (read = kept + dropped by reason)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    labels = {"readmit_icu": readmit_icu(stays.hadm_id, stays.intime, stays.outtime,
+                                         adm["hadm_id"], adm["deathtime"]),
+              "readmit_30d": readmit_30d(stays.hadm_id, adm["subject"], adm["hadm_id"],
+                                         adm["admittime"], adm["dischtime"], adm["died"],
+                                         adm["death_subject"], adm["death_time"])}
+    dx = np.flatnonzero(ev["kind"] == KINDS["DIAGNOSIS"])
+    entry.update(rows_read=len(dx), rows_kept=0, dropped={"not_icd10": 0, "no_admission": 0})
+    if len(dx) == 0:
+        return labels
+    code = ev["dx_code"]
+    icd10 = pc.starts_with(code, ICD10).to_numpy(zero_copy_only=False)
+    # the admission: its hadm_id where given and known, else the one holding the event's time
+    hadm = ev["hadm_id"][dx]
+    given = known(hadm) & np.isin(hadm, adm["hadm_id"])
+    row = holding_admission(adm["subject"], adm["admittime"], adm["dischtime"],
+                            ev["subject_id"][dx], ev["time"][dx])
+    hadm = np.where(given, hadm, np.where(row >= 0, adm["hadm_id"][np.maximum(row, 0)]
+                                          if len(row) and len(adm["hadm_id"]) else MISSING,
+                                          MISSING))
+    placed = known(hadm)
+    keep = icd10 & placed
+    entry.update(rows_kept=int(keep.sum()),
+                 dropped={"not_icd10": int((~icd10).sum()),
+                          "no_admission": int((icd10 & ~placed).sum())})
+    codes = pc.utf8_slice_codeunits(code.filter(pa.array(keep)), len(ICD10))
+    return labels | phenotypes(stays.hadm_id, hadm[keep], codes, pheno)
 
 
 def _rows_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -307,9 +386,11 @@ def iter_event_batches(pf, path: Path, codes, has_stay: bool, stats: TableStats,
 
 def preprocess_meds(meds_dir: str | Path, out: str | Path,
                     config: str | Path | Catalog | None = None, progress: bool = True,
-                    seed: int = 0, options: ScanOptions = ScanOptions()) -> Path:
+                    seed: int = 0, options: ScanOptions = ScanOptions(),
+                    phenotypes: str | Path | None = None) -> Path:
     """Turn the MEDS dataset at meds_dir into OUT (processed.py's format); returns OUT. OUT is
-    built beside its place and moved in whole (staging.py)."""
+    built beside its place and moved in whole (staging.py). phenotypes: the phenotype file
+    (default: the repository's configs/phenotypes.yaml)."""
     from .preprocess import _import_numba_math_without_scipy
 
     t_start = time.perf_counter()
@@ -318,14 +399,15 @@ def preprocess_meds(meds_dir: str | Path, out: str | Path,
         raise FileNotFoundError(f"MEDS directory not found: {meds_dir}")
     _import_numba_math_without_scipy()
     catalog = config if isinstance(config, Catalog) else load_catalog(config)
+    pheno = load_phenotypes(phenotypes)
     shards = data_shards(meds_dir)
     with staged_output(out) as tmp:
-        _build(meds_dir, shards, tmp, catalog, progress, seed, t_start, options)
+        _build(meds_dir, shards, tmp, catalog, progress, seed, t_start, options, pheno)
     return out
 
 
 def _build(meds_dir: Path, shards: list[Path], out: Path, catalog: Catalog, progress: bool,
-           seed: int, t_start: float, options: ScanOptions) -> None:
+           seed: int, t_start: float, options: ScanOptions, pheno: tuple[dict, Path]) -> None:
     import pyarrow as pa
     from tqdm.auto import tqdm
 
@@ -335,7 +417,7 @@ def _build(meds_dir: Path, shards: list[Path], out: Path, catalog: Catalog, prog
     ev, codes, has_stay, has_hadm = read_stay_events(shards)
     st = TableStats("ICU_ADMISSION// and ICU_DISCHARGE// events")
     stay_dropped: dict[str, int] = {}
-    stays, death = build_stays(ev, has_stay, has_hadm, st, stay_dropped, warnings)
+    stays, death, adm = build_stays(ev, has_stay, has_hadm, st, stay_dropped, warnings)
     stays_entry = {"rows_read": st.rows_read, "rows_kept": 2 * len(stays),
                    "dropped": stay_dropped,
                    "paired_by": "icustay_id" if has_stay else "time order per subject"}
@@ -345,6 +427,15 @@ def _build(meds_dir: Path, shards: list[Path], out: Path, catalog: Catalog, prog
         print(f"ehrjepa preprocess: warning: {w}", file=sys.stderr)
     warnings += lookup.warnings
     seconds["stays"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    dx_entry: dict = {}
+    labels = outcome_labels(stays, adm, ev, pheno[0], dx_entry)
+    pheno_info = {"path": os.path.abspath(pheno[1]), "names": list(pheno[0])}
+    if dx_entry["rows_read"] == 0:
+        pheno_info["note"] = "no DIAGNOSIS// events: no phenotype columns"
+    del ev
+    seconds["outcomes"] = time.perf_counter() - t0
 
     names = catalog.names
     sums, counts = open_outputs(out, stays.total_hours, len(names))
@@ -377,7 +468,8 @@ def _build(meds_dir: Path, shards: list[Path], out: Path, catalog: Catalog, prog
 
     t0 = time.perf_counter()
     split, split_source = read_splits(meds_dir, stays.subject_id, seed, warnings)
-    kept_by_feature = finish_and_write(out, stays, split, death, names, seed, sums, counts)
+    kept_by_feature = finish_and_write(out, stays, split, death, names, seed, sums, counts,
+                                       labels)
     del sums, counts
     seconds["finalize"] = time.perf_counter() - t0
 
@@ -387,7 +479,8 @@ def _build(meds_dir: Path, shards: list[Path], out: Path, catalog: Catalog, prog
                 "total": {"rows_read": total_read, "rows_kept": total_kept,
                           "dropped": {n: int(d) for n, d in zip(DROP_NAMES, total)},
                           "kept_by_table": kept_by_table},
-                "icu_stays": stays_entry, "split_source": split_source,
+                "icu_stays": stays_entry, "diagnoses": dx_entry, "phenotypes": pheno_info,
+                "labels": label_counts(labels), "split_source": split_source,
                 "warnings": warnings, "n_stays": len(stays), "total_hours": stays.total_hours,
                 "config": os.path.abspath(catalog.path) if catalog.path else None,
                 "seconds": {k: round(v, 3) for k, v in seconds.items()}

@@ -1,7 +1,8 @@
 """`ehrjepa preprocess`: MIMIC-IV tables -> hourly per-stay arrays (format in processed.py).
 
-The pipeline: stays (stays.py) from icustays, in-hospital death from admissions, then each event
-table streamed through the kernels (events.py holds the rules, drivers.py the threaded streaming)
+The pipeline: stays (stays.py) from icustays, in-hospital death and readmissions from admissions
+and patients, phenotypes from diagnoses_icd where present (outcomes.py), then each event table
+streamed through the kernels (events.py holds the rules, drivers.py the threaded streaming)
 into memory-mapped sums and counts, then means, the subject-level split and train-only
 normalisation. Every input row is either kept or dropped for a named reason in OUT/manifest.json.
 OUT is built beside its place and moved in whole (staging.py). The CLI (`configure`, `main`) is
@@ -21,9 +22,12 @@ import numpy as np
 from .catalog import Catalog, load_catalog
 from .drivers import ScanOptions, aggregate_table, finish_hours
 from .events import CHART_REASONS, LAB_REASONS, REASONS, TABLES
+from .outcomes import (admission_rows, known, load_phenotypes, phenotypes, readmit_30d,
+                       readmit_icu)
 from .processed import (finish_outputs, open_outputs, split_of_subjects, write_manifest, write_meta,
                         write_stays)
-from .readers import TableStats, find_table, read_table
+from .readers import (KIND_INT, KIND_TIME, MISSING, TableStats, arrow_ints, find_table,
+                      read_table, read_text_table, table_columns)
 from .staging import pause_point, staged_output
 from .stays import Stays
 
@@ -37,6 +41,29 @@ def _table_entry(path, stats: TableStats, kept: int, dropped: dict) -> dict:
     if kept + sum(dropped.values()) != stats.rows_read:  # an accounting bug, never bad input
         raise AssertionError(f"{path}: rows kept {kept} + dropped {dropped} != read {stats.rows_read}")
     return entry
+
+
+# columns read when the table has them: without them the outcomes they feed are -1 (a warning)
+OPTIONAL = {"admissions": {"subject_id": KIND_INT, "admittime": KIND_TIME, "dischtime": KIND_TIME,
+                           "deathtime": KIND_TIME},
+            "patients": {"dod": KIND_TIME}}
+DIAGNOSES = ("hadm_id", "icd_code", "icd_version")
+DIAGNOSIS_REASONS = ("bad_id", "not_icd10", "no_code", "no_icu_stay")
+
+
+def _read_with_optional(path: Path, name: str, on_bad_lines: str, stats: TableStats,
+                        warnings: list[str]) -> dict[str, np.ndarray]:
+    """TABLES[name]'s columns and those of OPTIONAL[name] the table has (MISSING where not)."""
+    have = set(table_columns(path))
+    optional = OPTIONAL[name]
+    columns = TABLES[name][1] | {c: k for c, k in optional.items() if c in have}
+    cols = read_table(path, columns, on_bad_lines, stats)
+    n = len(next(iter(cols.values())))
+    absent = [c for c in optional if c not in have]
+    if absent:
+        warnings.append(f"{path}: no column {', '.join(absent)}: readmission labels that need "
+                        "it are -1 (unknown)")
+    return cols | {c: np.full(n, MISSING, np.int64) for c in absent}
 
 
 def _require(mimic_dir: Path, name: str) -> Path:
@@ -67,8 +94,10 @@ def _import_numba_math_without_scipy() -> None:
 
 def preprocess(mimic_dir: str | Path, out: str | Path, config: str | Path | Catalog | None = None,
                on_bad_lines: str = "error", progress: bool = True, seed: int = 0,
-               options: ScanOptions = ScanOptions()) -> Path:
+               options: ScanOptions = ScanOptions(), phenotypes: str | Path | None = None) -> Path:
     """Turn MIMIC_DIR/{hosp,icu} tables into OUT (see processed.py); returns OUT.
+
+    phenotypes: the phenotype file (default: the repository's configs/phenotypes.yaml).
 
     OUT is built in a temporary folder beside it and moved into place at the end (staging.py), so
     a run that fails or is killed leaves the previous OUT, or none, never a partial one.
@@ -81,13 +110,15 @@ def preprocess(mimic_dir: str | Path, out: str | Path, config: str | Path | Cata
         raise FileNotFoundError(f"MIMIC-IV directory not found: {mimic_dir}")
     _import_numba_math_without_scipy()
     catalog = config if isinstance(config, Catalog) else load_catalog(config)
+    pheno = load_phenotypes(phenotypes)
     with staged_output(out) as tmp:
-        _build(mimic_dir, tmp, catalog, on_bad_lines, progress, seed, t_start, options)
+        _build(mimic_dir, tmp, catalog, on_bad_lines, progress, seed, t_start, options, pheno)
     return out
 
 
 def _build(mimic_dir: Path, out: Path, catalog: Catalog, on_bad_lines: str, progress: bool,
-           seed: int, t_start: float, options: ScanOptions) -> None:
+           seed: int, t_start: float, options: ScanOptions,
+           pheno: tuple[dict, Path]) -> None:
     """Write the processed format into the (empty, temporary) folder `out`."""
     names = catalog.names
     n_features = len(names)
@@ -116,14 +147,11 @@ def _build(mimic_dir: Path, out: Path, catalog: Catalog, on_bad_lines: str, prog
     # ---- admissions: in-hospital death of each stay's admission
     t0 = time.perf_counter()
     st = TableStats(str(paths["admissions"]))
-    adm = read_table(paths["admissions"], TABLES["admissions"][1], on_bad_lines, st)
-    order = np.argsort(adm["hadm_id"], kind="stable")
-    hadm_sorted = adm["hadm_id"][order]
-    pos = np.clip(np.searchsorted(hadm_sorted, stays.hadm_id), 0, max(len(order) - 1, 0))
-    found = (len(order) > 0) & (hadm_sorted[pos] == stays.hadm_id) if len(order) else \
-        np.zeros(len(stays), bool)
-    flag = adm["hospital_expire_flag"][order][pos] if len(order) else np.zeros(len(stays), np.int64)
-    death = np.where(found & (flag >= 0) & (flag <= 1), flag, -1).astype(np.int8)
+    adm = _read_with_optional(paths["admissions"], "admissions", on_bad_lines, st, warnings)
+    row = admission_rows(adm["hadm_id"], stays.hadm_id)
+    flag = adm["hospital_expire_flag"][np.maximum(row, 0)] if len(row) and len(adm["hadm_id"]) \
+        else np.zeros(len(stays), np.int64)
+    death = np.where((row >= 0) & (flag >= 0) & (flag <= 1), flag, -1).astype(np.int8)
     n_unknown = int((death < 0).sum())
     if n_unknown:
         warnings.append(f"{n_unknown} stays have no admission with a 0/1 hospital_expire_flag "
@@ -135,13 +163,37 @@ def _build(mimic_dir: Path, out: Path, catalog: Catalog, on_bad_lines: str, prog
 
     # ---- patients: count who has an ICU stay; warn about stays of unknown subjects
     st = TableStats(str(paths["patients"]))
-    pat = read_table(paths["patients"], TABLES["patients"][1], on_bad_lines, st)
+    pat = _read_with_optional(paths["patients"], "patients", on_bad_lines, st, warnings)
     used = np.isin(pat["subject_id"], stays.subject_id)
     manifest_tables["patients"] = _table_entry(paths["patients"], st, int(used.sum()),
                                                {"no_icu_stay": int((~used).sum())})
     n_orphans = int((~np.isin(stays.subject_id, pat["subject_id"])).sum())
     if n_orphans:
         warnings.append(f"{n_orphans} stays belong to subjects missing from patients")
+
+    # ---- outcomes: readmissions (admissions, patients.dod), phenotypes (diagnoses_icd)
+    t0 = time.perf_counter()
+    adm_died = np.where((adm["hospital_expire_flag"] >= 0) & (adm["hospital_expire_flag"] <= 1),
+                        adm["hospital_expire_flag"], -1)
+    labels = {"readmit_icu": readmit_icu(stays.hadm_id, stays.intime, stays.outtime,
+                                         adm["hadm_id"], adm["deathtime"]),
+              "readmit_30d": readmit_30d(stays.hadm_id, adm["subject_id"], adm["hadm_id"],
+                                         adm["admittime"], adm["dischtime"], adm_died,
+                                         pat["subject_id"], pat["dod"])}
+    pheno_info = {"path": os.path.abspath(pheno[1]), "names": list(pheno[0])}
+    dx_path = find_table(mimic_dir, "hosp", "diagnoses_icd")
+    if dx_path is None:
+        pheno_info["note"] = (f"{mimic_dir}/hosp/diagnoses_icd.csv.gz (or .csv, .parquet) not "
+                              "found: no phenotype columns")
+    else:
+        st = TableStats(str(dx_path))
+        dx_hadm, dx_code, dx_dropped = _read_diagnoses(dx_path, stays, on_bad_lines, st)
+        manifest_tables["diagnoses_icd"] = _table_entry(dx_path, st, len(dx_hadm), dx_dropped)
+        if st.rows_read:
+            labels |= phenotypes(stays.hadm_id, dx_hadm, dx_code, pheno[0])
+        else:
+            pheno_info["note"] = f"{dx_path}: no data rows: no phenotype columns"
+    seconds["outcomes"] = time.perf_counter() - t0
 
     # ---- events
     sums, counts = open_outputs(out, stays.total_hours, n_features)
@@ -167,17 +219,45 @@ def _build(mimic_dir: Path, out: Path, catalog: Catalog, on_bad_lines: str, prog
     # ---- split, means, train-only normalisation
     t0 = time.perf_counter()
     split = split_of_subjects(stays.subject_id, seed)
-    finish_and_write(out, stays, split, death, names, seed, sums, counts)
+    finish_and_write(out, stays, split, death, names, seed, sums, counts, labels)
     del sums, counts
     seconds["finalize"] = time.perf_counter() - t0
 
     # ---- manifest.json
     manifest = {"tables": manifest_tables, "warnings": warnings, "n_stays": len(stays),
-                "total_hours": stays.total_hours,
+                "total_hours": stays.total_hours, "phenotypes": pheno_info,
+                "labels": label_counts(labels),
                 "config": os.path.abspath(catalog.path) if catalog.path else None,
                 "seconds": {k: round(v, 3) for k, v in seconds.items()}
                 | {"total": round(time.perf_counter() - t_start, 3)}}
     write_manifest(out, manifest)
+
+
+def _read_diagnoses(path: Path, stays: Stays, on_bad_lines: str, stats: TableStats
+                    ) -> tuple[np.ndarray, "pyarrow.Array", dict[str, int]]:  # noqa: F821
+    """(hadm_id, normalised icd_code) of the ICD-10 rows of the stays' admissions, and the rows
+    dropped by reason (DIAGNOSIS_REASONS)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cols = read_text_table(path, list(DIAGNOSES), on_bad_lines, stats)
+    hadm = arrow_ints(cols["hadm_id"], path, "hadm_id")
+    version = arrow_ints(cols["icd_version"], path, "icd_version")
+    code = pc.utf8_upper(pc.utf8_trim_whitespace(
+        pc.replace_substring(cols["icd_code"].cast(pa.string()), ".", ""))).fill_null("")
+    no_code = pc.equal(code, "").to_numpy(zero_copy_only=False)
+    bad_id = ~known(hadm)
+    not_10 = ~bad_id & (version != 10)
+    no_code &= ~bad_id & ~not_10
+    no_stay = ~bad_id & ~not_10 & ~no_code & ~np.isin(hadm, stays.hadm_id)
+    keep = ~(bad_id | not_10 | no_code | no_stay)
+    dropped = dict(zip(DIAGNOSIS_REASONS, (int(m.sum()) for m in (bad_id, not_10, no_code, no_stay))))
+    return hadm[keep], code.filter(pa.array(keep)), dropped
+
+
+def label_counts(labels: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
+    """{label: {"1": stays, "0": stays, "-1": stays}} for the manifest."""
+    return {k: {str(v): int((x == v).sum()) for v in (1, 0, -1)} for k, x in labels.items()}
 
 
 def compile_kernels() -> None:
@@ -229,14 +309,16 @@ def compile_kernels() -> None:
 
 
 def finish_and_write(out: Path, stays: Stays, split: np.ndarray, death: np.ndarray, names: list[str],
-                     seed: int, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+                     seed: int, sums: np.ndarray, counts: np.ndarray,
+                     labels: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """The end both pipelines (MIMIC tables, MEDS shards) share: hourly sums become means,
     normalisation statistics come from train hours only, and mean.npy, count.npy, stays.parquet
-    and features.json are written into `out`. Returns the events kept per feature."""
+    (with the outcome `labels`, int8 per stay) and features.json are written into `out`. Returns
+    the events kept per feature."""
     hour_train = np.repeat(split == 0, stays.n_hours).astype(np.uint8)
     norm_mean, norm_std, kept_by_feature = finish_hours(sums, counts, hour_train)
     finish_outputs(out, sums, counts)
-    write_stays(out, stays, split, death)
+    write_stays(out, stays, split, death, labels or {})
     write_meta(out, names, norm_mean, norm_std, seed)
     pause_point("write")
     return kept_by_feature
@@ -254,6 +336,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="output directory (replaced whole when the run succeeds)")
     parser.add_argument("--features", default=None,
                         help="feature catalog (default: the repository's configs/features.yaml)")
+    parser.add_argument("--phenotypes", default=None, metavar="PATH",
+                        help="ICD-10 prefixes per phenotype label (default: the repository's "
+                             "configs/phenotypes.yaml); used where the data has diagnoses")
     parser.add_argument("--config", default=None,
                         help="deprecated alias of --features (default: none)")
     parser.add_argument("--on-bad-lines", choices=("error", "skip"), default="error",
@@ -280,11 +365,12 @@ def main(args: argparse.Namespace) -> int:
             from .meds import preprocess_meds
 
             out = preprocess_meds(args.meds, args.out, config=features,
-                                  progress=not args.no_progress, seed=args.seed)
+                                  progress=not args.no_progress, seed=args.seed,
+                                  phenotypes=args.phenotypes)
         else:
             out = preprocess(args.mimic_dir, args.out, config=features,
                              on_bad_lines=args.on_bad_lines, progress=not args.no_progress,
-                             seed=args.seed)
+                             seed=args.seed, phenotypes=args.phenotypes)
     except (OSError, ValueError) as e:
         print(f"ehrjepa preprocess: {e}", file=sys.stderr)
         return 1

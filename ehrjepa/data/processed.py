@@ -24,6 +24,10 @@ SPLITS = ("train", "val", "test")
 FRACTIONS = (0.8, 0.1, 0.1)
 STAY_COLUMNS = ("stay_id", "subject_id", "hadm_id", "intime", "outtime", "n_hours", "offset",
                 "split", "death_hosp", "los_days")
+# outcome columns after them (int8, 1 / 0 / -1; outcomes.py): readmit_icu and readmit_30d always,
+# phenotype_<name> where the data has diagnoses. Folders written before them lack these columns:
+# readers treat a missing column as "task unavailable".
+OUTCOME_COLUMNS = ("readmit_icu", "readmit_30d")
 
 
 @dataclass
@@ -171,8 +175,10 @@ def _finish_array(path: Path, arr: np.ndarray) -> None:
         np.save(path, arr)
 
 
-def write_stays(out: Path, stays, split: np.ndarray, death: np.ndarray) -> None:
-    """OUT/stays.parquet from a stays.Stays, their split codes and in-hospital death (-1 unknown)."""
+def write_stays(out: Path, stays, split: np.ndarray, death: np.ndarray,
+                labels: dict[str, np.ndarray] | None = None) -> None:
+    """OUT/stays.parquet from a stays.Stays, their split codes, in-hospital death and the outcome
+    labels {column: int8 per stay} (outcomes.py; 1 yes, 0 no, -1 unknown or excluded)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -191,7 +197,8 @@ def write_stays(out: Path, stays, split: np.ndarray, death: np.ndarray) -> None:
         "split": _arrow_strings(pa, split, SPLITS),
         "death_hosp": _arrow(pa, death.astype(np.int8), pa.int8()),
         "los_days": _arrow(pa, (stays.outtime - stays.intime) / 86400.0, pa.float64()),
-    })
+    } | {name: _arrow(pa, np.asarray(v).astype(np.int8), pa.int8())
+         for name, v in (labels or {}).items()})
     pq.write_table(table, out / "stays.parquet")
 
 

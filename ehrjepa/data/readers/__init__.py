@@ -10,6 +10,7 @@ until the next block is requested (buffers are reused).
     parquet.py     parquet through pyarrow (iter_parquet, iter_parquet_arrow)
     files.py       find_table, table_format, TableStats, the progress bar
     table.py       iter_table and read_table over every format
+    text.py        small tables with text columns (diagnoses_icd) through pyarrow; table_columns
 
 Names are imported lazily (module __getattr__), so that finding a table (files.py) does not pull
 in numba: the benchmark's baselines use it and are timed from process start.
@@ -27,6 +28,7 @@ _EXPORTS = {
     **dict.fromkeys(("ArrowColumn", "arrow_column", "arrow_valid", "iter_parquet",
                      "iter_parquet_arrow"), "parquet"),
     **dict.fromkeys(("parse_block",), "tokenizer"),
+    **dict.fromkeys(("table_columns", "read_text_table", "arrow_ints"), "text"),
     **dict.fromkeys(("iter_table", "read_table", "compile_kernels"), "table"),
 }
 __all__ = list(_EXPORTS)

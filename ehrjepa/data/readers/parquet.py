@@ -86,6 +86,9 @@ def arrow_column(arr, kind: int, path: Path, name: str) -> ArrowColumn:
     t = arr.type
     if _is_text(t):  # parsed to plain numpy with MISSING / NaN
         return ArrowColumn(_text_column(arr, kind), _NO_BITS, 0, 1)
+    if pa.types.is_null(t):  # a column with no value at all (pyarrow's type for it)
+        empty = np.full(len(arr), np.nan) if kind == KIND_FLOAT else np.full(len(arr), MISSING)
+        return ArrowColumn(empty, _NO_BITS, 0, 1)
     div = 1
     if kind == KIND_FLOAT:
         if not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)
