@@ -4,19 +4,19 @@ import gzip
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
 from ehrjepa import synth
-from ehrjepa.synth import SCHEMAS, batches, write_synthetic
+from ehrjepa.synth import SCHEMAS, batches, diagnoses, write_synthetic
 from ehrjepa.synth.chartevents import chartevents
 from ehrjepa.synth.severity import sickness
 from ehrjepa.synth.stays import draw_patients, stays_and_admissions
 
 TABLES = ["hosp/patients", "hosp/admissions", "hosp/labevents", "hosp/d_labitems",
-          "icu/icustays", "icu/chartevents", "icu/d_items"]
+          "hosp/diagnoses_icd", "hosp/d_icd_diagnoses", "icu/icustays", "icu/chartevents",
+          "icu/d_items"]
 # MIMIC-IV v2.2 chartevents columns (the demo has no chartevents; from the v2.2 documentation)
 CHARTEVENTS_COLUMNS = ["subject_id", "hadm_id", "stay_id", "caregiver_id", "charttime",
                        "storetime", "itemid", "value", "valuenum", "valueuom", "warning"]
@@ -329,6 +329,64 @@ def test_readmissions_follow_severity():
     assert 0.05 <= back.mean() <= 0.25
     low, high = tercile_rates(last_sick, back)
     assert high > 1.5 * low + 0.03, (low, high)
+
+
+# configs/phenotypes.yaml's prefixes (the contract), written out so the test can fail on its own
+PHENOTYPES = {"sepsis": ("A40", "A41", "R652"), "aki": ("N17",), "arf": ("J960", "J962"),
+              "heart_failure": ("I50",), "shock": ("R57", "R6521")}
+
+
+def test_diagnoses_table(run):
+    """Every admission has 1 to MAX_CODES diagnoses, seq_num 1, 2, ..., ICD-10 codes without the
+    dot that d_icd_diagnoses describes; the contract's columns in MIMIC-IV v2.2 order."""
+    _, _, t = run
+    dx, d = t["diagnoses_icd"], t["d_icd_diagnoses"]
+    assert dx.schema.names == ["subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"]
+    assert d.schema.names == ["icd_code", "icd_version", "long_title"]
+    assert dx.schema == SCHEMAS["diagnoses_icd"] and d.schema == SCHEMAS["d_icd_diagnoses"]
+    df, adm = dx.to_pandas(), t["admissions"].to_pandas()
+    assert set(df.hadm_id) == set(adm.hadm_id)
+    n = df.groupby("hadm_id").size()
+    assert n.min() >= 1 and n.max() <= diagnoses.MAX_CODES
+    assert (df.groupby("hadm_id").seq_num.apply(lambda s: list(s) == list(range(1, len(s) + 1)))
+            ).all()
+    assert not df.duplicated(["hadm_id", "icd_code"]).any()
+    subject = adm.set_index("hadm_id").subject_id
+    assert (df.subject_id.values == subject[df.hadm_id].values).all()
+    assert (df.icd_version == 10).all() and not df.icd_code.str.contains(r"\.").any()
+    assert set(df.icd_code) <= set(d["icd_code"].to_pylist())
+    titles = dict(zip(d["icd_code"].to_pylist(), d["long_title"].to_pylist()))
+    assert titles["A419"] == "Sepsis, unspecified organism"
+    assert titles["N179"] == "Acute kidney failure, unspecified"
+    for prefixes in PHENOTYPES.values():
+        assert df.icd_code.str.startswith(prefixes).any(), prefixes
+
+
+def test_phenotypes_follow_severity():
+    """Each phenotype is coded more often in the sickest third of ICU admissions (by peak
+    severity) than in the healthiest; AKI more often where the creatinine drawn rose 1.5x."""
+    from ehrjepa.synth.batches import provider_pool
+    from ehrjepa.synth.labevents import labevents
+
+    peak, hit, kdigo = [], {name: [] for name in PHENOTYPES}, []
+    for k, (pat, stays, adms) in enumerate(course_of_batches(3)):
+        rng = np.random.default_rng([12, k])
+        lab = labevents(rng, pat, stays, adms, 1, 0, provider_pool(0))
+        dx = diagnoses.diagnoses(rng, pat, stays, adms, lab).to_pandas()
+        course = diagnoses.admission_course(rng, pat, stays, adms)
+        icu = np.flatnonzero(course["icu"])
+        peak.append(course["peak"][icu])
+        kdigo.append(diagnoses.creatinine_ratio(lab, adms["hadm_id"])[icu] >= 1.5)
+        for name, prefixes in PHENOTYPES.items():
+            coded = dx[dx.icd_code.str.startswith(prefixes)].hadm_id
+            hit[name].append(np.isin(adms["hadm_id"][icu], coded))
+    peak, kdigo = np.concatenate(peak), np.concatenate(kdigo)
+    for name in PHENOTYPES:
+        y = np.concatenate(hit[name])
+        low, high = tercile_rates(peak, y)
+        assert 0.03 <= y.mean() <= 0.6 and high > 1.5 * low + 0.05, (name, low, high)
+    aki = np.concatenate(hit["aki"])
+    assert aki[kdigo].mean() > aki[~kdigo].mean() + 0.1
 
 
 def test_all_formats_readable_and_equal(tmp_path):

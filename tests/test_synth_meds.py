@@ -165,6 +165,27 @@ def test_icu_death_at_icu_discharge(run):
     assert icu_deaths > 0
 
 
+def test_diagnoses_are_the_mimic_table(run):
+    """DIAGNOSIS//ICD//10//{icd_code} at the admission's dischtime with its hadm_id, one per
+    diagnoses_icd row, described in codes.parquet by the ICD-10-CM title."""
+    root, _, mimic = run
+    data = read_data(root)
+    ours = data.filter(pc.starts_with(data["code"], "DIAGNOSIS//"))
+    dx, adm = mimic["diagnoses_icd"], mimic["admissions"]
+    disch = dict(zip(adm["hadm_id"].to_pylist(),
+                     adm["dischtime"].cast(pa.timestamp("us")).cast(pa.int64()).to_pylist()))
+    theirs = sorted(zip(dx["subject_id"].to_pylist(), dx["hadm_id"].to_pylist(),
+                        [f"DIAGNOSIS//ICD//10//{c}" for c in dx["icd_code"].to_pylist()],
+                        [disch[h] for h in dx["hadm_id"].to_pylist()]))
+    assert sorted(zip(ours["subject_id"].to_pylist(), ours["hadm_id"].to_pylist(),
+                      ours["code"].to_pylist(),
+                      ours["time"].cast(pa.int64()).to_pylist())) == theirs
+    assert len(theirs) > 0
+    codes = pq.read_table(root / "metadata" / "codes.parquet").to_pandas().set_index("code")
+    assert codes.description["DIAGNOSIS//ICD//10//A419"].startswith(
+        "Sepsis, unspecified organism")
+
+
 def test_splits_cover_every_subject(run):
     root, _, mimic = run
     splits = pq.read_table(root / "metadata" / "subject_splits.parquet")

@@ -2,8 +2,8 @@
 
     ehrjepa synth --out DIR --patients N [--seed S] [--format csv.gz|csv|parquet|meds]
 
-writes DIR/hosp/{patients,admissions,labevents,d_labitems}.EXT and
-DIR/icu/{icustays,chartevents,d_items}.EXT with MIMIC-IV v2.2's column names, order and types
+writes DIR/hosp/{patients,admissions,labevents,d_labitems,diagnoses_icd,d_icd_diagnoses}.EXT
+and DIR/icu/{icustays,chartevents,d_items}.EXT with MIMIC-IV v2.2's column names, order and types
 (the types pyarrow infers from the public demo's CSV files; chartevents as in the v2.2 docs).
 CSV timestamps read "YYYY-MM-DD HH:MM:SS", dates "YYYY-MM-DD", empty fields are empty and only
 fields that need it are quoted, as in the real files. Parquet holds the same columns with
@@ -18,7 +18,10 @@ stays bounded.
 --format meds writes the same events as a MEDS dataset instead (DIR/data/, DIR/metadata/, codes
 as MIMIC_IV_MEDS writes them; see ehrjepa/synth/meds.py).
 
-The latent severity model and its outcomes are described in ehrjepa/synth/severity.py.
+The latent severity model and its outcomes (death, length of stay, a second ICU stay, a
+readmission within 30 days) are described in ehrjepa/synth/severity.py; the diagnoses drawn
+from it (ICD-10-CM: sepsis, acute kidney injury, acute respiratory failure, heart failure,
+shock, and chronic conditions as noise) in ehrjepa/synth/diagnoses.py.
 
 What is observed: vitals are linear in x_s(hour) plus per-stay offsets and noise (heart rate
 and respiratory rate rise, blood pressure and SpO2 fall, temperature rises, GCS falls); sicker
@@ -32,10 +35,10 @@ Celsius, FiO2 as a fraction), text in `value` with an empty `valuenum`, labs wit
 (ED draws just before ICU intime, outpatient draws, a few others), chart rows just before intime
 and just after outtime, and unrelated itemids (alarms, assessments) that a pipeline must drop.
 
-Modules: schemas (table layouts), dictionaries (items and vocabularies), columns (arrow
-columns), severity (the latent model), stays, chartevents and labevents (the rows of a batch),
-writer (csv, csv.gz, parquet), batches (the batch loop, `write_synthetic`), meds (the MEDS
-dataset), cli.
+Modules: schemas (table layouts), dictionaries (items, vocabularies, ICD-10-CM codes), columns
+(arrow columns), severity (the latent model), stays, chartevents, labevents and diagnoses (the
+rows of a batch), writer (csv, csv.gz, parquet), batches (the batch loop, `write_synthetic`),
+meds (the MEDS dataset), cli.
 """
 from ehrjepa.synth.batches import simulate_batch, write_synthetic
 from ehrjepa.synth.cli import configure, main

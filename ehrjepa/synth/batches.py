@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ehrjepa.synth.chartevents import chartevents
+from ehrjepa.synth.diagnoses import diagnoses
 from ehrjepa.synth.dictionaries import dictionary_tables
 from ehrjepa.synth.labevents import labevents
 from ehrjepa.synth.schemas import MODULE_OF, SCHEMAS
@@ -27,6 +28,9 @@ def simulate_batch(seed: int, batch: int, n: int, first_labevent_id: int,
     tables["chartevents"] = chartevents(rng, stays)
     tables["labevents"] = labevents(rng, pat, stays, adms, first_labevent_id, first_specimen,
                                     providers)
+    # diagnoses from a stream of their own: the other tables do not depend on them
+    tables["diagnoses_icd"] = diagnoses(np.random.default_rng([seed, batch, 1]), pat, stays,
+                                        adms, tables["labevents"])
     return tables
 
 

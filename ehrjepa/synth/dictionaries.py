@@ -1,5 +1,6 @@
-"""What the tables say: the d_items and d_labitems rows, the text values charted, and the
-vocabularies of admissions, with the d_items / d_labitems tables built from them."""
+"""What the tables say: the d_items and d_labitems rows, the text values charted, the
+vocabularies of admissions and the ICD-10-CM codes, with the d_items / d_labitems /
+d_icd_diagnoses tables built from them."""
 from __future__ import annotations
 
 import numpy as np
@@ -163,9 +164,63 @@ CAREUNITS = (["Medical Intensive Care Unit (MICU)", "Surgical Intensive Care Uni
              [0.21, 0.18, 0.18, 0.16, 0.11, 0.09, 0.03, 0.02, 0.02])
 YEAR_GROUPS = ["2008 - 2010", "2011 - 2013", "2014 - 2016", "2017 - 2019"]
 
+# Diagnoses: ICD-10-CM codes (written without the dot, as MIMIC-IV does) and their long titles,
+# from the ICD-10-CM 2023 tabular list (CDC / CMS, FY2023 release).
+ICD10 = {
+    # sepsis, septic shock, shock
+    "A419": "Sepsis, unspecified organism",
+    "A4151": "Sepsis due to Escherichia coli [E. coli]",
+    "A4101": "Sepsis due to Methicillin susceptible Staphylococcus aureus",
+    "A403": "Sepsis due to Streptococcus pneumoniae",
+    "R6520": "Severe sepsis without septic shock",
+    "R6521": "Severe sepsis with septic shock",
+    "R570": "Cardiogenic shock",
+    "R571": "Hypovolemic shock",
+    "R579": "Shock, unspecified",
+    # acute kidney injury, acute respiratory failure, heart failure
+    "N179": "Acute kidney failure, unspecified",
+    "N170": "Acute kidney failure with tubular necrosis",
+    "J9600": "Acute respiratory failure, unspecified whether with hypoxia or hypercapnia",
+    "J9601": "Acute respiratory failure with hypoxia",
+    "J9602": "Acute respiratory failure with hypercapnia",
+    "J9621": "Acute and chronic respiratory failure with hypoxia",
+    "I509": "Heart failure, unspecified",
+    "I5023": "Acute on chronic systolic (congestive) heart failure",
+    "I5033": "Acute on chronic diastolic (congestive) heart failure",
+    "I5022": "Chronic systolic (congestive) heart failure",
+    "I5032": "Chronic diastolic (congestive) heart failure",
+    # reasons for admission
+    "J189": "Pneumonia, unspecified organism",
+    "N390": "Urinary tract infection, site not specified",
+    "I214": "Non-ST elevation (NSTEMI) myocardial infarction",
+    "K922": "Gastrointestinal hemorrhage, unspecified",
+    "I639": "Cerebral infarction, unspecified",
+    "I619": "Nontraumatic intracerebral hemorrhage, unspecified",
+    "J441": "Chronic obstructive pulmonary disease with (acute) exacerbation",
+    "K8590": "Acute pancreatitis without necrosis or infection, unspecified",
+    "R079": "Chest pain, unspecified",
+    "R55": "Syncope and collapse",
+    # chronic conditions
+    "E119": "Type 2 diabetes mellitus without complications",
+    "I10": "Essential (primary) hypertension",
+    "E785": "Hyperlipidemia, unspecified",
+    "K219": "Gastro-esophageal reflux disease without esophagitis",
+    "E039": "Hypothyroidism, unspecified",
+    "J449": "Chronic obstructive pulmonary disease, unspecified",
+    "I4891": "Unspecified atrial fibrillation",
+    "D649": "Anemia, unspecified",
+    "G4733": "Obstructive sleep apnea (adult) (pediatric)",
+    "F32A": "Depression, unspecified",
+    "Z87891": "Personal history of nicotine dependence",
+    "I2510": "Atherosclerotic heart disease of native coronary artery without angina pectoris",
+    "N1830": "Chronic kidney disease, stage 3 unspecified",
+}
+ICD_CODES = list(ICD10)
+ICD = {c: i for i, c in enumerate(ICD_CODES)}  # code -> row of ICD_CODES
+
 
 def dictionary_tables() -> dict:
-    """The d_items and d_labitems tables (name -> table)."""
+    """The d_items, d_labitems and d_icd_diagnoses tables (name -> table)."""
     d_items = pa.table([
         ints([r[0] for r in D_ITEMS]), pa.array([r[1] for r in D_ITEMS]),
         pa.array([r[2] for r in D_ITEMS]), pa.array(["chartevents"] * len(D_ITEMS)),
@@ -176,4 +231,8 @@ def dictionary_tables() -> dict:
         ints([r[0] for r in D_LABITEMS]), pa.array([r[1] for r in D_LABITEMS]),
         pa.array([r[2] for r in D_LABITEMS]), pa.array([r[3] for r in D_LABITEMS])],
         schema=SCHEMAS["d_labitems"])
-    return dict(d_items=d_items, d_labitems=d_labitems)
+    codes = sorted(ICD_CODES)
+    d_icd_diagnoses = pa.table([pa.array(codes), ints([10] * len(codes)),
+                                pa.array([ICD10[c] for c in codes])],
+                               schema=SCHEMAS["d_icd_diagnoses"])
+    return dict(d_items=d_items, d_labitems=d_labitems, d_icd_diagnoses=d_icd_diagnoses)

@@ -18,6 +18,8 @@ configuration of MIMIC_IV_MEDS (the MEDS-Extract pipeline for MIMIC-IV), table b
                  edregtime, ED_OUT at edouttime
     icustays     ICU_ADMISSION//{first_careunit} at intime, ICU_DISCHARGE//{last_careunit} at
                  outtime
+    diagnoses_icd  DIAGNOSIS//ICD//{icd_version}//{icd_code} at the admission's dischtime (the
+                 codes are known at discharge), in seq_num order
     chartevents  LAB//{itemid}//{valueuom} at charttime, numeric_value valuenum, text_value value
     labevents    LAB//SPECIMEN_COLLECTED//{itemid} at charttime, and
                  LAB//RESULT//{itemid}//{valueuom} at storetime with valuenum and value
@@ -49,7 +51,7 @@ import pyarrow.parquet as pq
 from ehrjepa import __version__
 from ehrjepa.data.processed import split_of_subjects
 from ehrjepa.synth import batches
-from ehrjepa.synth.dictionaries import D_ITEMS, D_LABITEMS
+from ehrjepa.synth.dictionaries import D_ITEMS, D_LABITEMS, ICD10
 
 MEDS_VERSION = "0.4.1"  # the `meds` package whose schemas these files follow
 SPLITS = ("train", "tuning", "held_out")  # MEDS's names of preprocess's train, val, test
@@ -91,7 +93,8 @@ def _events(subject_id, t, code, numeric_value=None, text_value=None, hadm_id=No
 def batch_events(tables: dict) -> pa.Table:
     """The MEDS rows of one batch's MIMIC tables, sorted by subject then time, static first."""
     pat, adm, icu = tables["patients"], tables["admissions"], tables["icustays"]
-    chart, lab = tables["chartevents"], tables["labevents"]
+    chart, lab, dx = tables["chartevents"], tables["labevents"], tables["diagnoses_icd"]
+    dx_time = adm["dischtime"].take(pc.index_in(dx["hadm_id"], adm["hadm_id"]))
 
     birth_year = pc.subtract(pat["anchor_year"], pat["anchor_age"]).to_numpy()
     birth = (birth_year - 1970).astype("datetime64[Y]").astype("datetime64[us]")
@@ -116,6 +119,8 @@ def batch_events(tables: dict) -> pa.Table:
                 hadm_id=adm["hadm_id"]),
         _events(adm["subject_id"], adm["dischtime"],
                 _code("HOSPITAL_DISCHARGE", adm["discharge_location"]), hadm_id=adm["hadm_id"]),
+        _events(dx["subject_id"], dx_time, _code("DIAGNOSIS//ICD", dx["icd_version"],
+                                                 dx["icd_code"]), hadm_id=dx["hadm_id"]),
         _events(icu["subject_id"], icu["intime"], _code("ICU_ADMISSION", icu["first_careunit"]),
                 hadm_id=icu["hadm_id"], icustay_id=icu["stay_id"]),
         _events(icu["subject_id"], icu["outtime"], _code("ICU_DISCHARGE", icu["last_careunit"]),
@@ -155,6 +160,8 @@ def describe(code: str) -> str:
         return f"{_LAB_LABELS[rest[1]]}, specimen collected"
     if head == "LAB":
         return f"{_LABELS[rest[0]]} (chartevents), in {rest[1]}"
+    if head == "DIAGNOSIS":
+        return f"{ICD10[rest[2]]} (ICD-10-CM {rest[2]}, diagnoses_icd)"
     return {"GENDER": "Gender {}", "MEDS_BIRTH": "Birth (1 January of anchor_year - anchor_age)",
             "MEDS_DEATH": "Death", "ED_REGISTRATION": "Registered in the emergency department",
             "ED_OUT": "Left the emergency department",

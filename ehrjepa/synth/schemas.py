@@ -46,6 +46,12 @@ SCHEMAS = {
         ("linksto", pa.string()), ("category", pa.string()), ("unitname", pa.string()),
         ("param_type", pa.string()), ("lownormalvalue", pa.int64()),
         ("highnormalvalue", pa.float64())]),
+    "diagnoses_icd": pa.schema([
+        ("subject_id", pa.int64()), ("hadm_id", pa.int64()), ("seq_num", pa.int64()),
+        ("icd_code", pa.string()), ("icd_version", pa.int64())]),
+    "d_icd_diagnoses": pa.schema([
+        ("icd_code", pa.string()), ("icd_version", pa.int64()), ("long_title", pa.string())]),
 }
 MODULE_OF = {"patients": "hosp", "admissions": "hosp", "labevents": "hosp", "d_labitems": "hosp",
-             "icustays": "icu", "chartevents": "icu", "d_items": "icu"}
+             "icustays": "icu", "chartevents": "icu", "d_items": "icu",
+             "diagnoses_icd": "hosp", "d_icd_diagnoses": "hosp"}

@@ -36,8 +36,9 @@ of the stay):
                       sigmoid(-3.2 + 0.6 S_last + 0.015 (age - 65)), S_last of its last stay;
                       other admissions are months apart (LogNormal around 150 days)
 
-The admission's diagnoses (ICD-10-CM) are drawn from the same course; see diagnoses.py. Tuned to about 12 % deaths per stay and
-an ICU length of stay with median about 2 days and a long tail (see tests/test_synth.py).
+The admission's diagnoses (ICD-10-CM) are drawn from the same course; see diagnoses.py.
+Tuned to about 12 % deaths per stay and an ICU length of stay with median about 2 days and a
+long tail (see tests/test_synth.py).
 Measured on 10,000 patients (seed 0, stays >= 24 h, logistic regression on hourly means of the
 charted HR, SBP, RR and SpO2 over hours 0-23, AUROC for in-hospital death on a held-out half):
 last hour 0.79, summary statistics (mean, min, max, last) 0.82, last hour + slope 0.85, all 24
