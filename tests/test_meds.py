@@ -15,7 +15,7 @@ from ehrjepa.data.meds import preprocess_meds
 from ehrjepa.data.preprocess import preprocess
 from ehrjepa.synth import write_synthetic
 
-PATIENTS = 60
+PATIENTS = 80  # enough for a few 30-day readmissions
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,15 @@ def test_same_stays_labels_and_splits(both):
     for column in b.stays.column_names:  # stay ids, times, hours, split, death_hosp, los_days
         assert a.stays[column].equals(b.stays[column]), column
     assert 0 < int(np.sum(a.stays["death_hosp"].to_numpy() == 1)) < a.n_stays
+    assert a.stays.column_names == b.stays.column_names  # the outcome columns too
+    for column in ("readmit_icu", "readmit_30d"):  # 1, 0 and -1 all occur
+        assert set(a.stays[column].to_pylist()) == {1, 0, -1}, column
+    phenotypes = [c for c in a.stays.column_names if c.startswith("phenotype_")]
+    assert phenotypes == ["phenotype_sepsis", "phenotype_aki", "phenotype_arf",
+                          "phenotype_heart_failure", "phenotype_shock"]
+    for column in phenotypes:
+        assert {0, 1} <= set(a.stays[column].to_pylist()), column
+    assert a.manifest["labels"] == b.manifest["labels"]
     assert a.manifest["split_source"].endswith("subject_splits.parquet")
 
 
@@ -63,6 +72,9 @@ def test_same_hourly_means_and_counts(both):
 
 def test_same_accounting_of_kept_rows(both):
     a, b = both["meds"].manifest, both["stored"].manifest
+    dx = b["tables"]["diagnoses_icd"]
+    assert a["diagnoses"]["rows_read"] == dx["rows_read"] > 0
+    assert a["diagnoses"]["rows_kept"] == dx["rows_kept"] > 0
     assert a["total"]["kept_by_table"] == {t: b["tables"][t]["rows_kept"]
                                            for t in ("chartevents", "labevents")}
     assert a["total"]["rows_kept"] == sum(t["rows_kept"] for t in a["tables"].values())
@@ -216,3 +228,59 @@ def test_cli(hand, capsys):
     assert "2 stays, 6 hours" in text and "stays paired by time order per subject" in text
     assert main(["preprocess", "--meds", str(hand / "nothing"), "--out", str(hand / "o2")]) == 1
     assert json.loads((hand / "out" / "manifest.json").read_text())["source"] == "meds"
+
+
+# -------------------------------------------------------------------------------------------------
+# outcome labels from MEDS events, and the one-shard-per-subject rule
+
+
+def test_outcome_labels_from_events(tmp_path):
+    d1 = [
+        (1, "2150-01-01 00:00", "HOSPITAL_ADMISSION//EW EMER.//ER", None),
+        (1, "2150-01-01 02:00", "ICU_ADMISSION//MICU", None),
+        (1, "2150-01-01 08:00", "ICU_DISCHARGE//MICU", None),
+        (1, "2150-01-02 00:00", "ICU_ADMISSION//MICU", None),  # a second ICU stay
+        (1, "2150-01-02 06:00", "ICU_DISCHARGE//MICU", None),
+        (1, "2150-01-05 00:00", "HOSPITAL_DISCHARGE//HOME", None),
+        (1, "2150-01-05 00:00", "DIAGNOSIS//ICD//10//A419", None),
+        (1, "2150-01-05 00:00", "DIAGNOSIS//ICD//9//5849", None),  # not ICD-10
+        (1, "2150-02-03 00:00", "HOSPITAL_ADMISSION//URGENT//ER", None),  # 29 days later
+        (1, "2150-02-04 00:00", "HOSPITAL_DISCHARGE//HOME", None),
+        (1, "2150-02-04 00:00", "DIAGNOSIS//ICD//10//N179", None),
+    ]
+    d2 = [
+        (2, "2151-01-01 00:00", "HOSPITAL_ADMISSION//EW EMER.//ER", None),
+        (2, "2151-01-01 01:00", "ICU_ADMISSION//SICU", None),
+        (2, "2151-01-01 05:00", "ICU_DISCHARGE//SICU", None),
+        (2, "2151-01-01 05:00", "MEDS_DEATH", None),
+        (2, "2151-01-01 05:00", "HOSPITAL_DISCHARGE//DIED", None),
+        (2, "2151-01-01 05:00", "DIAGNOSIS//ICD//10//R6521", None),
+    ]
+    write_shard(tmp_path / "meds" / "data" / "a.parquet", d1)
+    write_shard(tmp_path / "meds" / "data" / "b.parquet", d2)
+    p = open_processed(preprocess_meds(tmp_path / "meds", tmp_path / "out", progress=False))
+    col = {c: p.stays[c].to_pylist() for c in p.stays.column_names}
+    assert col["subject_id"] == [1, 1, 2]
+    assert col["readmit_icu"] == [1, 0, -1]
+    assert col["readmit_30d"] == [1, 1, -1]
+    assert col["phenotype_sepsis"] == [1, 1, 1] and col["phenotype_aki"] == [0, 0, 0]
+    assert col["phenotype_shock"] == [0, 0, 1]
+    dx = p.manifest["diagnoses"]
+    assert (dx["rows_read"], dx["rows_kept"], dx["dropped"]) == \
+        (4, 2, {"not_icd10": 1, "no_admission": 0, "no_icu_stay": 1})  # N179: 2nd admission
+    # without any DIAGNOSIS// event: no phenotype columns, and the manifest says why
+    write_shard(tmp_path / "meds" / "data" / "a.parquet", [r for r in d1 if "DIAG" not in r[2]])
+    write_shard(tmp_path / "meds" / "data" / "b.parquet", [r for r in d2 if "DIAG" not in r[2]])
+    p = open_processed(preprocess_meds(tmp_path / "meds", tmp_path / "out", progress=False))
+    assert not [c for c in p.stays.column_names if c.startswith("phenotype_")]
+    assert p.manifest["phenotypes"]["note"] == "no DIAGNOSIS// events: no phenotype columns"
+
+
+def test_subject_in_two_shards(hand):
+    path = hand / "meds" / "data" / "0.parquet"
+    t = pq.read_table(path)
+    pq.write_table(t.slice(0, 5), hand / "meds" / "data" / "a.parquet")  # subject 1's first rows
+    pq.write_table(t.slice(5), hand / "meds" / "data" / "b.parquet")
+    path.unlink()
+    expect_error(hand, r"subject 1 has rows in \S+a\.parquet and in \S+b\.parquet: MEDS keeps "
+                       "each subject's rows in one shard")

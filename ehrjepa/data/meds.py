@@ -302,7 +302,8 @@ def outcome_labels(stays: Stays, adm: dict, ev: dict, pheno: dict, entry: dict) 
                                          adm["admittime"], adm["dischtime"], adm["died"],
                                          adm["death_subject"], adm["death_time"])}
     dx = np.flatnonzero(ev["kind"] == KINDS["DIAGNOSIS"])
-    entry.update(rows_read=len(dx), rows_kept=0, dropped={"not_icd10": 0, "no_admission": 0})
+    entry.update(rows_read=len(dx), rows_kept=0,
+                 dropped={"not_icd10": 0, "no_admission": 0, "no_icu_stay": 0})
     if len(dx) == 0:
         return labels
     code = ev["dx_code"]
@@ -316,10 +317,12 @@ def outcome_labels(stays: Stays, adm: dict, ev: dict, pheno: dict, entry: dict) 
                                           if len(row) and len(adm["hadm_id"]) else MISSING,
                                           MISSING))
     placed = known(hadm)
-    keep = icd10 & placed
+    icu = placed & np.isin(hadm, stays.hadm_id)
+    keep = icd10 & icu
     entry.update(rows_kept=int(keep.sum()),
                  dropped={"not_icd10": int((~icd10).sum()),
-                          "no_admission": int((icd10 & ~placed).sum())})
+                          "no_admission": int((icd10 & ~placed).sum()),
+                          "no_icu_stay": int((icd10 & placed & ~icu).sum())})
     codes = pc.utf8_slice_codeunits(code.filter(pa.array(keep)), len(ICD10))
     return labels | phenotypes(stays.hadm_id, hadm[keep], codes, pheno)
 
