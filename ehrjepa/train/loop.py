@@ -295,7 +295,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
             batch = _to_device(next(data), device)
             samples += batch["values"].shape[0]
             loss, grad_norm, last_stats = train_step(model, forward, optimizer, trainable, batch,
-                                                     autocast, t.grad_clip, momentum)
+                                                     autocast, t.grad_clip, momentum, world)
             state.step += 1
             bar.update(1)
             pending.append((state.step, loss, grad_norm, lr, wd, momentum))
@@ -460,10 +460,20 @@ def set_schedules(optimizer, decays: list[bool], cfg: Config, step: int):
 
 
 def train_step(model, forward, optimizer, trainable, batch: dict, autocast, grad_clip: float,
-               momentum: float):
-    """One optimizer step and the EMA update; (loss, grad norm, stats), left on the device."""
+               momentum: float, world: int = 1):
+    """One optimizer step and the EMA update; (loss, grad norm, stats), left on the device.
+
+    Under DDP (world > 1) each rank's loss, a mean over its own target tokens, is weighted by
+    the rank's share of the step's target tokens before DDP averages the gradients with equal
+    weight, so the step follows the mean over every target token of the global batch, as one
+    process holding the whole batch would. Token-budget batches need this: ranks get batches of
+    different lengths and sample counts, hence different numbers of targets, and equal weights
+    would count each target of a rank with few targets more. The loss returned is the weighted
+    one, so its mean over ranks (read_back) is that global mean."""
     with autocast:
         loss, stats = forward(batch)
+    if world > 1:
+        loss = loss * target_share(stats["n_targets"], world)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip if grad_clip > 0 else math.inf)
@@ -473,13 +483,22 @@ def train_step(model, forward, optimizer, trainable, batch: dict, autocast, grad
     return loss.detach().float().clone(), grad_norm.detach().float().clone(), stats
 
 
+def target_share(n_targets: torch.Tensor, world: int) -> torch.Tensor:
+    """world x this rank's fraction of all ranks' target tokens (1 when every rank has as many):
+    one small all_reduce on the device, no host sync."""
+    total = n_targets.detach().float().clone()
+    dist.all_reduce(total)
+    return n_targets.detach().float() * world / total.clamp(min=1.0)
+
+
 def read_back(pending: list, state: RunState, metrics, world: int, batch_size: int,
               elapsed: float) -> dict:
     """Bring the pending losses to the host (one sync), stop on NaN/inf, log all but the newest
     step; return the newest step's row (the caller adds validation to it)."""
     losses = torch.stack([p[1] for p in pending])
     norms = torch.stack([p[2] for p in pending])
-    if world > 1:  # every rank sees the same mean loss, so all stop at the same step
+    if world > 1:  # the mean over all target tokens (train_step weighted each rank's loss by its
+        # share of them); every rank sees the same value, so all stop at the same step
         dist.all_reduce(losses)
         losses /= world
     losses, norms = losses.tolist(), norms.tolist()
