@@ -16,7 +16,8 @@
 #   BOOTSTRAP  probe --bootstrap resamples (default 1000)
 #
 # WORKDIR gets meds/ (the MEDS dataset), processed/, run/ (unless RUN), labels/TASK/SPLIT/K.parquet
-# (ACES's layout: one file per shard of data/), report/ (report.md, report.json) and times.tsv.
+# (ACES's layout: one file per shard of data/), aces.log and aces_logs/ (ACES's), label_counts.tsv,
+# report/ (report.md, report.json) and times.tsv (seconds per stage).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -46,7 +47,7 @@ stage() {  # stage NAME COMMAND...: run it, say what it is, record its wall seco
     printf '%s\t%s\n' "$name" "$((SECONDS - t0))" >> "$TIMES"
 }
 
-rm -rf "$WORK/meds" "$WORK/labels" "$WORK/report"
+rm -rf "$WORK/meds" "$WORK/labels" "$WORK/aces_logs" "$WORK/report"
 stage "synth ($PATIENTS patients, MEDS)" \
     ehrjepa synth --format meds --out "$WORK/meds" --patients "$PATIENTS" --seed "$SEED" --no-progress
 stage "preprocess --meds" \
@@ -61,20 +62,25 @@ else
             --set train.device=cpu --set "train.seed=$SEED" --set "train.max_steps=$STEPS" --no-progress
 fi
 
-# ACES: one Hydra multirun per task over every shard of data/ (data/train/0 -> labels/TASK/train/0.parquet)
+# ACES: one Hydra multirun over every task x every shard of data/, in one process (ACES starts
+# slowly); data/train/0.parquet -> labels/TASK/train/0.parquet. Hydra fills ${cohort_name} in
+# config_path per job. Hydra's logs go to WORKDIR/aces_logs/, not labels/ (probe --labels takes
+# every folder under labels/ for a task).
 SHARDS="$(cd "$WORK/meds/data" && find . -name '*.parquet' | sed 's|^\./||; s|\.parquet$||' | sort | paste -sd, -)"
 [ -n "$SHARDS" ] || die "no parquet shards under $WORK/meds/data"
-aces() {  # aces TASK CONFIG: ACES's log goes to WORKDIR/aces_TASK.log
+NAMES="$(for config in "${TASKS[@]}"; do basename "$config" .yaml; done | paste -sd, -)"
+aces() {  # ACES's log goes to WORKDIR/aces.log
     "$ACES_CLI" -m data=sharded data.standard=meds "data.root=$WORK/meds/data" "data.shard=$SHARDS" \
-        "cohort_dir=$WORK/labels" "cohort_name=$1" "config_path=$2" > "$WORK/aces_$1.log" 2>&1 \
-        || die "ACES failed on $1; its log: $WORK/aces_$1.log"
+        "cohort_dir=$WORK/labels" "cohort_name=$NAMES" "config_path=$REPO/configs/tasks/\${cohort_name}.yaml" \
+        "log_dir=$WORK/aces_logs" > "$WORK/aces.log" 2>&1 || die "ACES failed; its log: $WORK/aces.log"
 }
+stage "aces (${#TASKS[@]} tasks x $(tr ',' '\n' <<< "$SHARDS" | wc -l) shards)" aces
 for config in "${TASKS[@]}"; do
     task="$(basename "$config" .yaml)"
-    stage "aces $task" aces "$task" "$config"
+    [ -d "$WORK/labels/$task" ] || die "ACES wrote no labels for $task; log: $WORK/aces.log"
     n_files="$(find "$WORK/labels/$task" -name '*.parquet' | wc -l)"
     [ "$n_files" -eq "$(tr ',' '\n' <<< "$SHARDS" | wc -l)" ] \
-        || die "ACES wrote $n_files label files for $task, expected one per shard ($SHARDS); log: $WORK/aces_$task.log"
+        || die "ACES wrote $n_files label files for $task, expected one per shard ($SHARDS); log: $WORK/aces.log"
 done
 
 # what ACES wrote: per task and split, labels and positives (and the columns probe --labels reads)
