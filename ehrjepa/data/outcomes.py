@@ -17,7 +17,8 @@ readmit_30d and phenotype_<name> of stays.parquet, int8 with 1 yes, 0 no, -1 unk
   -1 if it has none (or is unknown).
 
 Times are int64 seconds since 1970, ids int64; `MISSING` (readers.fields) marks a missing value.
-Everything is vectorised numpy (sorts and searchsorted): 100,000 admissions take milliseconds.
+Everything is vectorised numpy (sorts and searchsorted): 35,000 admissions and 24,000 stays take
+under 0.1 s per label.
 """
 from __future__ import annotations
 
