@@ -167,6 +167,16 @@ def test_finetune_is_seeded_and_leaves_its_encoder_alone(planted):
     assert lr(0) == pytest.approx(TINY.lr / 10) and lr(60) == pytest.approx(TINY.min_lr)
 
 
+def test_the_budget_is_in_epochs_between_min_and_max_steps():
+    s = ft.Settings()  # 30 epochs of 64-stay batches, 200 to 1,200 steps
+    assert s.steps_for(1650) == 30 * 26        # 2,000 patients at fraction 1: 780 steps, not 400
+    assert s.steps_for(80) == 200              # a small fraction: min_steps
+    assert s.steps_for(16_500) == 1200         # 20,000 patients: capped, early stopping decides
+    assert ft.Settings(max_steps=60).steps_for(10_000) == 60 and ft.Settings(max_steps=60).steps_for(5) == 60
+    with pytest.raises(ValueError, match="max_epochs must be > 0"):
+        ft.Settings(max_epochs=0)
+
+
 def test_probe_report_and_finetune_cli(planted, tmp_path, capsys):
     import torch
 
@@ -180,7 +190,7 @@ def test_probe_report_and_finetune_cli(planted, tmp_path, capsys):
         assert list(report["tasks"][task]) == ["raw_features", "jepa_finetune", "scratch"]
         assert set(report["comparisons"][task]) == {"jepa_finetune - scratch"}
     assert "no 'creatinine' feature" in report["skipped"]["aki_24_72h"]
-    assert "up to 8 steps" in report["methods"]["scratch"] and "target encoder" in report["methods"]["jepa_finetune"]
+    assert "(8 to 8 steps)" in report["methods"]["scratch"] and "target encoder" in report["methods"]["jepa_finetune"]
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| mortality_hosp | jepa_finetune |" in md and "| aki_24_72h | (skipped) |" in md
 
@@ -193,7 +203,7 @@ def test_probe_report_and_finetune_cli(planted, tmp_path, capsys):
     assert rc == 0 and "scratch on mortality_hosp: test AUROC" in capsys.readouterr().out
     result = json.loads((tmp_path / "ft" / "result.json").read_text())
     assert result["method"] == "scratch" and result["fraction"] == 0.5 and result["settings"]["max_steps"] == 8
-    assert 1 <= result["best_step"] <= result["steps_run"] <= 8 and 0 <= result["test_auroc"] <= 1
+    assert 1 <= result["best_step"] <= result["steps_run"] <= result["steps_budget"] == 8 and 0 <= result["test_auroc"] <= 1
     assert result["n_test"] == int((~np.isnan(planted.y["test"])).sum())
     masks = subsample_masks(planted.subjects, [0.5], 1, seed=3)[(0.5, 0)]
     assert result["n_train"] == int((masks["train"] & ~np.isnan(planted.y["train"])).sum())
@@ -208,6 +218,9 @@ def test_probe_report_and_finetune_cli(planted, tmp_path, capsys):
     assert ranked_metrics(y_test, ft.scores(loaded, planted.windows, known, "cpu"))[0][0] == pytest.approx(
         result["test_auroc"])
     for bad, rc_want, message in ((["--task", "aki_24_72h"], 1, "no 'creatinine' feature"),
+                                  (["--task", "readmit_30d"], 1, "stays.parquet has no readmit_30d column"),
+                                  (["--task", "phenotype_sepsis"], 1, "no task 'phenotype_sepsis' in this data"),
+                                  (["--task", "mortality"], 1, "unknown task 'mortality': choose from mortality_hosp"),
                                   (["--task", "los_gt_3d", "--fraction", "0"], 2, "--fraction must lie in (0, 1]")):
         rc = finetune_cli.main(parser.parse_args(base + ["--out", str(tmp_path / "bad")] + bad))
         err = capsys.readouterr().err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -79,8 +80,8 @@ def test_fits_see_subsampled_train_and_val_and_the_full_test(monkeypatch):
     monkeypatch.setattr(le, "fit_method", fake_fit)
     out = le.label_efficiency(x, {"t": y}, subjects, [0.2, 1.0], repeats=2, seed=0)
     masks = le.subsample_masks(subjects, [0.2, 1.0], repeats=2, seed=0)
-    assert len(seen) == 4
-    for fit, (f, r) in zip(seen, [(0.2, 0), (0.2, 1), (1.0, 0), (1.0, 1)]):
+    assert len(seen) == 3  # at fraction 1 every repeat is the same full-split fit: made once, counted twice
+    for fit, (f, r) in zip(seen, [(0.2, 0), (0.2, 1), (1.0, 0)]):
         for split in ("train", "val"):
             rows = fit[split][:, 1].astype(int)
             assert np.array_equal(rows, np.flatnonzero(masks[(f, r)][split]))
@@ -90,6 +91,12 @@ def test_fits_see_subsampled_train_and_val_and_the_full_test(monkeypatch):
     assert small["positives_train"] == np.mean([s["y_train"].sum() for s in seen[:2]])
     assert out["t"]["m"]["1"]["n_train"] == len(subjects["train"])
     assert out["t"]["m"]["1"]["n_val"] == len(subjects["val"])
+    assert out["t"]["m"]["1"]["repeats"] == 2 and out["t"]["m"]["1"]["auroc_sd"] == 0.0
+    # the default probe's full-split fit is reused, not refit: only the subsamples are fit
+    seen.clear()
+    out = le.label_efficiency(x, {"t": y}, subjects, [0.2, 1.0], repeats=2, seed=0,
+                              full={"t": {"m": {"auroc": 0.625, "auprc": 0.5}}})
+    assert len(seen) == 2 and out["t"]["m"]["1"]["auroc_mean"] == 0.625 and out["t"]["m"]["1"]["repeats"] == 2
 
 
 @pytest.fixture(scope="module")
@@ -170,20 +177,29 @@ def test_cli_label_fractions_end_to_end(tmp_path, capsys):
     rc = cli(base + ["--out", str(tmp_path / "r"), "--label-fractions", "0.5,1", "--repeats", "2"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "label efficiency (mean ± sd over 2 repeats" in printed and "| los_gt_3d | raw_features | 0.5 |" in printed
+    assert "label efficiency (test AUROC, mean over 2 repeats" in printed and "AUROC at 0.5 | AUROC at 1 |" in printed
+    assert re.search(r"\| los_gt_3d \| raw_features \| \d\.\d{3} \| \d\.\d{3} \|", printed)
     loaded = json.loads((tmp_path / "r" / "report.json").read_text())
     assert set(loaded["label_efficiency"]) == set(loaded["tasks"])
     r = loaded["label_efficiency"]["mortality_hosp"]["raw_features"]
     assert list(r) == ["0.5", "1"] and r["1"]["repeats"] == 2
     # at fraction 1 the refit is the default fit: the same test AUROC
     assert r["1"]["auroc_mean"] == pytest.approx(loaded["tasks"]["mortality_hosp"]["raw_features"]["auroc"])
-    assert loaded["label_efficiency_setup"] == {"fractions": [0.5, 1.0], "repeats": 2,
+    assert loaded["label_efficiency_setup"] == {"fractions": [0.5, 1.0], "repeats": 2, "tasks": list(loaded["tasks"]),
                                                 "subsampled": ["train", "val"], "by": "subject_id"}
     assert (tmp_path / "r" / "label_efficiency_los_gt_3d.png").is_file()
+    # --label-tasks: only those are refit at the fractions; the default table keeps every task
+    rc = cli(base + ["--out", str(tmp_path / "r1"), "--label-fractions", "0.5,1", "--repeats", "1",
+                     "--label-tasks", "los_gt_3d,phenotypes"])
+    assert rc == 0
+    loaded = json.loads((tmp_path / "r1" / "report.json").read_text())
+    assert list(loaded["label_efficiency"]) == ["los_gt_3d"] and "mortality_hosp" in loaded["tasks"]
+    capsys.readouterr()
 
     for bad, message in ((["--label-fractions", "0.5,2"], "2 is not in (0, 1]"),
                          (["--methods", "jepa,gbdt"], "--methods: gbdt: choose from"),
-                         (["--repeats", "0"], "--repeats must be >= 1")):
+                         (["--repeats", "0"], "--repeats must be >= 1"),
+                         (["--label-tasks", "death"], "--label-tasks: death: choose from")):
         rc = cli(base + ["--out", str(tmp_path / "bad")] + bad)
         err = capsys.readouterr().err
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err

@@ -1,6 +1,7 @@
 """`ehrjepa probe`: frozen-encoder embeddings, logistic-regression probes, baselines and a report.
 
-    tasks.py       the tasks, their labels and HOURS, the hours [0, HOURS) the probe embeds
+    tasks.py       the tasks, their labels and HOURS, the hours [0, HOURS) the probe embeds; --tasks
+    macro.py       phenotype_macro: the mean AUROC/AUPRC over the phenotype tasks scored
     aki.py         aki_24_72h: KDIGO creatinine criteria on the processed labs
     baselines.py   raw_features: per-feature summary statistics of the same hours
     embeddings.py  mean-pooled embeddings of a frozen encoder
@@ -24,8 +25,8 @@ def run_probe(*args, **kwargs) -> dict:
 
     run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder="target", hours=tasks.HOURS,
               device="cpu", batch_size=256, n_bootstrap=1000, seed=0, progress=True,
-              methods=fit.DEFAULT_METHODS, label_fractions=None, repeats=5, finetune_settings=None)
-              -> report dict
+              methods=fit.DEFAULT_METHODS, label_fractions=None, repeats=5, finetune_settings=None,
+              labels_dir=None, tasks=None, label_tasks=None) -> report dict
     Writes out_dir/report.json, report.md and PNG plots; see ehrjepa.probe.run.run_probe."""
     from ehrjepa.probe.run import run_probe as _run_probe
 

@@ -1,7 +1,7 @@
 """`ehrjepa probe`: how much a pretrained encoder helps clinical prediction, against baselines.
 
-    ehrjepa probe --run RUN --data OUT --out REPORT [--methods M,...] [--label-fractions F,... --repeats R]
-                  [--labels DIR]
+    ehrjepa probe --run RUN --data OUT --out REPORT [--tasks T,...] [--methods M,...]
+                  [--label-fractions F,... --repeats R] [--labels DIR]
 
 Embeds the first --hours hours of every stay with the frozen target encoder (or, with --encoder
 context, the context encoder) of RUN's checkpoint (jepa) and with an untrained encoder of the same
@@ -12,6 +12,7 @@ pretrained and the untrained encoder with a small head end to end (minutes on CP
 default), and reports test AUROC/AUPRC with bootstrap intervals in
 REPORT/report.{json,md} and PNGs. With --label-fractions, every method is also refit on that
 fraction of the train and val subjects, --repeats times, and scored on the full test split.
+--tasks picks the tasks (default: every task the data has; `phenotypes` for all phenotype tasks).
 With --labels DIR, the tasks are those of DIR's MEDS label files instead (`label_probe.py`).
 Any fault is one line naming its file.
 """
@@ -21,7 +22,7 @@ import argparse
 import sys
 
 from ehrjepa.probe.fit import DEFAULT_METHODS, METHODS
-from ehrjepa.probe.tasks import HOURS
+from ehrjepa.probe.tasks import HOURS, PHENOTYPE_PREFIX, PHENOTYPES, TASKS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -41,12 +42,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="bootstrap resamples for the intervals (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the bootstrap, probes and random_init (default: %(default)s)")
+    parser.add_argument("--tasks", default=None, metavar="T,...",
+                        help="comma-separated tasks to probe, some of " + ", ".join(TASKS) + f", {PHENOTYPE_PREFIX}<name> "
+                             f"for each phenotype column of the data, or {PHENOTYPES} for all of them (default: "
+                             "every task the data has)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help="comma-separated methods to fit, some of " + ", ".join(METHODS) + " (default: %(default)s)")
     parser.add_argument("--label-fractions", default=None, metavar="F,...",
                         help="also refit every method on these fractions in (0, 1] of the train and val "
                              "subjects, e.g. 0.01,0.05,0.1,0.25,1, scored on the full test split "
                              "(default: none)")
+    parser.add_argument("--label-tasks", default=None, metavar="T,...",
+                        help="refit only these of the probed tasks at the label fractions, named as for --tasks "
+                             "(default: every task probed)")
     parser.add_argument("--repeats", type=int, default=5,
                         help="seeded subsamples per label fraction (default: %(default)s)")
     parser.add_argument("--labels", default=None, metavar="DIR",
@@ -59,9 +67,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ehrjepa.probe.label_efficiency import parse_fractions
-    from ehrjepa.probe.report import (comparison_lines, label_efficiency_notes, label_efficiency_table,
+    from ehrjepa.probe.report import (comparison_lines, label_efficiency_notes, label_efficiency_summary,
                                       placement_table, report_notes, results_table)
     from ehrjepa.probe.run import run_probe
+    from ehrjepa.probe.tasks import parse_tasks
 
     if args.hours < 1:
         print(f"ehrjepa probe: --hours must be >= 1, not {args.hours}", file=sys.stderr)
@@ -77,6 +86,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         fractions = parse_fractions(args.label_fractions) if args.label_fractions is not None else None
+        tasks = parse_tasks(args.tasks) if args.tasks is not None else None
+        label_tasks = parse_tasks(args.label_tasks, "--label-tasks") if args.label_tasks is not None else None
     except ValueError as e:
         print(f"ehrjepa probe: {e}", file=sys.stderr)
         return 2
@@ -85,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
                            hours=args.hours, device=args.device, batch_size=args.batch_size,
                            n_bootstrap=args.bootstrap, seed=args.seed, progress=not args.no_progress,
                            methods=methods, label_fractions=fractions, repeats=args.repeats,
-                           labels_dir=args.labels)
+                           labels_dir=args.labels, tasks=tasks, label_tasks=label_tasks)
     except (OSError, ValueError, RuntimeError) as e:  # each names its file on its first line
         text = str(e).strip()
         print(f"ehrjepa probe: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
@@ -100,8 +111,9 @@ def main(args: argparse.Namespace) -> int:
     for line in comparison_lines(report):
         print(line)
     if "label_efficiency" in report:
-        print(f"\nlabel efficiency (mean ± sd over {args.repeats} repeats, full test split):\n")
-        print(label_efficiency_table(report))
+        print(f"\nlabel efficiency (test AUROC, mean over {args.repeats} repeats; spread, AUPRC and counts in "
+              f"report.md):\n")
+        print(label_efficiency_summary(report))
         for line in label_efficiency_notes(report):
             print(f"- {line}")
     print(f"\nreport: {args.out}/report.md, report.json, " + ", ".join(report.get("plots", [])))

@@ -8,6 +8,15 @@ only), a linear warmup then a cosine decay of the learning rate, gradient clippi
 stopping: the validation AUROC is measured every `eval_every` steps, training stops after
 `patience` measurements without a new best, and the best weights are kept.
 
+The budget is in epochs over the training stays (`max_epochs`), held between `min_steps` and
+`max_steps`, and the learning-rate schedule spans that budget. A fixed number of steps suited no
+size: 400 steps were 15 epochs of 2,000 patients' 1,650 training stays, where fine-tuning at
+fraction 1 still improved at its last step (docs/results.md, "Label efficiency and fine-tuning"),
+and 1.6 epochs of 20,000 patients'; at fraction 0.05 they were 300 epochs of 80 stays, which early
+stopping cut anyway. With 30 epochs the 2,000-patient run gets 780 steps (about a minute and a half
+of micro on 2 CPU cores when it is not stopped early), small fractions 200, and large data at most
+1,200: early stopping, not the step count, ends most runs.
+
 `jepa_finetune` starts from a pretrained encoder (the probe's: the EMA target encoder by default,
 the one the frozen probe reads; `encoder="context"` for the context encoder), `scratch` from the
 untrained encoder of the same architecture (random_init's); both get the same Settings (steps,
@@ -37,8 +46,10 @@ HEADS = ("linear", "mlp")
 
 @dataclass(frozen=True)
 class Settings:
-    """The budget every fine-tuned method gets alike."""
-    max_steps: int = 400
+    """The budget every fine-tuned method gets alike: `steps_for(n_train)` steps."""
+    max_epochs: float = 30.0     # passes over the training stays ...
+    min_steps: int = 200         # ... but at least this many steps (tiny label fractions)
+    max_steps: int = 1200        # ... and at most this many (large data: early stopping decides)
     batch_size: int = 64
     lr: float = 5e-4
     min_lr: float = 5e-5
@@ -52,14 +63,22 @@ class Settings:
     def __post_init__(self):
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, not {self.head!r}")
-        for name in ("max_steps", "batch_size", "eval_every", "patience"):
+        for name in ("max_steps", "min_steps", "batch_size", "eval_every", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if not self.max_epochs > 0:
+            raise ValueError(f"max_epochs must be > 0, not {self.max_epochs}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, not {self.lr}")
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def steps_for(self, n_train: int) -> int:
+        """The steps of a run on `n_train` stays: max_epochs epochs of ceil(n_train / batch_size) steps,
+        at least min_steps (but never more than max_steps) and at most max_steps."""
+        epochs = math.ceil(self.max_epochs * math.ceil(n_train / self.batch_size))
+        return min(self.max_steps, max(self.min_steps, epochs))
 
 
 class Classifier(nn.Module):
@@ -160,14 +179,15 @@ def finetune(encoder: nn.Module, width: int, windows: StayWindows, train_rows, y
     order, at = torch.randperm(len(train_rows), generator=generator).numpy(), 0
     best = (-math.inf, 0, None)   # (val AUROC, step, weights)
     since_best, step = 0, 0
-    bar = tqdm(total=s.max_steps, desc=desc, unit="step", disable=not progress, leave=False)
-    while step < s.max_steps:
+    total = s.steps_for(len(train_rows))
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
+    while step < total:
         if at + s.batch_size > len(order) and at > 0:   # a new epoch: reshuffle
             order, at = torch.randperm(len(train_rows), generator=generator).numpy(), 0
         pick = order[at:at + s.batch_size]
         at += s.batch_size
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, s.lr, s.min_lr, s.warmup_steps, s.max_steps)
+            group["lr"] = lr_at(step, s.lr, s.min_lr, min(s.warmup_steps, total), total)
         logits = model(*windows.batch(train_rows[pick], device))
         loss = F.binary_cross_entropy_with_logits(logits.float(), y_train[pick].to(logits.device))
         optimizer.zero_grad(set_to_none=True)
@@ -176,7 +196,7 @@ def finetune(encoder: nn.Module, width: int, windows: StayWindows, train_rows, y
         optimizer.step()
         step += 1
         bar.update(1)
-        if step % s.eval_every == 0 or step == s.max_steps:
+        if step % s.eval_every == 0 or step == total:
             auroc = float(ranked_metrics(y_val, scores(model, windows, val_rows, device))[0][0])
             if auroc > best[0] or best[2] is None:
                 best = (auroc, step, copy.deepcopy(model.state_dict()))
@@ -202,10 +222,12 @@ class Finetuner:
         self.settings, self.device, self.progress, self.desc = settings, device, progress, desc
 
     def __call__(self, x_train, y_train, x_val, y_val, seed: int = 0):
-        """(model, {"best_step", "steps_run"}, val AUROC, True): fit_method's return."""
+        """(model, {"best_step", "steps_run", "steps_budget"}, val AUROC, True): fit_method's return."""
         fitted = finetune(self.encoder, self.width, self.windows, x_train, y_train, x_val, y_val, self.settings,
                           seed, self.device, self.progress, self.desc)
-        return fitted, {"best_step": fitted.best_step, "steps_run": fitted.steps_run}, fitted.val_auroc, True
+        params = {"best_step": fitted.best_step, "steps_run": fitted.steps_run,
+                  "steps_budget": self.settings.steps_for(len(np.asarray(x_train).reshape(-1)))}
+        return fitted, params, fitted.val_auroc, True
 
 
 def load_finetuned(path, map_location="cpu") -> tuple[Classifier, dict]:

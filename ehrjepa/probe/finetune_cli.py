@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from ehrjepa.probe.finetune import HEADS, Settings
-from ehrjepa.probe.tasks import HOURS, TASKS
+from ehrjepa.probe.tasks import HOURS, PHENOTYPE_PREFIX, TASKS
 
 _DEFAULTS = Settings()
 
@@ -24,7 +24,9 @@ _DEFAULTS = Settings()
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run directory of `ehrjepa train` (RUN)")
     parser.add_argument("--data", required=True, help="processed data directory of `ehrjepa preprocess` (OUT)")
-    parser.add_argument("--task", required=True, choices=TASKS, help="the task to fine-tune on")
+    parser.add_argument("--task", required=True,
+                        help="the task to fine-tune on: one of " + ", ".join(TASKS) + f", or {PHENOTYPE_PREFIX}<name> for "
+                             "a phenotype column of the data (required)")
     parser.add_argument("--out", required=True, help="folder to write result.json and model.pt to (DIR)")
     parser.add_argument("--from", dest="start", choices=("pretrained", "scratch"), default="pretrained",
                         help="start from the checkpoint's encoder or from random weights (default: %(default)s)")
@@ -40,6 +42,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="use hours [0, HOURS) of stays with at least HOURS hours (default: %(default)s)")
     parser.add_argument("--head", choices=HEADS, default=_DEFAULTS.head,
                         help="linear, or an MLP with one hidden layer (default: %(default)s)")
+    parser.add_argument("--epochs", type=float, default=_DEFAULTS.max_epochs,
+                        help="passes over the training stays, held between --min-steps and --steps; the learning-rate "
+                             "schedule spans them (default: %(default)s)")
+    parser.add_argument("--min-steps", type=int, default=_DEFAULTS.min_steps,
+                        help="fewest steps, for small label fractions (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=_DEFAULTS.max_steps, help="most steps (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="peak learning rate (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size,
@@ -56,7 +63,8 @@ def main(args: argparse.Namespace) -> int:
     from ehrjepa.probe.finetune_run import run_finetune
 
     try:
-        settings = Settings(max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        settings = Settings(max_epochs=args.epochs, min_steps=min(args.min_steps, args.steps), max_steps=args.steps,
+                            batch_size=args.batch_size, lr=args.lr,
                             min_lr=min(_DEFAULTS.min_lr, args.lr), warmup_steps=min(_DEFAULTS.warmup_steps, args.steps),
                             eval_every=args.eval_every, patience=args.patience, head=args.head)
         if not 0.0 < args.fraction <= 1.0:
@@ -76,7 +84,8 @@ def main(args: argparse.Namespace) -> int:
         return 1
     print(f"{result['method']} on {result['task']}: test AUROC {result['test_auroc']:.3f}, AUPRC "
           f"{result['test_auprc']:.3f} (n {result['n_test']}, {result['positives_test']} positives); best "
-          f"validation AUROC {result['val_auroc']:.3f} at step {result['best_step']} of {result['steps_run']}; "
+          f"validation AUROC {result['val_auroc']:.3f} at step {result['best_step']} of {result['steps_run']} run "
+          f"(budget {result['steps_budget']}); "
           f"trained on {result['n_train']} stays ({result['positives_train']} positives)")
     print(f"wrote {args.out}/result.json, {args.out}/model.pt")
     return 0

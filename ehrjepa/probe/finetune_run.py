@@ -29,12 +29,13 @@ def run_finetune(run_dir, data_dir, task: str, out_dir, start: str = "pretrained
     from ehrjepa.probe.metrics import ranked_metrics
     from ehrjepa.probe.report import _plain, write_atomic
     from ehrjepa.probe.run import load_trained, open_data, random_init_like, resolve_checkpoint
-    from ehrjepa.probe.tasks import TASKS, class_counts, labels_by_split, skip_reason
+    from ehrjepa.probe.tasks import (PHENOTYPE_MACRO, PHENOTYPE_PREFIX, TASKS, class_counts, labels_by_split,
+                                     select_tasks, skip_reason)
 
     if start not in ("pretrained", "scratch"):
         raise ValueError(f"start must be 'pretrained' or 'scratch', not {start!r}")
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
+    if task not in TASKS and not (task.startswith(PHENOTYPE_PREFIX) and task != PHENOTYPE_MACRO):
+        raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASKS)} or {PHENOTYPE_PREFIX}<name>")
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must lie in (0, 1], not {fraction}")
     settings = settings or Settings()
@@ -55,6 +56,7 @@ def run_finetune(run_dir, data_dir, task: str, out_dir, start: str = "pretrained
     datasets = {split: WindowDataset.for_hours(processed, split, hours) for split in SPLITS}
     rows = {split: datasets[split].window_index[:, 0].astype(np.int64) for split in SPLITS}
     labels, unavailable = labels_by_split(processed, rows, hours)
+    labels, unavailable = select_tasks(labels, unavailable, [task], where=str(Path(data_dir) / "stays.parquet"))
     if task in unavailable:
         raise ValueError(f"{task} cannot be labelled: {unavailable[task]}")
     y = labels[task]
@@ -82,6 +84,7 @@ def run_finetune(run_dir, data_dir, task: str, out_dir, start: str = "pretrained
         "task": task, "method": method, "from": start, "encoder": encoder if start == "pretrained" else None,
         "test_auroc": float(auroc[0]), "test_auprc": float(auprc[0]), "val_auroc": fitted.val_auroc,
         "best_step": fitted.best_step, "steps_run": fitted.steps_run,
+        "steps_budget": settings.steps_for(len(keep["train"])),
         "n_train": counts["train"][0], "positives_train": counts["train"][1],
         "n_val": counts["val"][0], "positives_val": counts["val"][1],
         "n_test": counts["test"][0], "positives_test": counts["test"][1],

@@ -8,7 +8,9 @@ test split is never subsampled, so every fraction is scored on the same stays.
 
 Within a repeat, the subjects are drawn as one seeded random order per split and a fraction takes
 its first subjects, so the subsets are nested (the 5 % subjects are among the 25 % ones) and the
-curves do not cross by sampling luck alone. At f = 1 every repeat is the full split.
+curves do not cross by sampling luck alone. At f = 1 every repeat is the full split: the fit is the
+same seeded fit every time, so it is made once and counted for every repeat, or taken from the
+default probe's fit on the full splits when that is given (`full`): the same fit, not refit.
 
 A (fraction, repeat) whose subsample has too few positives or negatives in train or val for the
 probe (tasks.MIN_CLASS_COUNT) is skipped for every method, counted and its reason reported.
@@ -83,12 +85,14 @@ def _sd(values: list[float]) -> float:
 
 def label_efficiency(x: dict[str, dict[str, np.ndarray]], labels: dict[str, dict[str, np.ndarray]],
                      subjects: dict[str, np.ndarray], fractions, repeats: int = 5, seed: int = 0,
-                     c_grid=C_GRID, progress: bool = False, finetuners=None) -> dict:
+                     c_grid=C_GRID, progress: bool = False, finetuners=None, full=None) -> dict:
     """Test AUROC/AUPRC of every method of every task at every label fraction, over seeded repeats.
 
     x: {method: {split: features}}; labels: {task: {split: y}} (NaN: unknown, left out);
     subjects: {split: subject id of each row}; finetuners: {method: Finetuner} for the fine-tuned
-    methods, which see the same subsamples as every other method. Returns {task: {method: {fraction key: {"auroc_mean",
+    methods, which see the same subsamples as every other method; full: {task: {method: {"auroc",
+    "auprc", ...}}} of the fits on the full train and val splits (evaluate_all's), reused where a
+    subsample is the full split. Returns {task: {method: {fraction key: {"auroc_mean",
     "auroc_sd", "auprc_mean", "auprc_sd", "n_train", "positives_train", "n_val", "positives_val",
     "repeats", "repeats_skipped", "skip_reasons"}}}}: the counts are means over the fitted repeats,
     "repeats" counts those, the sd is over them (null with fewer than 2).
@@ -104,6 +108,7 @@ def label_efficiency(x: dict[str, dict[str, np.ndarray]], labels: dict[str, dict
         test_known = ~np.isnan(y["test"])
         y_test = y["test"][test_known].astype(np.int64)
         out[task] = {method: {} for method in x}
+        whole = {m: (r["auroc"], r["auprc"]) for m, r in (full or {}).get(task, {}).items()}  # the full-split fits
         for f in fractions:
             runs = {method: [] for method in x}   # (auroc, auprc) per fitted repeat
             counts, reasons = [], []
@@ -116,7 +121,11 @@ def label_efficiency(x: dict[str, dict[str, np.ndarray]], labels: dict[str, dict
                     continue
                 counts.append([class_counts(sub[split])[:2] for split in SUBSAMPLED])
                 rows = {split: np.flatnonzero(masks[(f, r)][split] & ~np.isnan(y[split])) for split in SUBSAMPLED}
+                is_whole = all(masks[(f, r)][split].all() for split in SUBSAMPLED)
                 for method, xm in x.items():
+                    if is_whole and method in whole:
+                        runs[method].append(whole[method])
+                        continue
                     model, _, _, _ = fit_method(method, np.asarray(xm["train"])[rows["train"]],
                                                 y["train"][rows["train"]].astype(np.int64),
                                                 np.asarray(xm["val"])[rows["val"]],
@@ -125,6 +134,8 @@ def label_efficiency(x: dict[str, dict[str, np.ndarray]], labels: dict[str, dict
                     score = model.decision_function(np.asarray(xm["test"])[test_known])
                     auroc, auprc, _ = ranked_metrics(y_test, score)
                     runs[method].append((float(auroc[0]), float(auprc[0])))
+                    if is_whole:
+                        whole[method] = runs[method][-1]
             mean_counts = np.mean(counts, axis=0) if counts else np.full((2, 2), np.nan)
             for method in x:
                 aurocs = [a for a, _ in runs[method]]

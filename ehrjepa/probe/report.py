@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ehrjepa.metrics_csv import metric_series, read_metrics
-from ehrjepa.probe.tasks import OUTCOMES
+from ehrjepa.probe.tasks import PHENOTYPE_MACRO, outcome_names
 
 # Below these, the markdown says plainly that the test split is tiny (the numbers cannot rank the
 # methods) or small (read the intervals, not the point estimates).
@@ -37,6 +37,9 @@ def results_table(report: dict) -> str:
             lines.append(f"| {task} | {method} | {_fmt(r['auroc'])} [{_fmt(r['auroc_ci'][0])}, "
                          f"{_fmt(r['auroc_ci'][1])}] | {_fmt(r['auprc'])} [{_fmt(r['auprc_ci'][0])}, "
                          f"{_fmt(r['auprc_ci'][1])}] | {r['n']} | {r['positives']} |")
+    for method, r in report.get(PHENOTYPE_MACRO, {}).items():
+        lines.append(f"| {PHENOTYPE_MACRO} | {method} | {_fmt(r['auroc'])} (mean of {len(r['tasks'])} phenotypes) | "
+                     f"{_fmt(r['auprc'])} | | |")
     for task, reason in report.get("skipped", {}).items():
         lines.append(f"| {task} | (skipped) | {reason} | | | |")
     return "\n".join(lines)
@@ -94,6 +97,22 @@ def label_efficiency_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def label_efficiency_summary(report: dict) -> str:
+    """The compact table of report["label_efficiency"]: one row per task and method, one column per
+    fraction, the test AUROC's mean over repeats ("-" where every repeat was skipped). The full
+    table (spread, AUPRC, counts) is `label_efficiency_table`, in report.md."""
+    efficiency = report.get("label_efficiency", {})
+    keys = list(dict.fromkeys(k for methods in efficiency.values() for fr in methods.values() for k in fr))
+    lines = ["| task | method | " + " | ".join(f"AUROC at {k}" for k in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    for task, methods in efficiency.items():
+        for i, (method, fractions) in enumerate(methods.items()):
+            cells = [_fmt(fractions[k]["auroc_mean"]) if k in fractions and fractions[k]["repeats"] else "-"
+                     for k in keys]
+            lines.append(f"| {task if i == 0 else ''} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _count(x) -> str:
     """A mean count over repeats: whole numbers as such, else one decimal."""
     if x is None or math.isnan(x):
@@ -106,6 +125,8 @@ def label_efficiency_notes(report: dict) -> list[str]:
     notes = []
     for task, methods in report.get("label_efficiency", {}).items():
         for key, r in next(iter(methods.values()), {}).items():
+            if task == PHENOTYPE_MACRO:
+                continue  # a mean of the phenotypes' own entries, whose skips are noted there
             if r["repeats_skipped"]:
                 notes.append(f"label fraction {key} of {task}: {r['repeats_skipped']} of "
                              f"{r['repeats'] + r['repeats_skipped']} repeats skipped, too few in a class "
@@ -145,6 +166,10 @@ def markdown(report: dict) -> str:
            f"with 95 % percentile bootstrap intervals ({report.get('n_bootstrap')} resamples, seed "
            f"{report.get('seed')}); subject-level splits from preprocessing",
            cohort_line(report), "", "## Results", "", results_table(report), ""]
+    if PHENOTYPE_MACRO in report:
+        scored = next(iter(report[PHENOTYPE_MACRO].values()))["tasks"]
+        out += [f"{PHENOTYPE_MACRO}: each method's mean test AUROC (AUPRC) over the {len(scored)} phenotype tasks "
+                f"scored ({', '.join(scored)}), each phenotype counting alike; no interval.", ""]
     if "label_files" in report:
         out += ["## Labels", "", f"From `{report['label_files']['dir']}`; each placed label's stay embedded and "
                 f"summarised over its whole hours before prediction_time, at most {report['hours']}.", "",
@@ -162,6 +187,9 @@ def markdown(report: dict) -> str:
                 f"subject, {le.get('repeats')} seeded repeats, nested within a repeat), scored on the full "
                 f"test split; mean ± sd over the repeats that could be fit, counts are means.", "",
                 label_efficiency_table(report), ""]
+        if PHENOTYPE_MACRO in report["label_efficiency"]:
+            out += [f"{PHENOTYPE_MACRO}: at each fraction, the mean over the phenotype tasks of each one's mean "
+                    f"over its repeats (no sd, no counts: each phenotype has its own).", ""]
         notes = label_efficiency_notes(report)
         out += [f"- {n}" for n in notes] + ([""] if notes else [])
     plots = report.get("plots", [])
@@ -231,7 +259,7 @@ def plot_pca(embeddings: dict[str, np.ndarray], labels: dict[str, np.ndarray], p
             known = ~np.isnan(y)
             colors = np.where(y[known] == 1, "tab:red", "tab:blue")
             ax.scatter(xy[shown[known], 0], xy[shown[known], 1], s=4, alpha=0.5, c=colors, rasterized=True)
-            names = OUTCOMES.get(task, (f"not {task}", task))
+            names = outcome_names(task)
             handles = [Line2D([], [], ls="", marker="o", color=color,
                               label=f"{names[value]} (n={int((labels[task] == value).sum())})")
                        for value, color in ((0, "tab:blue"), (1, "tab:red"))]

@@ -16,7 +16,8 @@ import numpy as np
 from ehrjepa.data.processed import SPLITS
 from ehrjepa.probe.fit import (C_GRID, DEFAULT_METHODS, FINETUNE_METHODS, GBDT_LEAVES, GBDT_MAX_TREES,
                                GBDT_PATIENCE, METHODS, evaluate_all)
-from ehrjepa.probe.tasks import HOURS, class_counts, labels_by_split
+from ehrjepa.probe.macro import is_phenotype, phenotype_macro, phenotype_macro_efficiency
+from ehrjepa.probe.tasks import HOURS, PHENOTYPE_MACRO, class_counts, in_tasks, labels_by_split, select_tasks
 
 
 def resolve_checkpoint(run_dir: Path, checkpoint: str | Path | None) -> Path:
@@ -120,8 +121,9 @@ def method_descriptions(encoder: str, hours: int, seed: int, settings=None, span
     span = span or f"hours [0, {hours})"
     summary = f"per-feature last, mean, min, max, observed fraction over {span}"
     budget = (f"a {s.head} head on the mean over hours [0, {hours}), trained end to end with binary cross-entropy, "
-              f"AdamW (lr {s.lr:g}, warmup {s.warmup_steps} then cosine to {s.min_lr:g}, batch {s.batch_size}), up to "
-              f"{s.max_steps} steps, early-stopped on validation AUROC (measured every {s.eval_every} steps, "
+              f"AdamW (lr {s.lr:g}, warmup {s.warmup_steps} then cosine to {s.min_lr:g}, batch {s.batch_size}) for up to "
+              f"{s.max_epochs:g} epochs of the training stays ({min(s.min_steps, s.max_steps)} to {s.max_steps} steps), early-stopped on "
+              f"validation AUROC (measured every {s.eval_every} steps, "
               f"patience {s.patience})")
     return {"jepa": f"logistic regression on the {encoder} encoder of the checkpoint",
             "random_init": f"the same on an untrained encoder of the same architecture (seed {seed})",
@@ -136,14 +138,16 @@ def method_descriptions(encoder: str, hours: int, seed: int, settings=None, span
 def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "target", hours: int = HOURS,
               device: str = "cpu", batch_size: int = 256, n_bootstrap: int = 1000, seed: int = 0,
               progress: bool = True, methods=DEFAULT_METHODS, label_fractions=None, repeats: int = 5,
-              finetune_settings=None, labels_dir=None) -> dict:
+              finetune_settings=None, labels_dir=None, tasks=None, label_tasks=None) -> dict:
     """Probe a pretrained run against the baselines; write REPORT and return its dict.
 
     methods: which of METHODS to fit (in METHODS order whatever the order given); label_fractions:
     fractions in (0, 1] of the train and val subjects to refit every method on, `repeats` times
     each (report["label_efficiency"]); None: no such refits. finetune_settings: the budget of
     jepa_finetune and scratch (finetune.Settings; default Settings()). labels_dir: probe the tasks of
-    these MEDS label files (`label_probe.py`) instead of the built-in tasks."""
+    these MEDS label files (`label_probe.py`) instead of the built-in tasks. tasks: the built-in
+    tasks to probe (names of tasks.py, "phenotypes" for every phenotype task; None: every task);
+    label_tasks: those of them refit at the label fractions (same names; None: every task scored)."""
     from ehrjepa.data import WindowDataset
     from ehrjepa.device import resolve_device
     from ehrjepa.probe.baselines import raw_features
@@ -168,6 +172,8 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
         from ehrjepa.probe.label_probe import check_label_methods
 
         check_label_methods(methods)
+        if tasks is not None:
+            raise ValueError("--tasks picks built-in tasks; with --labels the tasks are the label folders")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     ckpt_path = resolve_checkpoint(run_dir, checkpoint)
     device = resolve_device(device)
@@ -193,6 +199,7 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
         labels, unavailable = labels_by_split(processed, rows, hours)
     except ValueError as e:
         raise ValueError(one_line(Path(data_dir) / "stays.parquet", "cannot label the tasks", e)) from e
+    labels, unavailable = select_tasks(labels, unavailable, tasks, where=str(Path(data_dir) / "stays.parquet"))
     if out_dir.exists() and not out_dir.is_dir():  # fail before the embedding, not after it
         raise FileExistsError(f"{out_dir} is a file: the report needs a folder there")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -224,8 +231,8 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
                       for m in methods if m in FINETUNE_METHODS}
         for m in finetuners:
             x[m] = positions
-    tasks, skipped, comparisons, curves = evaluate_all(x, labels, n_bootstrap, seed, progress=progress,
-                                                       finetuners=finetuners)
+    scored, skipped, comparisons, curves = evaluate_all(x, labels, n_bootstrap, seed, progress=progress,
+                                                        finetuners=finetuners)
     skipped.update(unavailable)
 
     split_col = np.asarray(processed.stays.column("split").to_pylist())
@@ -233,8 +240,10 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
               for split in SPLITS}
     label_counts = {task: {split: dict(zip(("n", "positives", "unknown"), class_counts(labels[task][split])))
                            for split in SPLITS} for task in labels}
+    macro = phenotype_macro(scored)
     report = {
-        "tasks": tasks,
+        "tasks": scored,
+        **({PHENOTYPE_MACRO: macro} if macro else {}),
         "skipped": skipped,
         "comparisons": comparisons,
         "encoder": encoder,
@@ -255,19 +264,25 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
     }
     if label_fractions is not None:
         subjects = {s: processed.stays.column("subject_id").to_numpy()[rows[s]] for s in SPLITS}
-        probed = {task: labels[task] for task in tasks}  # a task skipped on the full splits stays skipped
-        report["label_efficiency"] = label_efficiency(x, probed, subjects, label_fractions, repeats, seed,
-                                                      progress=progress, finetuners=finetuners)
+        # a task skipped on the full splits stays skipped
+        probed = {task: labels[task] for task in scored if in_tasks(task, label_tasks)}
+        efficiency = label_efficiency(x, probed, subjects, label_fractions, repeats, seed, progress=progress,
+                                      finetuners=finetuners, full=scored)
+        macro = phenotype_macro_efficiency(efficiency)
+        report["label_efficiency"] = efficiency | ({PHENOTYPE_MACRO: macro} if macro else {})
         report["label_efficiency_setup"] = {"fractions": sorted(label_fractions), "repeats": repeats,
+                                            "tasks": list(probed),
                                             "subsampled": ["train", "val"], "by": "subject_id"}
     # the PCA plot shows every stay of the cohort, all splits together
     nonempty = [s for s in SPLITS if len(rows[s])]
     embedded = [m for m in ("jepa", "random_init") if m in x]
     embeddings = {m: np.concatenate([x[m][s] for s in nonempty]) for m in embedded} if nonempty and embedded else None
-    all_labels = {task: np.concatenate([labels[task][s] for s in nonempty]) for task in labels} if nonempty else None
+    # one PCA column per task; the phenotypes (many, and summed up by their macro) only when alone
+    shown = [t for t in labels if not is_phenotype(t)] or list(labels)
+    all_labels = {task: np.concatenate([labels[task][s] for s in nonempty]) for task in shown} if nonempty and shown else None
     unseen = unseen_positions_note(config, hours)
     notes = [unseen] if unseen else []
-    if "aki_24_72h" in tasks:
+    if "aki_24_72h" in scored:
         from ehrjepa.probe.aki import describe
 
         notes.append(f"aki_24_72h: {describe()}")

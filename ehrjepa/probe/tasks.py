@@ -6,12 +6,24 @@ for stays of 24 h or more, so that a death during the observed hours cannot leak
 
 - `mortality_hosp`: `death_hosp` (hospital_expire_flag of the stay's admission) is 1.
 - `los_gt_3d`, `los_gt_7d`: ICU length of stay `los_days` is over 3 or 7 days.
+- `readmit_icu`: another ICU stay in the same hospital admission starts at or after this stay's
+  outtime (stays ending in death excluded). Predicted from the stay's FIRST `hours` hours, like
+  every task here (the same cohort), not from its last hours before ICU discharge.
+- `readmit_30d`: a new hospital admission within 30 days of this stay's hospital discharge (deaths
+  in hospital, and subjects with under 30 days of follow-up, excluded, as MEDS-DEV defines it);
+  from the first `hours` hours of the ICU stay as well.
+- `phenotype_<name>`: the stay's hospital admission has an ICD-10 diagnosis matching phenotype
+  <name> of configs/phenotypes.yaml (sepsis, aki, arf, heart_failure, shock); one task per
+  `phenotype_*` column of stays.parquet. `phenotype_macro` is their mean AUROC (`macro.py`).
 - `aki_24_72h`: acute kidney injury, KDIGO stage >= 1 by creatinine, in hours [24, 72) of the stay,
   among stays without it in hours [0, 24); computed from the processed creatinine itself
   (OUT/mean.npy), so it works on any data (`aki.py` holds the definition).
 
-A label is NaN where its source is missing (a null column, a stay excluded from the AKI cohort);
-such stays are left out of that task and counted.
+The readmission and phenotype labels are int8 columns written by `ehrjepa preprocess` (1 yes, 0 no,
+-1 unknown or excluded). A label is NaN where its source is unknown (-1, a null, a stay excluded
+from the AKI cohort); such stays are left out of that task and counted. A column missing from
+stays.parquet (data processed before these columns existed, or without diagnoses) makes its task
+unavailable, with a one-line reason in the report.
 """
 from __future__ import annotations
 
@@ -25,22 +37,54 @@ from ehrjepa.data.processed import SPLITS
 # config's context covers it (a test), so the encoder saw these hour positions in pretraining.
 HOURS = 24
 
-# Tasks labelled from the stays table alone, and those that read the hourly labs too.
+# Tasks labelled from the stays table alone, from its int8 outcome columns (named as the task), and
+# from the hourly labs. TASKS are the fixed tasks; the phenotype tasks are one per `phenotype_*`
+# column the data has (`phenotype_tasks`).
 STAY_TASKS = ("mortality_hosp", "los_gt_3d", "los_gt_7d")
+READMIT_TASKS = ("readmit_icu", "readmit_30d")
 LAB_TASKS = ("aki_24_72h",)
-TASKS = STAY_TASKS + LAB_TASKS
+TASKS = STAY_TASKS + READMIT_TASKS + LAB_TASKS
+PHENOTYPE_PREFIX = "phenotype_"
+PHENOTYPES = "phenotypes"            # --tasks shorthand for every phenotype task, and their skip key
+PHENOTYPE_MACRO = "phenotype_macro"  # the mean over the phenotype tasks scored (macro.py)
 
-# What label 0 and label 1 mean, in words (plot legends).
+# What label 0 and label 1 mean, in words (plot legends); `outcome_names` also words other phenotypes.
 OUTCOMES = {
     "mortality_hosp": ("survived", "died in hospital"),
     "los_gt_3d": ("ICU stay <= 3 days", "ICU stay > 3 days"),
     "los_gt_7d": ("ICU stay <= 7 days", "ICU stay > 7 days"),
+    "readmit_icu": ("no later ICU stay in the admission", "ICU readmission in the same admission"),
+    "readmit_30d": ("no readmission within 30 days", "readmitted within 30 days of discharge"),
+    "phenotype_sepsis": ("no sepsis diagnosis", "sepsis diagnosis"),
+    "phenotype_aki": ("no acute kidney injury diagnosis", "acute kidney injury diagnosis"),
+    "phenotype_arf": ("no acute respiratory failure diagnosis", "acute respiratory failure diagnosis"),
+    "phenotype_heart_failure": ("no heart failure diagnosis", "heart failure diagnosis"),
+    "phenotype_shock": ("no shock diagnosis", "shock diagnosis"),
     "aki_24_72h": ("no AKI in hours 24-72", "AKI (KDIGO >= 1) in hours 24-72"),
 }
 
 # A task is skipped when a split has fewer positives (or negatives) than this: logistic regression
 # needs a few of each class to fit, and AUROC needs both classes to exist.
 MIN_CLASS_COUNT = {"train": 5, "val": 2, "test": 2}
+
+_OLD_DATA = "processed before readmission labels existed: run `ehrjepa preprocess` again"
+_NO_DIAGNOSES = ("stays.parquet has no phenotype_* columns (the data has no diagnoses: no hosp/diagnoses_icd "
+                 "table or DIAGNOSIS// events, or it was processed before phenotypes existed)")
+
+
+def outcome_names(task: str) -> tuple[str, str]:
+    """What label 0 and label 1 of `task` mean, in words."""
+    if task in OUTCOMES:
+        return OUTCOMES[task]
+    if task.startswith(PHENOTYPE_PREFIX):
+        name = task[len(PHENOTYPE_PREFIX):].replace("_", " ")
+        return f"no {name} diagnosis", f"{name} diagnosis"
+    return f"not {task}", task
+
+
+def phenotype_tasks(stays) -> list[str]:
+    """The phenotype tasks of a stays table: its `phenotype_*` columns, in table order."""
+    return [c for c in stays.column_names if c.startswith(PHENOTYPE_PREFIX) and c != PHENOTYPE_MACRO]
 
 
 def _float_column(stays, name: str) -> np.ndarray:
@@ -55,7 +99,7 @@ def _float_column(stays, name: str) -> np.ndarray:
 
 def task_labels(stays, rows: np.ndarray) -> dict[str, np.ndarray]:
     """Labels of stay rows `rows` of the stays table for every task of STAY_TASKS: float64 0/1, NaN
-    where unknown. (The lab tasks need the hourly data: `labels_by_split`.)"""
+    where unknown. (The other tasks: `flag_labels`, and `labels_by_split` for all of them.)"""
     rows = np.asarray(rows, dtype=np.int64)
     death = _float_column(stays, "death_hosp")[rows]
     los = _float_column(stays, "los_days")[rows]
@@ -67,19 +111,42 @@ def task_labels(stays, rows: np.ndarray) -> dict[str, np.ndarray]:
     return labels
 
 
-def labels_by_split(processed, rows: dict[str, np.ndarray], hours: int = HOURS):
-    """({task: {split: labels}}, {task: why it cannot be labelled}) for every task of TASKS.
+def flag_labels(stays, rows: np.ndarray, column: str) -> np.ndarray:
+    """Labels float64 [len(rows)] from an int8 outcome column (1 yes, 0 no, -1 unknown or excluded):
+    1.0, 0.0, and NaN for -1 or null. ValueError naming the column for any other value."""
+    y = _float_column(stays, column)[np.asarray(rows, dtype=np.int64)]
+    bad = ~np.isnan(y) & ~np.isin(y, (-1.0, 0.0, 1.0))
+    if bad.any():
+        raise ValueError(f"column {column!r} holds {y[bad][0]:g}; expected 1, 0 or -1 (unknown)")
+    return np.where(y < 0, np.nan, y)
 
-    rows: {split: stay rows}. A lab task that cannot be computed on this data (no creatinine, another
-    unit) or whose label hours overlap the `hours` embedded (aki_24_72h looks from hour 24 on) is
-    left out of the labels and given a reason instead."""
+
+def labels_by_split(processed, rows: dict[str, np.ndarray], hours: int = HOURS):
+    """({task: {split: labels}}, {task: why it cannot be labelled}) for every task of TASKS and every
+    phenotype column of the data.
+
+    rows: {split: stay rows}. A task whose column is missing from stays.parquet, a lab task that
+    cannot be computed on this data (no creatinine, another unit) or whose label hours overlap the
+    `hours` embedded (aki_24_72h looks from hour 24 on) is left out of the labels and given a reason
+    instead; the phenotype tasks, when the data has none, under the one key PHENOTYPES."""
     from ehrjepa.probe import aki
 
+    stays = processed.stays
     labels = {task: {} for task in STAY_TASKS}
     for split, r in rows.items():
-        for task, y in task_labels(processed.stays, r).items():
+        for task, y in task_labels(stays, r).items():
             labels[task][split] = y
     unavailable = {}
+    for task in READMIT_TASKS:
+        if task in stays.column_names:
+            labels[task] = {split: flag_labels(stays, r, task) for split, r in rows.items()}
+        else:
+            unavailable[task] = f"stays.parquet has no {task} column ({_OLD_DATA})"
+    phenotypes = phenotype_tasks(stays)
+    for task in phenotypes:
+        labels[task] = {split: flag_labels(stays, r, task) for split, r in rows.items()}
+    if not phenotypes:
+        unavailable[PHENOTYPES] = _NO_DIAGNOSES
     if hours > aki.OBSERVED_HOURS:
         unavailable["aki_24_72h"] = (f"the {hours} hours embedded overlap its label hours [{aki.OBSERVED_HOURS}, "
                                      f"{aki.END_HOUR}); use --hours {aki.OBSERVED_HOURS} or fewer")
@@ -89,6 +156,47 @@ def labels_by_split(processed, rows: dict[str, np.ndarray], hours: int = HOURS):
     except ValueError as e:
         unavailable["aki_24_72h"] = str(e)
     return labels, unavailable
+
+
+def parse_tasks(text: str, option: str = "--tasks") -> list[str]:
+    """"mortality_hosp, phenotypes" -> ["mortality_hosp", "phenotypes"]; ValueError (one line, listing
+    the known tasks) for a name that is no task on any data: not in TASKS, not PHENOTYPES, not
+    phenotype_<name>. Whether a phenotype exists in the data is `select_tasks`'s question."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if t not in TASKS and t != PHENOTYPES
+               and not (t.startswith(PHENOTYPE_PREFIX) and t != PHENOTYPE_MACRO and len(t) > len(PHENOTYPE_PREFIX))]
+    if unknown or not names:
+        raise ValueError(f"{option}: {', '.join(unknown) or 'none given'}: choose from {', '.join(TASKS)}, "
+                         f"{PHENOTYPES} (every phenotype task) or {PHENOTYPE_PREFIX}<name>")
+    return list(dict.fromkeys(names))
+
+
+def in_tasks(task: str, requested) -> bool:
+    """Whether `task` is among `requested` (names, PHENOTYPES for every phenotype task; None: all)."""
+    if requested is None:
+        return True
+    return task in requested or (PHENOTYPES in requested and task.startswith(PHENOTYPE_PREFIX))
+
+
+def select_tasks(labels: dict, unavailable: dict, requested=None, where: str = "stays.parquet"):
+    """(labels, unavailable) of `labels_by_split` kept to the `requested` tasks (None: all), in the
+    order of `labels_by_split`. PHENOTYPES stands for every phenotype task of the data. ValueError,
+    one line listing the known tasks, for a task this data does not have."""
+    if requested is None:
+        return labels, unavailable
+    known = list(labels) + list(unavailable)
+    phenotypes = [t for t in labels if t.startswith(PHENOTYPE_PREFIX)]
+    wanted = set()
+    for task in requested:
+        if task == PHENOTYPES:
+            wanted.update(phenotypes or [PHENOTYPES])
+        elif task in known:
+            wanted.add(task)
+        else:
+            extra = f"; {_NO_DIAGNOSES}" if PHENOTYPES in unavailable and task.startswith(PHENOTYPE_PREFIX) else ""
+            raise ValueError(f"{where}: no task {task!r} in this data; known: {', '.join(known)}{extra}")
+    return ({t: y for t, y in labels.items() if t in wanted},
+            {t: why for t, why in unavailable.items() if t in wanted})
 
 
 def class_counts(y: np.ndarray) -> tuple[int, int, int]:
