@@ -76,12 +76,13 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path, data):
 
 # ---- whole stays: token-budget batches under DDP ----------------------------------------------
 
-# crops of up to 48 hours, 384 tokens per step (192 per rank): about 5 batches per rank per
-# epoch on 40 patients, so 12 steps cross two epochs and the stop at step 6 is mid-epoch
+# crops of up to 48 hours, 384 tokens per step (192 per rank): a few batches per rank per epoch
+# on 40 patients. The worker runs two epochs and one step (E = batches per epoch), and stops the
+# split run at step E + 1, one batch into the second epoch.
 WHOLE_STAYS = ["data.length=48", "data.min_length=6", "data.max_hours=48", "data.crop=random",
                "data.tokens_per_batch=384", "data.augment.drop=0.1", "data.val_batches=1",
-               "mask.context_fraction=0.75", "mask.target_hours=12", "train.max_steps=12",
-               "train.warmup_steps=2", "train.log_every=1", "train.val_every=1000", "train.ckpt_every=1000"]
+               "mask.context_fraction=0.75", "mask.target_hours=12", "train.warmup_steps=2",
+               "train.log_every=1", "train.val_every=1000", "train.ckpt_every=1000"]
 
 
 def test_whole_stays_under_ddp_share_every_sample_resume_exactly_and_weight_by_targets(tmp_path, data):
@@ -94,7 +95,8 @@ def test_whole_stays_under_ddp_share_every_sample_resume_exactly_and_weight_by_t
 
     # every train sample once per epoch, on one rank: the union of the ranks' first epochs
     per_epoch = ranks[0]["batches_per_epoch"]
-    assert per_epoch == ranks[1]["batches_per_epoch"] and 1 < per_epoch < 6
+    assert per_epoch == ranks[1]["batches_per_epoch"] and per_epoch > 1
+    steps = 2 * per_epoch + 1
     for epoch in range(2):
         seen = [stay for r in ranks
                 for batch in r["straight"][epoch * per_epoch:(epoch + 1) * per_epoch]
@@ -102,16 +104,16 @@ def test_whole_stays_under_ddp_share_every_sample_resume_exactly_and_weight_by_t
         assert sorted(seen) == sorted(ranks[0]["samples"])  # disjoint ranks, nothing left out
     # resume mid-epoch: the stopped-and-resumed run drew the same crops in the same batches ...
     for r in ranks:
-        assert len(r["straight"]) == 12 and r["split"] == r["straight"]
-    stopped = torch.load(tmp_path / "stopped.pt", weights_only=True)["data_position"]
-    assert stopped == {"epoch": 6 // per_epoch, "batches": 6 % per_epoch} and 6 % per_epoch
+        assert len(r["straight"]) == steps and r["split"] == r["straight"]
+    stopped = torch.load(tmp_path / "stopped.pt", weights_only=True)
+    assert stopped["step"] == per_epoch + 1 and stopped["data_position"] == {"epoch": 1, "batches": 1}
     # ... and gave the same losses and the same model
     a, b = (read_metrics(tmp_path / name / "metrics.csv") for name in ("straight", "split"))
-    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 13))
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, steps + 1))
     np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=0, atol=1e-6)
     assert all(np.isfinite(r["loss"]) for r in a)
     ca, cb = (load_checkpoint(tmp_path / name / "checkpoints" / "last.pt") for name in ("straight", "split"))
-    assert ca["world_size"] == 2 and ca["step"] == cb["step"] == 12
+    assert ca["world_size"] == 2 and ca["step"] == cb["step"] == steps
     for k, v in ca["model"].items():
         torch.testing.assert_close(cb["model"][k], v, rtol=0, atol=1e-6)
 
@@ -163,7 +165,13 @@ def _worker(data: str, out: str) -> None:
         torch.save({"ddp": [p.grad.clone() for p in trainable], "single": single,
                     "n_targets": n_targets}, out / "weights.pt")
 
-    # whole-stay runs: straight to step 12; stopped at step 6 and resumed
+    # whole-stay runs: straight through two epochs and a step; stopped after one epoch and a
+    # step, then resumed
+    sampler = loop.make_budget_sampler(train_set, cfg.data.tokens_per_batch // world, world, rank,
+                                       cfg.train.seed)
+    per_epoch = len(sampler.epoch_batches(0))
+    steps = [f"data.path={data}", f"train.max_steps={2 * per_epoch + 1}"]
+    cfg = load_config(MICRO, WHOLE_STAYS + steps)
     seen = []
     real_step = loop.train_step
 
@@ -174,16 +182,14 @@ def _worker(data: str, out: str) -> None:
     loop.train_step = recording_step
     loop.train(cfg, out / "straight", progress=False)
     straight, seen[:] = list(seen), []
-    loop.train(load_config(MICRO, WHOLE_STAYS + [f"data.path={data}", "train.stop_after=6"]),
+    loop.train(load_config(MICRO, WHOLE_STAYS + steps + [f"train.stop_after={per_epoch + 1}"]),
                out / "split", progress=False)
     if rank == 0:  # the checkpoint the resume starts from (the resumed run overwrites last.pt)
         shutil.copyfile(out / "split" / "checkpoints" / "last.pt", out / "stopped.pt")
     dist.barrier()
     loop.train(cfg, out / "split", resume=True, progress=False)
-    sampler = loop.make_budget_sampler(train_set, cfg.data.tokens_per_batch // world, world, rank,
-                                       cfg.train.seed)
     (out / f"rank{rank}.json").write_text(json.dumps({
-        "straight": straight, "split": seen, "batches_per_epoch": len(sampler.epoch_batches(0)),
+        "straight": straight, "split": seen, "batches_per_epoch": per_epoch,
         "samples": train_set.stay_rows.tolist()}))
     dist.destroy_process_group()
 
