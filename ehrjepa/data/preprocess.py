@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -379,12 +380,21 @@ def main(args: argparse.Namespace) -> int:
           f"{m['seconds']['total']:.2f} s")
     for name, t in m["tables"].items():
         drops = ", ".join(f"{k} {v}" for k, v in t["dropped"].items() if v) or "none"
-        print(f"  {name:12s} read {t['rows_read']:>12,d}  kept {t['rows_kept']:>12,d}  dropped: {drops}")
+        print(f"  {name:13s} read {t['rows_read']:>12,d}  kept {t['rows_kept']:>12,d}  dropped: {drops}")
     if "total" in m:  # MEDS: the shards' sum, and where stays and splits came from
         t = m["total"]
         drops = ", ".join(f"{k} {v}" for k, v in t["dropped"].items() if v) or "none"
-        print(f"  {'total':12s} read {t['rows_read']:>12,d}  kept {t['rows_kept']:>12,d}  dropped: {drops}")
+        print(f"  {'total':13s} read {t['rows_read']:>12,d}  kept {t['rows_kept']:>12,d}  dropped: {drops}")
         print(f"  stays paired by {m['icu_stays']['paired_by']}; splits from {m['split_source']}")
+        t = m["diagnoses"]
+        if t["rows_read"]:
+            drops = ", ".join(f"{k} {v}" for k, v in t["dropped"].items() if v) or "none"
+            print(f"  {'diagnoses':13s} read {t['rows_read']:>12,d}  kept {t['rows_kept']:>12,d}  dropped: {drops}")
+    labels = ", ".join(f"{k} {v['1']}/{v['0']}/{v['-1']}" for k, v in m["labels"].items())
+    print(textwrap.fill(f"labels (stays 1/0/-1): {labels}", 100, initial_indent="  ",
+                        subsequent_indent="    "))
+    if "note" in m["phenotypes"]:
+        print(f"  note: {m['phenotypes']['note']}")
     for w in m["warnings"]:
         print(f"  warning: {w}")
     return 0
