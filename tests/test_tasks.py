@@ -17,7 +17,8 @@ import pytest
 from ehrjepa.data import open_processed
 from ehrjepa.data.processed import SPLITS
 from ehrjepa.probe.macro import phenotype_macro, phenotype_macro_efficiency
-from ehrjepa.probe.report import label_efficiency_summary, markdown, results_table, write_report
+from ehrjepa.probe.report import (label_efficiency_notes, label_efficiency_summary, markdown, results_table,
+                                  write_report)
 from ehrjepa.probe.tasks import (PHENOTYPES, TASKS, class_counts, flag_labels, labels_by_split, outcome_names,
                                  parse_tasks, select_tasks)
 from test_probe import FEATURES, cli, cohort_rows, make_run, write_processed
@@ -141,7 +142,7 @@ def test_phenotype_macro_is_the_mean_over_the_scored_phenotypes():
     def entry(auroc, repeats):
         return {"auroc_mean": auroc, "auroc_sd": 0.1, "auprc_mean": auroc / 2, "auprc_sd": 0.1, "n_train": 10,
                 "positives_train": 3, "n_val": 5, "positives_val": 2, "repeats": repeats,
-                "repeats_skipped": 3 - repeats, "skip_reasons": []}
+                "repeats_skipped": 3 - repeats, "skip_reasons": [f"repeat {r}: too few" for r in range(3 - repeats)]}
 
     efficiency = {"mortality_hosp": {"a": {"0.1": entry(0.9, 3), "1": entry(0.95, 3)}},
                   "phenotype_x": {"a": {"0.1": entry(0.6, 2), "1": entry(0.7, 3)}},
@@ -152,6 +153,9 @@ def test_phenotype_macro_is_the_mean_over_the_scored_phenotypes():
     assert macro["0.1"]["auroc_mean"] == pytest.approx(0.6) and macro["0.1"]["tasks"] == ["phenotype_x"]
     assert macro["0.1"]["repeats"] == 2 and macro["1"]["auroc_sd"] is None
     assert phenotype_macro_efficiency({"mortality_hosp": efficiency["mortality_hosp"]}) is None
+    notes = label_efficiency_notes({"label_efficiency": efficiency | {"phenotype_macro": {"a": macro}}})
+    assert "phenotype_macro at fraction 0.1 averages 1 of 2 phenotypes (phenotype_y: every repeat skipped)" in notes
+    assert not any("phenotype_macro at fraction 1 " in n for n in notes)
 
 
 def test_probe_with_tasks_end_to_end(data, tmp_path, capsys):

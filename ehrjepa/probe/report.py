@@ -125,8 +125,13 @@ def label_efficiency_notes(report: dict) -> list[str]:
     notes = []
     for task, methods in report.get("label_efficiency", {}).items():
         for key, r in next(iter(methods.values()), {}).items():
-            if task == PHENOTYPE_MACRO:
-                continue  # a mean of the phenotypes' own entries, whose skips are noted there
+            if task == PHENOTYPE_MACRO:  # a mean of the phenotypes' own entries: say which were left out
+                every = [t for t in report["label_efficiency"] if t.startswith("phenotype_") and t != PHENOTYPE_MACRO]
+                left_out = [t for t in every if t not in r.get("tasks", every)]
+                if left_out:
+                    notes.append(f"{PHENOTYPE_MACRO} at fraction {key} averages {len(every) - len(left_out)} of "
+                                 f"{len(every)} phenotypes ({', '.join(left_out)}: every repeat skipped)")
+                continue
             if r["repeats_skipped"]:
                 notes.append(f"label fraction {key} of {task}: {r['repeats_skipped']} of "
                              f"{r['repeats'] + r['repeats_skipped']} repeats skipped, too few in a class "
