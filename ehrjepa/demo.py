@@ -50,6 +50,12 @@ def summarise(processed) -> str:
 
 MARKER = ".ehrjepa-demo"  # marks a folder the demo made, so a rerun may replace what it wrote
 STAGE_DIRS = ("mimic", "processed", "run", "probe")
+# The probe's tasks in the demo: a few of each kind (stay outcomes, readmission, a lab-defined
+# task) so it stays under 3 minutes on 2 cores; `ehrjepa probe` without --tasks runs them all,
+# phenotypes included. The label-efficiency table refits the first three at 5 %, 25 % and 100 %
+# of the train and validation subjects (2 repeats).
+DEMO_TASKS = ("mortality_hosp", "los_gt_3d", "los_gt_7d", "readmit_30d", "aki_24_72h")
+DEMO_LABEL_TASKS = ("mortality_hosp", "los_gt_3d", "readmit_30d")
 
 
 def prepare_out(out: Path) -> str | None:
@@ -110,8 +116,11 @@ def main(args: argparse.Namespace) -> int:
     print(f"({time.perf_counter() - t:.1f} s)")
 
     if not args.skip_probe:
-        t = _stage(f"4/4 probe: frozen embeddings vs random init vs raw features vs gradient-boosted trees -> {report}")
-        rc = cli(["probe", "--run", str(run), "--data", str(data), "--out", str(report), "--device", "cpu"])
+        t = _stage(f"4/4 probe: frozen embeddings vs random init vs raw features vs gradient-boosted trees, "
+                   f"with all labels and with 5 % and 25 % of them -> {report}")
+        rc = cli(["probe", "--run", str(run), "--data", str(data), "--out", str(report), "--device", "cpu",
+                  "--tasks", ",".join(DEMO_TASKS), "--label-fractions", "0.05,0.25,1", "--repeats", "2",
+                  "--label-tasks", ",".join(DEMO_LABEL_TASKS)])
         if rc:
             return rc
         print(f"({time.perf_counter() - t:.1f} s)")

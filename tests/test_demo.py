@@ -20,13 +20,16 @@ def test_demo_runs_every_stage(tmp_path, capsys):
         assert acc["rows_kept"] + sum(acc["dropped"].values()) == acc["rows_read"]
     assert (out / "run" / "checkpoints" / "last.pt").exists()
     report = json.loads((out / "probe" / "report.json").read_text())
-    from ehrjepa.probe.tasks import TASKS
+    from ehrjepa.demo import DEMO_LABEL_TASKS, DEMO_TASKS
 
-    ran = [t for t in TASKS if t in report["tasks"]]
+    ran = [t for t in DEMO_TASKS if t in report["tasks"]]
     skipped = set(report.get("skipped", {}))
-    assert set(ran) | skipped == set(TASKS)  # every task ran or says why not
+    assert set(ran) | skipped == set(DEMO_TASKS)  # every task ran or says why not
     for task in ran:
         assert set(report["tasks"][task]) == {"jepa", "random_init", "raw_features", "raw_gbdt"}
+    # the short label-efficiency table: printed, and in the report for the tasks that could be fit
+    assert "AUROC at 0.05" in printed
+    assert set(report["label_efficiency"]) <= set(DEMO_LABEL_TASKS)
 
 
 def test_demo_twice_starts_fresh_in_the_same_folder(tmp_path, capsys):
