@@ -56,6 +56,7 @@ def test_read_label_files_task_folders(tmp_path):
     for task in ("mortality", "readmission"):
         (tmp_path / task).mkdir()
         pq.write_table(labels([(1, "2150-01-01 05:00", True)]), tmp_path / task / "0.parquet")
+    (tmp_path / ".logs" / "multirun").mkdir(parents=True)  # what an ACES multirun leaves: no task
     tasks = read_label_files(tmp_path)
     assert sorted(tasks) == ["mortality", "readmission"]
     assert tasks["mortality"]["prediction_time"].type == pa.timestamp("s")

@@ -44,7 +44,8 @@ class LabelTask:
 
 def read_label_files(labels_dir: str | Path) -> dict[str, "pyarrow.Table"]:  # noqa: F821
     """{task name: its labels} from DIR/TASK/*.parquet (or DIR/*.parquet: one task, DIR's name).
-    A missing column or a folder without parquet files is an error naming the path."""
+    Hidden folders (such as the `.logs` a Hydra multirun of ACES leaves) are not tasks. A missing
+    column or a folder without parquet files is an error naming the path."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -52,7 +53,7 @@ def read_label_files(labels_dir: str | Path) -> dict[str, "pyarrow.Table"]:  # n
     if not root.is_dir():
         raise FileNotFoundError(f"label folder not found: {root}")
     folders = {root.name: root} if list(root.glob("*.parquet")) else \
-        {p.name: p for p in sorted(root.iterdir()) if p.is_dir()}
+        {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
     tasks = {}
     for name, folder in folders.items():
         files = sorted(folder.rglob("*.parquet"))
