@@ -227,8 +227,10 @@ def test_the_probe_objective_labels_every_probe_task(data):
     from ehrjepa.probe.tasks import TASKS
     from ehrjepa.sweep.objective import ProbeScorer
 
-    for task in TASKS:
+    for task in TASKS + ("phenotype_sepsis", "phenotype_gout"):
         try:
             ProbeScorer(data, task, hours=24)
         except ValueError as e:
             assert str(e).count("\n") == 0 and task in str(e)
+    with pytest.raises(ValueError, match="no phenotype_gout column"):
+        ProbeScorer(data, "phenotype_gout", hours=24)

@@ -27,7 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="probe: validation AUROC of a frozen logistic probe (maximised); val_loss: "
                              "validation loss (minimised) (default: probe)")
     parser.add_argument("--task", default="mortality_hosp",
-                        help="the probe objective's task (default: mortality_hosp)")
+                        help="the probe objective's task, one of the probe's (phenotype_<name> included) "
+                             "(default: mortality_hosp)")
     parser.add_argument("--label-fraction", type=float, default=1.0,
                         help="the probe objective fits on this fraction of the train subjects (default: 1)")
     parser.add_argument("--seed", type=int, default=0,

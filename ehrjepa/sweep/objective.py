@@ -41,8 +41,8 @@ class ProbeScorer:
         from ehrjepa.probe.label_efficiency import subject_order, take_fraction
         from ehrjepa.probe.tasks import MIN_CLASS_COUNT, TASKS, class_counts, labels_by_split
 
-        if task not in TASKS:
-            raise ValueError(f"--task {task!r}: expected one of {', '.join(TASKS)}")
+        if task not in TASKS and not task.startswith("phenotype_"):
+            raise ValueError(f"--task {task!r}: expected one of {', '.join(TASKS)} or phenotype_<name>")
         if not 0.0 < label_fraction <= 1.0:
             raise ValueError(f"--label-fraction {label_fraction}: expected a fraction in (0, 1]")
         processed = open_processed(data_dir)
@@ -54,6 +54,10 @@ class ProbeScorer:
             labels, unavailable = labels_by_split(processed, {split: rows}, hours)
             if task in unavailable:
                 raise ValueError(f"--task {task}: {unavailable[task]}")
+            if task not in labels:  # a phenotype this data does not have
+                known = sorted(t for t in labels if t.startswith("phenotype_")) or ["none"]
+                raise ValueError(f"--task {task}: {data_dir}/stays.parquet has no {task} column "
+                                 f"(phenotypes of this data: {', '.join(known)})")
             y = labels[task][split]
             keep = ~np.isnan(y)
             if split == "train" and label_fraction < 1.0:
