@@ -247,10 +247,10 @@ def test_parquet_arrow_columns_nulls_units_and_offsets(tmp_path, unit):
     a64 = pa.array(ids, pa.int64()).slice(3, 20)  # int64: read in place, no cast
     col = parquet.arrow_column(a64, KIND_INT, path, "a")
     assert col.bit0 == 3 and len(col.data) == 20
-    assert parquet._arrow_column(a64, KIND_INT, path, "a").tolist() == want_a[3:23]
+    assert parquet.arrow_numpy(a64, KIND_INT, path, "a").tolist() == want_a[3:23]
     sliced = t.column("t").combine_chunks().slice(3, 20)
     assert parquet.arrow_column(sliced, KIND_TIME, path, "t").bit0 == 3
-    assert parquet._arrow_column(sliced, KIND_TIME, path, "t").tolist() == want_t[3:23]
+    assert parquet.arrow_numpy(sliced, KIND_TIME, path, "t").tolist() == want_t[3:23]
 
 
 def test_parquet_text_and_wrong_types(tmp_path):
@@ -305,3 +305,15 @@ def _cat(**over):
 def test_catalog_validation_names_the_entry(data, msg):
     with pytest.raises(ValueError, match=msg):
         parse_catalog(data, "cat.yaml")
+
+
+def test_text_integers_from_arrow(tmp_path):
+    """Integer columns stored as text (a CSV read by pyarrow, a parquet of strings) convert like
+    the CSV reader's: MISSING where empty, BAD where not an int64, a sign and spaces allowed."""
+    import pyarrow as pa
+
+    from ehrjepa.data.readers import BAD, MISSING, parquet
+
+    text = pa.array(["12", " +7 ", "-3", "", None, "1.5", "x1", "1" * 19, "007"])
+    got = parquet.arrow_numpy(text, KIND_INT, tmp_path / "t.parquet", "hadm_id").tolist()
+    assert got == [12, 7, -3, MISSING, MISSING, BAD, BAD, BAD, 7]

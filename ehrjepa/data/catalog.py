@@ -26,11 +26,16 @@ MEDS_TEMPLATES = {"chartevents": "LAB//{itemid}//*", "labevents": "LAB//RESULT//
 MAX_ITEMID = 1 << 24  # dense lookup arrays; MIMIC-IV itemids are below 300,000
 
 
-def default_catalog_path() -> Path:
-    """The repository's configs/features.yaml."""
+def shipped_config(name: str) -> Path:
+    """A file of the repository's configs/ (features.yaml, phenotypes.yaml)."""
     import ehrjepa
 
-    return Path(ehrjepa.__file__).resolve().parents[1] / "configs" / "features.yaml"
+    return Path(ehrjepa.__file__).resolve().parents[1] / "configs" / name
+
+
+def default_catalog_path() -> Path:
+    """The repository's configs/features.yaml."""
+    return shipped_config("features.yaml")
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,9 @@ LABELS = ("readmit_icu", "readmit_30d")
 
 def default_phenotypes_path() -> Path:
     """The repository's configs/phenotypes.yaml (found as the feature catalog is)."""
-    import ehrjepa
+    from .catalog import shipped_config
 
-    return Path(ehrjepa.__file__).resolve().parents[1] / "configs" / "phenotypes.yaml"
+    return shipped_config("phenotypes.yaml")
 
 
 def load_phenotypes(path: str | Path | None = None) -> tuple[dict[str, tuple[str, ...]], Path]:
@@ -70,6 +70,17 @@ def load_phenotypes(path: str | Path | None = None) -> tuple[dict[str, tuple[str
 def normalise_code(code: str) -> str:
     """An ICD code as MIMIC writes it: no dot, no spaces, upper case ('a41.9 ' -> 'A419')."""
     return code.replace(".", "").strip().upper()
+
+
+def normalise_codes(codes):
+    """normalise_code over a pyarrow string array (or a list of str); nulls become ""."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not isinstance(codes, (pa.Array, pa.ChunkedArray)):
+        codes = pa.array(list(codes), pa.string())
+    codes = pc.replace_substring(codes.cast(pa.string()), ".", "")
+    return pc.utf8_upper(pc.utf8_trim_whitespace(codes)).fill_null("")
 
 
 def known(x: np.ndarray) -> np.ndarray:
@@ -205,14 +216,11 @@ def admission_readmit_30d(subject: np.ndarray, admittime: np.ndarray, dischtime:
 def phenotypes(stay_hadm: np.ndarray, dx_hadm: np.ndarray, dx_code,
                prefixes: dict[str, tuple[str, ...]]) -> dict[str, np.ndarray]:
     """{"phenotype_<name>": int8 per stay} from ICD-10 diagnosis rows (hadm id, code as a pyarrow
-    string array or a list of str, normalised by normalise_code; rows of other ICD versions must
+    string array or a list of str, normalised by normalise_codes; rows of other ICD versions must
     be left out by the caller, which accounts for them)."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
-    codes = dx_code if isinstance(dx_code, (pa.Array, pa.ChunkedArray)) else \
-        pa.array(list(dx_code), pa.string())
-    codes = pc.utf8_upper(pc.utf8_trim_whitespace(pc.replace_substring(codes, ".", "")))
+    codes = normalise_codes(dx_code)
     has_dx = np.isin(stay_hadm, dx_hadm) & known(stay_hadm)
     out = {}
     for name, pre in prefixes.items():

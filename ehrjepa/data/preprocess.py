@@ -23,11 +23,11 @@ import numpy as np
 from .catalog import Catalog, load_catalog
 from .drivers import ScanOptions, aggregate_table, finish_hours
 from .events import CHART_REASONS, LAB_REASONS, REASONS, TABLES
-from .outcomes import (admission_rows, known, load_phenotypes, phenotypes, readmit_30d,
-                       readmit_icu)
+from .outcomes import (admission_rows, known, load_phenotypes, normalise_codes, phenotypes,
+                       readmit_30d, readmit_icu)
 from .processed import (finish_outputs, open_outputs, split_of_subjects, write_manifest, write_meta,
                         write_stays)
-from .readers import (KIND_INT, KIND_TIME, MISSING, TableStats, arrow_ints, find_table,
+from .readers import (KIND_INT, KIND_TIME, MISSING, TableStats, arrow_numpy, find_table,
                       read_table, read_text_table, table_columns)
 from .staging import pause_point, staged_output
 from .stays import Stays
@@ -242,10 +242,9 @@ def _read_diagnoses(path: Path, stays: Stays, on_bad_lines: str, stats: TableSta
     import pyarrow.compute as pc
 
     cols = read_text_table(path, list(DIAGNOSES), on_bad_lines, stats)
-    hadm = arrow_ints(cols["hadm_id"], path, "hadm_id")
-    version = arrow_ints(cols["icd_version"], path, "icd_version")
-    code = pc.utf8_upper(pc.utf8_trim_whitespace(
-        pc.replace_substring(cols["icd_code"].cast(pa.string()), ".", ""))).fill_null("")
+    hadm = arrow_numpy(cols["hadm_id"], KIND_INT, path, "hadm_id")
+    version = arrow_numpy(cols["icd_version"], KIND_INT, path, "icd_version")
+    code = normalise_codes(cols["icd_code"])
     no_code = pc.equal(code, "").to_numpy(zero_copy_only=False)
     bad_id = ~known(hadm)
     not_10 = ~bad_id & (version != 10)

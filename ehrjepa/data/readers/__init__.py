@@ -25,10 +25,10 @@ _EXPORTS = {
     **dict.fromkeys(("FORMATS", "BLOCK_ROWS", "TableStats", "Progress", "find_table",
                      "table_format"), "files"),
     **dict.fromkeys(("BLOCK_BYTES", "CsvBytes", "iter_csv"), "csv_stream"),
-    **dict.fromkeys(("ArrowColumn", "arrow_column", "arrow_valid", "iter_parquet",
+    **dict.fromkeys(("ArrowColumn", "arrow_column", "arrow_numpy", "arrow_valid", "iter_parquet",
                      "iter_parquet_arrow"), "parquet"),
     **dict.fromkeys(("parse_block",), "tokenizer"),
-    **dict.fromkeys(("table_columns", "read_text_table", "arrow_ints"), "text"),
+    **dict.fromkeys(("table_columns", "read_text_table"), "text"),
     **dict.fromkeys(("iter_table", "read_table", "compile_kernels"), "table"),
 }
 __all__ = list(_EXPORTS)

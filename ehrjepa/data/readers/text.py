@@ -1,15 +1,12 @@
 """Small tables with text columns (hosp/diagnoses_icd's icd_code), read whole through pyarrow:
 the numba readers parse numbers and times only. The same formats (csv, csv.gz, parquet), the
 same accounting (TableStats: rows read, bad lines) and the same one-line errors as the others;
-integer columns come back with the numeric readers' conventions (MISSING empty, BAD unparseable).
+`parquet.arrow_numpy` turns a column into numpy with the numeric readers' conventions.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from .fields import BAD, MISSING
 from .files import TableStats, table_format
 
 
@@ -84,22 +81,3 @@ def _read_csv(path: Path, names: list[str], columns: list[str], on_bad_lines: st
     stats.bad_line += len(bad)
     return {c: table.column(c).combine_chunks() for c in columns}
 
-
-def arrow_ints(arr, path: Path, name: str) -> np.ndarray:
-    """An integer or text pyarrow array as int64: MISSING where null or empty, BAD where the text
-    is not an integer."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if pa.types.is_integer(arr.type):
-        return arr.cast(pa.int64()).fill_null(MISSING).to_numpy(zero_copy_only=False)
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        raise ValueError(f"{path}: column {name!r} has type {arr.type}, expected an integer")
-    text = pc.utf8_trim_whitespace(arr).fill_null("")
-    empty = pc.equal(text, "").to_numpy(zero_copy_only=False)
-    ok = pc.match_substring_regex(text, r"^[+-]?[0-9]{1,18}$").to_numpy(zero_copy_only=False)
-    out = np.full(len(arr), BAD, np.int64)
-    out[empty] = MISSING
-    if ok.any():
-        out[ok] = pc.filter(text, pa.array(ok)).cast(pa.int64()).to_numpy()
-    return out
