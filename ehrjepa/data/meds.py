@@ -262,28 +262,18 @@ def build_stays(ev: dict, has_stay: bool, has_hadm: bool, stats: TableStats, dro
     stays = Stays(cols, stats, stay_drops)
     for k, v in stay_drops.items():  # each stay is two events
         dropped[k] = 2 * v
-    # death within the stay's hospital admission
-    died = ev["kind"] == 5
-    death = {}
-    for s, t in zip(ev["subject_id"][died].tolist(), ev["time"][died].tolist()):
-        death[s] = min(t, death.get(s, t))
+    # each subject's earliest MEDS_DEATH; an admission's death is one within it
+    died = ev["kind"] == KINDS["MEDS_DEATH"]
+    d_subj, d_time = _earliest(ev["subject_id"][died], ev["time"][died])
+    at = np.minimum(np.searchsorted(d_subj, h_subj), max(len(d_subj) - 1, 0))
+    hit = d_subj[at] == h_subj if len(d_subj) else np.zeros(len(h_subj), bool)
+    t = np.where(hit, d_time[at] if len(d_subj) else 0, MISSING)
+    inside = hit & (h_in <= t) & (t <= h_out)
     a = adm[_rows_of(sid, stays.stay_id)]
-    flag = np.full(len(stays), -1, np.int8)
-    for i, (s, j) in enumerate(zip(stays.subject_id.tolist(), a.tolist())):
-        if j >= 0:
-            t = death.get(s)
-            flag[i] = int(t is not None and h_in[j] <= t <= h_out[j])
+    flag = np.where(a >= 0, inside[np.maximum(a, 0)] if len(inside) else 0, -1).astype(np.int8)
     if (flag < 0).any():
         warnings.append(f"{int((flag < 0).sum())} stays lie in no HOSPITAL_ADMISSION// .. "
                         "HOSPITAL_DISCHARGE// interval: death_hosp = -1 (unknown)")
-    d_subj = np.array(sorted(death), np.int64)
-    d_time = np.array([death[s] for s in d_subj.tolist()], np.int64)
-    at = np.searchsorted(d_subj, h_subj)
-    hit = (at < len(d_subj)) & (d_subj[np.minimum(at, max(len(d_subj) - 1, 0))] == h_subj) \
-        if len(d_subj) else np.zeros(len(h_subj), bool)
-    t = np.where(hit, d_time[np.minimum(at, max(len(d_subj) - 1, 0))] if len(d_subj) else 0,
-                 MISSING)
-    inside = hit & (h_in <= t) & (t <= h_out)
     admissions = {"subject": h_subj, "hadm_id": h_id, "admittime": h_in, "dischtime": h_out,
                   "deathtime": np.where(inside, t, MISSING), "died": inside.astype(np.int8),
                   "death_subject": d_subj, "death_time": d_time}
@@ -325,6 +315,15 @@ def outcome_labels(stays: Stays, adm: dict, ev: dict, pheno: dict, entry: dict) 
                           "no_icu_stay": int((icd10 & placed & ~icu).sum())})
     codes = pc.utf8_slice_codeunits(code.filter(pa.array(keep)), len(ICD10))
     return labels | phenotypes(stays.hadm_id, hadm[keep], codes, pheno)
+
+
+def _earliest(subject: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct subjects, sorted; each one's earliest time)."""
+    order = np.lexsort((t, subject))
+    subject, t = subject[order], t[order]
+    first = np.ones(len(subject), bool)
+    first[1:] = subject[1:] != subject[:-1]
+    return subject[first], t[first]
 
 
 def _rows_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
