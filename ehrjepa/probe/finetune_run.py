@@ -29,12 +29,12 @@ def run_finetune(run_dir, data_dir, task: str, out_dir, start: str = "pretrained
     from ehrjepa.probe.metrics import ranked_metrics
     from ehrjepa.probe.report import _plain, write_atomic
     from ehrjepa.probe.run import load_trained, open_data, random_init_like, resolve_checkpoint
-    from ehrjepa.probe.tasks import (PHENOTYPE_MACRO, PHENOTYPE_PREFIX, TASKS, class_counts, labels_by_split,
+    from ehrjepa.probe.tasks import (PHENOTYPE_PREFIX, TASKS, class_counts, is_phenotype, labels_by_split,
                                      select_tasks, skip_reason)
 
     if start not in ("pretrained", "scratch"):
         raise ValueError(f"start must be 'pretrained' or 'scratch', not {start!r}")
-    if task not in TASKS and not (task.startswith(PHENOTYPE_PREFIX) and task != PHENOTYPE_MACRO):
+    if task not in TASKS and not is_phenotype(task):
         raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASKS)} or {PHENOTYPE_PREFIX}<name>")
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must lie in (0, 1], not {fraction}")

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ehrjepa.probe.tasks import PHENOTYPE_MACRO, PHENOTYPE_PREFIX
-
-
-def is_phenotype(task: str) -> bool:
-    return task.startswith(PHENOTYPE_PREFIX) and task != PHENOTYPE_MACRO
+from ehrjepa.probe.tasks import is_phenotype
 
 
 def _mean(values: list[float]) -> float:

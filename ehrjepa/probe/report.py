@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ehrjepa.metrics_csv import metric_series, read_metrics
-from ehrjepa.probe.tasks import PHENOTYPE_MACRO, outcome_names
+from ehrjepa.probe.tasks import PHENOTYPE_MACRO, is_phenotype, outcome_names
 
 # Below these, the markdown says plainly that the test split is tiny (the numbers cannot rank the
 # methods) or small (read the intervals, not the point estimates).
@@ -126,7 +126,7 @@ def label_efficiency_notes(report: dict) -> list[str]:
     for task, methods in report.get("label_efficiency", {}).items():
         for key, r in next(iter(methods.values()), {}).items():
             if task == PHENOTYPE_MACRO:  # a mean of the phenotypes' own entries: say which were left out
-                every = [t for t in report["label_efficiency"] if t.startswith("phenotype_") and t != PHENOTYPE_MACRO]
+                every = [t for t in report["label_efficiency"] if is_phenotype(t)]
                 left_out = [t for t in every if t not in r.get("tasks", every)]
                 if left_out:
                     notes.append(f"{PHENOTYPE_MACRO} at fraction {key} averages {len(every) - len(left_out)} of "

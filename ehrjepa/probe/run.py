@@ -16,8 +16,9 @@ import numpy as np
 from ehrjepa.data.processed import SPLITS
 from ehrjepa.probe.fit import (C_GRID, DEFAULT_METHODS, FINETUNE_METHODS, GBDT_LEAVES, GBDT_MAX_TREES,
                                GBDT_PATIENCE, METHODS, evaluate_all)
-from ehrjepa.probe.macro import is_phenotype, phenotype_macro, phenotype_macro_efficiency
-from ehrjepa.probe.tasks import HOURS, PHENOTYPE_MACRO, class_counts, in_tasks, labels_by_split, select_tasks
+from ehrjepa.probe.macro import phenotype_macro, phenotype_macro_efficiency
+from ehrjepa.probe.tasks import (HOURS, PHENOTYPE_MACRO, class_counts, in_tasks, is_phenotype, labels_by_split,
+                                 select_tasks)
 
 
 def resolve_checkpoint(run_dir: Path, checkpoint: str | Path | None) -> Path:

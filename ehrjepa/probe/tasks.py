@@ -82,9 +82,15 @@ def outcome_names(task: str) -> tuple[str, str]:
     return f"not {task}", task
 
 
+def is_phenotype(task: str) -> bool:
+    """Whether `task` names one phenotype task (phenotype_<name>; not phenotype_macro)."""
+    return task.startswith(PHENOTYPE_PREFIX) and len(task) > len(PHENOTYPE_PREFIX) \
+        and task != PHENOTYPE_MACRO
+
+
 def phenotype_tasks(stays) -> list[str]:
     """The phenotype tasks of a stays table: its `phenotype_*` columns, in table order."""
-    return [c for c in stays.column_names if c.startswith(PHENOTYPE_PREFIX) and c != PHENOTYPE_MACRO]
+    return [c for c in stays.column_names if is_phenotype(c)]
 
 
 def _float_column(stays, name: str) -> np.ndarray:
@@ -163,8 +169,7 @@ def parse_tasks(text: str, option: str = "--tasks") -> list[str]:
     the known tasks) for a name that is no task on any data: not in TASKS, not PHENOTYPES, not
     phenotype_<name>. Whether a phenotype exists in the data is `select_tasks`'s question."""
     names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [t for t in names if t not in TASKS and t != PHENOTYPES
-               and not (t.startswith(PHENOTYPE_PREFIX) and t != PHENOTYPE_MACRO and len(t) > len(PHENOTYPE_PREFIX))]
+    unknown = [t for t in names if t not in TASKS and t != PHENOTYPES and not is_phenotype(t)]
     if unknown or not names:
         raise ValueError(f"{option}: {', '.join(unknown) or 'none given'}: choose from {', '.join(TASKS)}, "
                          f"{PHENOTYPES} (every phenotype task) or {PHENOTYPE_PREFIX}<name>")
@@ -175,7 +180,7 @@ def in_tasks(task: str, requested) -> bool:
     """Whether `task` is among `requested` (names, PHENOTYPES for every phenotype task; None: all)."""
     if requested is None:
         return True
-    return task in requested or (PHENOTYPES in requested and task.startswith(PHENOTYPE_PREFIX))
+    return task in requested or (PHENOTYPES in requested and is_phenotype(task))
 
 
 def select_tasks(labels: dict, unavailable: dict, requested=None, where: str = "stays.parquet"):
@@ -185,7 +190,7 @@ def select_tasks(labels: dict, unavailable: dict, requested=None, where: str = "
     if requested is None:
         return labels, unavailable
     known = list(labels) + list(unavailable)
-    phenotypes = [t for t in labels if t.startswith(PHENOTYPE_PREFIX)]
+    phenotypes = [t for t in labels if is_phenotype(t)]
     wanted = set()
     for task in requested:
         if task == PHENOTYPES:
@@ -193,7 +198,7 @@ def select_tasks(labels: dict, unavailable: dict, requested=None, where: str = "
         elif task in known:
             wanted.add(task)
         else:
-            extra = f"; {_NO_DIAGNOSES}" if PHENOTYPES in unavailable and task.startswith(PHENOTYPE_PREFIX) else ""
+            extra = f"; {_NO_DIAGNOSES}" if PHENOTYPES in unavailable and is_phenotype(task) else ""
             raise ValueError(f"{where}: no task {task!r} in this data; known: {', '.join(known)}{extra}")
     return ({t: y for t, y in labels.items() if t in wanted},
             {t: why for t, why in unavailable.items() if t in wanted})

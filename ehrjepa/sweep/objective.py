@@ -39,9 +39,9 @@ class ProbeScorer:
     def __init__(self, data_dir, task: str, hours: int, label_fraction: float = 1.0, seed: int = 0):
         from ehrjepa.data import WindowDataset, open_processed
         from ehrjepa.probe.label_efficiency import subject_order, take_fraction
-        from ehrjepa.probe.tasks import MIN_CLASS_COUNT, TASKS, class_counts, labels_by_split
+        from ehrjepa.probe.tasks import MIN_CLASS_COUNT, TASKS, class_counts, is_phenotype, labels_by_split
 
-        if task not in TASKS and not task.startswith("phenotype_"):
+        if task not in TASKS and not is_phenotype(task):
             raise ValueError(f"--task {task!r}: expected one of {', '.join(TASKS)} or phenotype_<name>")
         if not 0.0 < label_fraction <= 1.0:
             raise ValueError(f"--label-fraction {label_fraction}: expected a fraction in (0, 1]")
@@ -55,7 +55,7 @@ class ProbeScorer:
             if task in unavailable:
                 raise ValueError(f"--task {task}: {unavailable[task]}")
             if task not in labels:  # a phenotype this data does not have
-                known = sorted(t for t in labels if t.startswith("phenotype_")) or ["none"]
+                known = sorted(t for t in labels if is_phenotype(t)) or ["none"]
                 raise ValueError(f"--task {task}: {data_dir}/stays.parquet has no {task} column "
                                  f"(phenotypes of this data: {', '.join(known)})")
             y = labels[task][split]
