@@ -143,9 +143,10 @@ class Finetuned:
     """A trained classifier over a StayWindows: decision_function(rows) like a scikit-learn model."""
 
     def __init__(self, model: Classifier, windows: StayWindows, device, best_step: int, steps_run: int,
-                 val_auroc: float):
+                 val_auroc: float, steps_budget: int):
         self.model, self.windows, self.device = model, windows, device
         self.best_step, self.steps_run, self.val_auroc = best_step, steps_run, val_auroc
+        self.steps_budget = steps_budget
 
     def decision_function(self, rows) -> np.ndarray:
         return scores(self.model, self.windows, np.asarray(rows, dtype=np.int64).reshape(-1), self.device)
@@ -208,7 +209,8 @@ def finetune(encoder: nn.Module, width: int, windows: StayWindows, train_rows, y
                 break
     bar.close()
     model.load_state_dict(best[2])
-    return Finetuned(model.eval(), windows, device, best_step=best[1], steps_run=step, val_auroc=best[0])
+    return Finetuned(model.eval(), windows, device, best_step=best[1], steps_run=step, val_auroc=best[0],
+                     steps_budget=total)
 
 
 class Finetuner:
@@ -226,7 +228,7 @@ class Finetuner:
         fitted = finetune(self.encoder, self.width, self.windows, x_train, y_train, x_val, y_val, self.settings,
                           seed, self.device, self.progress, self.desc)
         params = {"best_step": fitted.best_step, "steps_run": fitted.steps_run,
-                  "steps_budget": self.settings.steps_for(len(np.asarray(x_train).reshape(-1)))}
+                  "steps_budget": fitted.steps_budget}
         return fitted, params, fitted.val_auroc, True
 
 

@@ -84,7 +84,7 @@ def run_finetune(run_dir, data_dir, task: str, out_dir, start: str = "pretrained
         "task": task, "method": method, "from": start, "encoder": encoder if start == "pretrained" else None,
         "test_auroc": float(auroc[0]), "test_auprc": float(auprc[0]), "val_auroc": fitted.val_auroc,
         "best_step": fitted.best_step, "steps_run": fitted.steps_run,
-        "steps_budget": settings.steps_for(len(keep["train"])),
+        "steps_budget": fitted.steps_budget,
         "n_train": counts["train"][0], "positives_train": counts["train"][1],
         "n_val": counts["val"][0], "positives_val": counts["val"][1],
         "n_test": counts["test"][0], "positives_test": counts["test"][1],
