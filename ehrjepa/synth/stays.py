@@ -42,11 +42,11 @@ def stays_and_admissions(rng, pat: dict) -> tuple[dict, dict]:
     n_icu = 1 + (rng.random(n) < 0.12)
     icu_pat = np.repeat(np.arange(n), n_icu)
     sim1 = simulate_stays(rng, pat["age"][icu_pat])
-    second = ~sim1["died"] & (rng.random(len(icu_pat)) < p_second_stay(sickness(sim1)))
+    last_sick = sickness(sim1)  # of the admission's last stay, once the second ones are drawn
+    second = ~sim1["died"] & (rng.random(len(icu_pat)) < p_second_stay(last_sick))
     sim2 = simulate_stays(rng, pat["age"][icu_pat[second]])
     last_frac = sim1["damage_frac"].copy()
     last_frac[second] = sim2["damage_frac"]
-    last_sick = sickness(sim1)
     last_sick[second] = sickness(sim2)
     died_icu = sim1["died"].copy()
     died_icu[second] = sim2["died"]
