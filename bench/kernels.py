@@ -40,6 +40,7 @@ ATTN_COLUMNS = ["gather_sdpa_mask", "gather_flex", "truncate_sdpa", "ours", "our
 EMA_COLUMNS = ["loop", "foreach_mul_add", "foreach_lerp", "flat_lerp", "ours"]
 OURS = {"ours", "ours_fused_gather"}
 SECTIONS = ("ceilings", "attention", "ema")
+GRAPH_CALLS = 10  # calls per captured CUDA graph in the device-time columns
 INTERPRETER_NOTE = ("interpreter: Triton's CPU interpreter runs the kernel as NumPy; the time "
                     "shows that it runs, not how fast it is")
 
@@ -54,6 +55,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=str, default=None, help="write results as JSON here")
     parser.add_argument("--png", type=str, default=None, help="write a plot here")
     parser.add_argument("--rep", type=int, default=None, help="timed repetitions per variant")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="CUDA: also write a torch.profiler table per case to "
+                             "DIR/profile_CASE.txt (ours and its closest rivals)")
     results.add_option(parser)
 
 
@@ -112,23 +116,109 @@ def ceilings(device, quick, rep):
     return {"copy_GBps": 2 * n * 4 / ms / 1e6, "bf16_matmul_TFLOPs": 2 * m ** 3 / ms2 / 1e9}
 
 
+def host_ms(fn, rep=20):
+    """Median host milliseconds to issue one fn() on an idle device (synchronised before, not
+    after): the Python and launch cost a call pays before the device can start on it."""
+    import torch
+    times = []
+    for _ in range(rep):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    torch.cuda.synchronize()
+    times.sort()
+    return times[len(times) // 2]
+
+
+def graph_ms(fn, rep=20, calls=GRAPH_CALLS):
+    """Median device milliseconds of one fn() inside a CUDA graph that captures `calls` of them
+    (the graph's one host launch is spread over them): what the call costs inside a captured
+    train step, with no host time in it."""
+    import torch
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up off the capture (allocator, autotuning, compiles)
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    try:
+        return bench(graph.replay, "cuda", warmup=2, rep=rep) / calls
+    finally:
+        del graph
+        torch.cuda.empty_cache()
+
+
+def _failed(e):
+    return f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+
+
 def time_variants(row, variants, status, device, rep, unit, scale, rate):
     """Time every runnable variant into row[NAME + unit] (ms x scale) and row[NAME + "_" + rate's
-    name] (only for status "ok"); a variant that raises is marked failed, the others go on."""
+    name] (only for status "ok"); a variant that raises is marked failed, the others go on.
+    On CUDA also, per variant that ran: the host time to issue one call (row[NAME + "_host" +
+    unit]) and the device time of one call inside a CUDA graph (row[NAME + "_graph" + unit], its
+    rate, and row["graph_status"]): together they say how much of a call is host overhead."""
     rate_name, rate_of = rate
+    graph_status = {}
     for name, fn in variants.items():
         try:
             ms = bench(fn, device, warmup=1 if device == "cpu" else 3, rep=rep)
         except Exception as e:  # noqa: BLE001 - e.g. out of memory at one size
-            status[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            status[name] = _failed(e)
             continue
         row[name + unit] = ms * scale
         if status[name] == "ok":
             row[name + "_" + rate_name] = rate_of(ms)
+        if device != "cuda":
+            continue
+        row[name + "_host" + unit] = host_ms(fn, rep) * scale
+        try:
+            ms = graph_ms(fn, rep)
+        except Exception as e:  # noqa: BLE001 - e.g. a variant that syncs cannot be captured
+            graph_status[name] = _failed(e)
+            continue
+        graph_status[name] = status[name]
+        row[name + "_graph" + unit] = ms * scale
+        row[name + "_graph_" + rate_name] = rate_of(ms)
     row["status"] = status
+    if graph_status:
+        row["graph_status"] = graph_status
 
 
-def attention_case(B, T, device, dtype, rep, ours_status="ok", H=6, D=64, seed=0):
+def profile(variants, names, path, calls=5):
+    """torch.profiler table (device and host time per op, sorted by device time) of `calls` calls
+    of each named variant, written to path: what a variant spends its time on."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    with open(path + ".tmp", "w") as fh:
+        for name in names:
+            if name not in variants:
+                continue
+            fn = variants[name]
+            fn()
+            torch.cuda.synchronize()
+            with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(calls):
+                    fn()
+                torch.cuda.synchronize()
+            averages = prof.key_averages()
+            for key in ("device_time_total", "cuda_time_total"):  # the name changed in torch 2.4
+                try:
+                    table = averages.table(sort_by=key, row_limit=30, max_name_column_width=70)
+                    break
+                except (AttributeError, KeyError, ValueError):
+                    table = averages.table(row_limit=30)
+            fh.write(f"=== {name}: {calls} calls\n{table}\n\n")
+    os.replace(path + ".tmp", path)
+
+
+def attention_case(B, T, device, dtype, rep, ours_status="ok", H=6, D=64, seed=0,
+                   profile_dir=None):
     """One B x T row of the attention table: {variant: ms}, statuses, TFLOP/s and a check."""
     import torch
     import torch.nn.functional as F
@@ -147,9 +237,8 @@ def attention_case(B, T, device, dtype, rep, ours_status="ok", H=6, D=64, seed=0
     packed = torch.arange(L, device=device).expand(B, L).contiguous()
     flops = sum(4 * int(k) ** 2 * D * H for k in keep) * 3.5
 
-    def proj(xc):
-        qkv = (xc @ wqkv).view(B, xc.shape[1], 3, H, D).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]
+    def proj(xc):  # unbind, as the model does: three selects would cost every variant ~0.2 ms
+        return (xc @ wqkv).view(B, xc.shape[1], 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
 
     def gathered():
         return torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[-1]))
@@ -211,7 +300,21 @@ def attention_case(B, T, device, dtype, rep, ours_status="ok", H=6, D=64, seed=0
     variants = {name: step(forward[name]) for name in ATTN_COLUMNS if name in forward}
     time_variants(row, variants, status, device, rep, "_ms", 1.0,
                   ("TFLOPs", lambda ms: flops / ms / 1e9))
+    _profile(row, variants, ("gather_sdpa_mask", "ours", "ours_fused_gather"), device,
+             profile_dir, f"attention_{B}x{T}")
     return row
+
+
+def _profile(row, variants, names, device, profile_dir, case):
+    """Profile into profile_dir/profile_CASE.txt (CUDA only); a failure is noted in the row."""
+    if not profile_dir or device != "cuda":
+        return
+    path = os.path.join(profile_dir, f"profile_{case}.txt")
+    try:
+        profile(variants, names, path)
+        row["profile"] = path
+    except Exception as e:  # noqa: BLE001 - the timings above stand without it
+        row["profile"] = _failed(e)
 
 
 def vit_shapes(dim, depth, mlp=4):
@@ -248,7 +351,7 @@ def ema_variants(shapes, device, m=0.996):
     return variants, targets, context, n
 
 
-def ema_case(name, dim, depth, device, rep, ours_status="ok"):
+def ema_case(name, dim, depth, device, rep, ours_status="ok", profile_dir=None):
     import torch
     from ehrjepa.kernels import ema_update_
 
@@ -270,6 +373,8 @@ def ema_case(name, dim, depth, device, rep, ours_status="ok"):
         del check, ours_t
     time_variants(row, variants, status, device, rep, "_us", 1e3,
                   ("GBps", lambda ms: 12 * n / ms / 1e6))
+    _profile(row, variants, ("flat_lerp", "foreach_lerp", "ours"), device, profile_dir,
+             f"ema_{dim}x{depth}")
     return row
 
 
@@ -292,6 +397,33 @@ def _table(rows, columns, label, unit, rate, digits, check):
     for r in rows:
         lines.append(f"| {r['_label']} | " + " | ".join(_cell(r, c, unit, rate, digits) for c in columns)
                      + f" | {check[2](r[check[0]]) if check[0] in r else 'n/a'} |")
+    return _notes(rows, lines)
+
+
+def _graph_table(rows, columns, label, unit, rate, digits):
+    """Device time per call in a CUDA graph (rate), and in brackets the host time to issue one."""
+    lines = [f"| {label} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    shown = []
+    for r in rows:
+        if "graph_status" not in r:
+            continue
+        view = {"_label": r["_label"], "status": {c: r["graph_status"].get(c, r["status"][c])
+                                                    for c in columns}}
+        for c in columns:
+            for key in (c + "_graph" + unit, c + "_graph_" + rate):
+                if key in r:
+                    view[key.replace("_graph", "")] = r[key]
+        cells = []
+        for c in columns:
+            cell = _cell(view, c, unit, rate, digits)
+            host = r.get(c + "_host" + unit)
+            cells.append(cell if host is None else f"{cell}; host {host:,.{digits}f}")
+        lines.append(f"| {r['_label']} | " + " | ".join(cells) + " |")
+        shown.append(view)
+    return _notes(shown, lines) if shown else []
+
+
+def _notes(rows, lines):
     notes = {f"{name}: {s}" for r in rows for name, s in r["status"].items() if s not in ("ok", "interpreter")}
     if any("interpreter" in r["status"].values() for r in rows):
         notes.add(INTERPRETER_NOTE)
@@ -311,12 +443,20 @@ def markdown(res):
         lines += ["attention fwd+bwd, ms (TFLOP/s on valid tokens)", ""]
         lines += _table(res["attention"], ATTN_COLUMNS, "B x T", "_ms", "TFLOPs", 3,
                         ("max_abs_diff_vs_sdpa", "max abs diff vs SDPA", "{:.2e}".format))
+        graph = _graph_table(res["attention"], ATTN_COLUMNS, "B x T", "_ms", "TFLOPs", 3)
+        if graph:
+            lines += [f"the same, device ms per call inside a CUDA graph of {GRAPH_CALLS} calls "
+                      "(TFLOP/s); host ms to issue one call", ""] + graph
     if res.get("ema"):
         for r in res["ema"]:
             r["_label"] = r["model"]
         lines += ["EMA of fp32 targets, us (GB/s at 12 bytes/param)", ""]
         lines += _table(res["ema"], EMA_COLUMNS, "model", "_us", "GBps", 1,
                         ("max_ulp_vs_foreach_lerp", "max ulp vs foreach lerp", str))
+        graph = _graph_table(res["ema"], EMA_COLUMNS, "model", "_us", "GBps", 1)
+        if graph:
+            lines += [f"the same, device us per call inside a CUDA graph of {GRAPH_CALLS} calls "
+                      "(GB/s); host us to issue one call", ""] + graph
     for section, err in res.get("errors", {}).items():
         lines.append(f"{section} failed: {err}")
     for part in ("attention", "ema"):
@@ -352,6 +492,17 @@ def result_rows(section, row):
         out.append({"benchmark": "kernels", "case": case, "shape": shape, "tool": name,
                     "wall_s": None if t is None else t * scale, "value": row.get(name + "_" + rate),
                     "unit": unit, "status": row["status"][name], "note": note.get(name)})
+    for name in columns:  # CUDA: device time inside a CUDA graph; the host's issue time beside it
+        if name not in row.get("graph_status", {}):
+            continue
+        t, host = row.get(name + "_graph" + key), row.get(name + "_host" + key)
+        out.append({"benchmark": "kernels", "case": case, "shape": shape,
+                    "tool": f"{name} (CUDA graph)", "wall_s": None if t is None else t * scale,
+                    "value": row.get(name + "_graph_" + rate), "unit": unit,
+                    "status": row["graph_status"][name],
+                    "note": None if host is None else
+                    f"device time per call, {GRAPH_CALLS} calls per graph; host issue time "
+                    f"{host * scale * 1e6:.1f} us per call (no graph)"})
     return out
 
 
@@ -416,9 +567,10 @@ def main(argv=None) -> int:
     H = 2 if quick and device == "cpu" else 6
     cases = {
         "ceilings": [lambda: ceilings(device, quick, rep)],
-        "attention": [lambda B=B, T=T: attention_case(B, T, device, dtype, rep, ours_status, H=H)
+        "attention": [lambda B=B, T=T: attention_case(B, T, device, dtype, rep, ours_status, H=H,
+                                                      profile_dir=args.profile)
                       for B, T in args.attn or (ATTN_CASES_QUICK if quick else ATTN_CASES)],
-        "ema": [lambda m=m: ema_case(*m, device, rep, ours_status)
+        "ema": [lambda m=m: ema_case(*m, device, rep, ours_status, profile_dir=args.profile)
                 for m in (EMA_MODELS_QUICK if quick else EMA_MODELS)],
     }
     for name in args.only or SECTIONS:

@@ -48,3 +48,32 @@ def test_interpreter_timings_are_labelled(tmp_path):
     assert "(interpreter)" in table and "not how fast" in table
     assert rows["ours"]["status"] == "interpreter" and rows["ours"]["value"] == ""
     assert ema["max_ulp_vs_foreach_lerp"] <= 1
+    # the device-time (CUDA graph) and host columns are CUDA-only
+    assert "graph_status" not in ema and "CUDA graph" not in table
+    assert not any("CUDA graph" in tool for tool in rows)
+
+
+def test_cuda_graph_and_host_columns_render_and_record():
+    """A CUDA row's device time in a graph and host issue time reach the table and the rows
+    (fed by hand: there is no GPU here); a variant whose capture failed says so."""
+    from bench import kernels
+    row = {"model": "m", "params_M": 1.0, "max_ulp_vs_foreach_lerp": 0,
+           "status": dict.fromkeys(kernels.EMA_COLUMNS, "ok"),
+           "graph_status": {**dict.fromkeys(kernels.EMA_COLUMNS, "ok"),
+                            "loop": "failed: RuntimeError: capture"}}
+    for i, name in enumerate(kernels.EMA_COLUMNS):
+        row[name + "_us"], row[name + "_GBps"] = 100.0 + i, 120.0
+        row[name + "_host_us"] = 7.0 + i
+        if name != "loop":
+            row[name + "_graph_us"], row[name + "_graph_GBps"] = 50.0 + i, 240.0
+    table = kernels.markdown({"device": "d", "torch": "t", "triton": "x", "date": "today",
+                              "ema": [row]})
+    graph_part = table.split("inside a CUDA graph")[1]
+    assert "| m | failed; host 7.0 | 51.0 (240.0); host 8.0 |" in graph_part
+    assert "loop: failed: RuntimeError: capture" in graph_part
+    rows = {r["tool"]: r for r in kernels.result_rows("ema", row)}
+    assert rows["ours (CUDA graph)"]["wall_s"] == pytest.approx(54e-6)
+    assert "host issue time 11.0 us" in rows["ours (CUDA graph)"]["note"]
+    assert rows["loop (CUDA graph)"]["status"].startswith("failed")
+    assert rows["ours"]["wall_s"] == pytest.approx(104e-6)
+
