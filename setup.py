@@ -10,8 +10,11 @@ setup(
     python_requires=">=3.10",
     # kernels/ is installed as ehrjepa.kernels so that no generic top-level `kernels` lands in
     # site-packages.
-    packages=find_packages(include=["ehrjepa", "ehrjepa.*"]) + ["ehrjepa.kernels"],
-    package_dir={"ehrjepa": "ehrjepa", "ehrjepa.kernels": "kernels"},
+    # configs/ ships inside the package as ehrjepa/configs (data only), so that a wheel (not only
+    # a checkout) has the feature catalog, the phenotypes and the training configs.
+    packages=find_packages(include=["ehrjepa", "ehrjepa.*"]) + ["ehrjepa.kernels", "ehrjepa.configs"],
+    package_dir={"ehrjepa": "ehrjepa", "ehrjepa.kernels": "kernels", "ehrjepa.configs": "configs"},
+    package_data={"ehrjepa.configs": ["*.yaml", "tasks/*.yaml", "tasks/*.md", "sweeps/*.yaml"]},
     install_requires=[
         "torch>=2.5",
         # the kernels are the product: Triton wherever it has wheels; elsewhere the torch paths

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from ehrjepa.data.catalog import shipped_config
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patients", type=int, default=2000, help="synthetic patients (default: 2000)")
     p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: configs/micro.yaml's train.max_steps)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data, split, masks and training (default: 0)")
-    p.add_argument("--config", type=Path, default=REPO / "configs" / "micro.yaml", help="training config (default: configs/micro.yaml)")
+    p.add_argument("--config", type=Path, default=shipped_config("micro.yaml"), help="training config (default: configs/micro.yaml)")
     p.add_argument("--skip-probe", action="store_true", help="stop after pretraining")
 
 

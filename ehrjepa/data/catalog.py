@@ -27,10 +27,13 @@ MAX_ITEMID = 1 << 24  # dense lookup arrays; MIMIC-IV itemids are below 300,000
 
 
 def shipped_config(name: str) -> Path:
-    """A file of the repository's configs/ (features.yaml, phenotypes.yaml)."""
+    """A file of the shipped configs/ (features.yaml, phenotypes.yaml, micro.yaml, ...): inside the
+    installed package (ehrjepa/configs/, where a wheel puts it), else the checkout's configs/."""
     import ehrjepa
 
-    return Path(ehrjepa.__file__).resolve().parents[1] / "configs" / name
+    package = Path(ehrjepa.__file__).resolve().parent
+    installed = package / "configs" / name
+    return installed if installed.exists() else package.parent / "configs" / name
 
 
 def default_catalog_path() -> Path:
