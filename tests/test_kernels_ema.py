@@ -1,7 +1,10 @@
 """ema_update_: the Triton kernel (interpreter on CPU) against the foreach-lerp reference, in ulps,
 and both against the float64 formula momentum * target + (1 - momentum) * context."""
+import copy
 import importlib.util
 import os
+import pickle
+import warnings
 
 import pytest
 import torch
@@ -80,12 +83,16 @@ def test_table_cache_follows_reallocation():
 
 
 @needs_interpreter
-def test_plan_is_built_once_per_set_of_tensors(monkeypatch):
-    """A repeated call reuses the plan (no checks, no table); a tensor of another size, even at
-    the same address, gets a new one."""
+def test_keyed_plan_is_built_once_per_set_of_tensors(monkeypatch):
+    """ema_update_: a repeated call reuses the plan (no checks, no table); a tensor of another
+    size, even at the same address, gets a new one."""
     built = []
-    real = ema._plan
-    monkeypatch.setattr(ema, "_plan", lambda *a: built.append(1) or real(*a))
+
+    class Counted(ema.EmaPlan):
+        def __init__(self, *args, **kwargs):
+            built.append(1)
+            super().__init__(*args, **kwargs)
+    monkeypatch.setattr(ema, "EmaPlan", Counted)
     monkeypatch.setattr(ema, "_PLANS", {})
     targets, context = make([(40,), (9,)], torch.float32)
     for m in (0.5, 0.9, torch.tensor(0.7)):
@@ -101,49 +108,166 @@ def test_plan_is_built_once_per_set_of_tensors(monkeypatch):
     assert len(built) == 2
 
 
-def test_bad_input_raises():
-    targets, context = make([(4,), (5,)], torch.float32)
-    with pytest.raises(ValueError, match="2 target tensors but 1 context tensors"):
-        ema_update_(targets, context[:1], 0.9)
-    if CPU_TRITON:
-        with pytest.raises(ValueError, match="shape"):
-            ema_update_(targets, context[::-1], 0.9, backend="triton")
-        with pytest.raises(TypeError, match="float32"):
-            ema_update_([t.double() for t in targets], context, 0.9, backend="triton")
-    with pytest.raises(ValueError, match="backend"):
-        ema_update_(targets, context, 0.9, backend="cuda")
-
-
-def test_compiled_changing_momentum_does_not_recompile():
-    frames = []
-
-    def count(gm, example_inputs):
-        frames.append(gm)
-        return gm
-
-    @torch.compile(backend=count, fullgraph=True)
-    def step(targets, context, momentum):
-        ema_update_(targets, context, momentum)
-
-    targets, context = make([(6,), (3, 2)], torch.float32)
-    for m in (0.9, 0.99, 0.5):
-        expect = [t.clone() for t in targets]
-        ema_update_reference(expect, context, torch.tensor(m))
-        step(targets, context, torch.tensor(m))
-        assert all(ulps(t, e) <= 1 for t, e in zip(targets, expect))
-    assert len(frames) == 1
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("context_dtype", [torch.float32, torch.bfloat16])
-def test_cuda_vit_shapes_one_ulp(context_dtype):
-    shapes = []
-    for _ in range(2):
-        shapes += [(384,), (1152, 384), (1152,), (384, 384), (1536, 384), (384, 1536), (7,)]
-    targets, context = make(shapes, context_dtype, "cuda")
+@needs_interpreter
+def test_plan_matches_reference_float_cpu_and_device_tensor_momentum():
+    """plan(m) with a float, a float64 CPU tensor and a tensor on the tensors' device (the pointer
+    path): each within 1 ulp of foreach lerp, both context dtypes in one plan (two launches)."""
+    targets, context = make(SHAPES, torch.float32)
+    context[1], context[3] = context[1].bfloat16(), context[3].bfloat16()
+    plan = ema.EmaPlan(targets, context)
+    assert len(plan._launches) == 2 and not plan._graphs  # the interpreter launches directly
     expect = [t.clone() for t in targets]
-    for m in (0.996, torch.tensor(0.9, device="cuda"), 0.2):
+    for m in (0.996, torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.9), 0.7):
         ema_update_reference(expect, context, m)
-        ema_update_(targets, context, m)
+        plan(m)
         assert max(ulps(t, e) for t, e in zip(targets, expect)) <= 1
+
+
+class ReplayedInPython(ema.EmaPlan):
+    """The CUDA call path on CPU: the 'graph' replays the same launches, reading the graph's
+    weight buffer as the captured kernel would."""
+    _capturing = staticmethod(lambda: False)
+
+    def __init__(self, *args, capture_fails=False):
+        super().__init__(*args)
+        self._graphs, self.capture_fails, self.captures = True, capture_fails, 0
+
+    def _capture(self):
+        self.captures += 1
+        if self.capture_fails:  # the real capture, which raises on a build without CUDA
+            return super()._capture()
+        launch = self._launch
+        return type("Replay", (), {"replay": lambda _: launch(0.0, self._w_graph, True)})()
+
+
+@needs_interpreter
+@pytest.mark.parametrize("capture_fails", [False, True])
+def test_graph_path_weight_buffer_follows_momentum_kinds(capture_fails):
+    """Warm-up launch, one capture, then replays: float and tensor momenta in any order write the
+    graph's (a, b) buffer so that b - a is the reference's weight; a failed capture warns once and
+    the plan keeps launching directly with the same numbers."""
+    targets, context = make([(300,), (17, 5)], torch.float32)
+    plan = ReplayedInPython(targets, context, capture_fails=capture_fails)
+    expect = [t.clone() for t in targets]
+    for i, m in enumerate((0.9, 0.99, torch.tensor(0.8), 0.7, torch.tensor(0.6), torch.tensor(0.5))):
+        ema_update_reference(expect, context, m)
+        if capture_fails and i == 1:
+            with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
+                plan(m)
+        else:
+            plan(m)
+        assert max(ulps(t, e) for t, e in zip(targets, expect)) <= 1, m
+    assert plan.captures == 1 and bool(plan._graph) == (not capture_fails)
+
+
+@needs_interpreter
+def test_plan_holds_its_tensors_and_says_when_stale():
+    """After `p.data = ...` the plan still writes the old storage (kept alive by its alias, never
+    freed memory), never the new one, and stale() says so; a new plan follows the new storage."""
+    targets, context = make([(40,), (9,)], torch.float32)
+    plan = ema.EmaPlan(targets, context)
+    assert not plan.stale() and not plan.stale(targets, context)
+    old = targets[1].detach()
+    targets[1].data = torch.zeros(9)
+    assert plan.stale() and plan.stale(targets, context)
+    assert plan.stale(targets[::-1], context[::-1])  # another order is another plan
+    plan(0.0)  # copy: the old storage gets the context, the new one is untouched
+    assert torch.equal(old, context[1]) and not targets[1].any()
+    ema.EmaPlan(targets, context)(0.0)
+    assert torch.equal(targets[1], context[1])
+    assert copy.deepcopy(plan) is None
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(plan)
+
+
+def test_host_cost_us_measures_without_a_gpu():
+    """The host-cost probe runs anywhere (no Triton launch, no GPU) and leaves no cached plan."""
+    cached = dict(ema._PLANS)
+    cost = ema.host_cost_us([(3,)] * 12, calls=20)
+    assert set(cost) == {"plan", "keyed"} and all(v > 0 for v in cost.values())
+    assert ema._PLANS == cached
+
+
+cuda = pytest.mark.cuda
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+
+
+def vit_pairs(context_dtype=torch.float32, depth=2):
+    shapes = [(7,)]
+    for _ in range(depth):
+        shapes += [(384,), (1152, 384), (1152,), (384, 384), (1536, 384), (384, 1536)]
+    return make(shapes, context_dtype, "cuda")
+
+
+@cuda
+@needs_cuda
+@pytest.mark.parametrize("context_dtype", [torch.float32, torch.bfloat16])
+def test_cuda_plan_graph_bit_exact_as_momentum_changes(context_dtype):
+    """Warm-up launch, capture, replays: bit-exact against foreach lerp for float momenta, device
+    tensor momenta (changed in place between replays, as a schedule would) and CPU tensors, in
+    mixed order; the graph is really used, and nothing warns."""
+    targets, context = vit_pairs(context_dtype)
+    expect = [t.clone() for t in targets]
+    plan = ema.EmaPlan(targets, context)
+    m_dev = torch.tensor(0.9, device="cuda")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i, m in enumerate((0.996, 0.99, m_dev, m_dev, 0.5, torch.tensor(0.7), m_dev, 0.2)):
+            if i == 3:
+                m_dev.fill_(0.95)
+            if i == 6:
+                m_dev.fill_(0.3)  # w = 0.7 >= 0.5: torch.lerp's other branch
+            ema_update_reference(expect, context, m)
+            plan(m)
+            torch.cuda.synchronize()
+            assert all(torch.equal(t, e) for t, e in zip(targets, expect)), (i, m)
+    assert isinstance(plan._graph, torch.cuda.CUDAGraph)
+    assert not [w for w in caught if "EmaPlan" in str(w.message)]
+
+
+@cuda
+@needs_cuda
+def test_cuda_two_plans_and_keyed_path_do_not_mix():
+    """A second plan on other tensors (and ema_update_'s cached plans) each update their own."""
+    (ta, ca), (tb, cb) = vit_pairs(depth=1), vit_pairs(depth=1)
+    ea, eb = [t.clone() for t in ta], [t.clone() for t in tb]
+    pa, pb = ema.EmaPlan(ta, ca), ema.EmaPlan(tb, cb)
+    for m in (0.9, 0.8, 0.7, 0.6):
+        ema_update_reference(ea, ca, m)
+        pa(m)
+        ema_update_reference(eb, cb, 1 - m)
+        pb(1 - m)
+        ema_update_reference(ea, ca, m / 2)
+        ema_update_(ta, ca, m / 2)  # the keyed path on plan a's tensors: its own plan and graph
+    torch.cuda.synchronize()
+    assert all(torch.equal(t, e) for t, e in zip(ta, ea))
+    assert all(torch.equal(t, e) for t, e in zip(tb, eb))
+
+
+@cuda
+@needs_cuda
+def test_cuda_plan_inside_an_outer_graph_capture():
+    """Called while the caller captures (the trainer's whole-step graph): the plan launches
+    directly into the caller's graph, which then applies the momentum tensor's value at each
+    replay; the plan's own graph, used outside, is unaffected."""
+    targets, context = vit_pairs()
+    expect = [t.clone() for t in targets]
+    plan = ema.EmaPlan(targets, context)
+    m_dev = torch.tensor(0.9, device="cuda")
+    for m in (0.99, m_dev):  # compile both variants, capture the plan's own graph
+        ema_update_reference(expect, context, m)
+        plan(m)
+    outer = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(outer):
+        plan(m_dev)
+    torch.cuda.synchronize()
+    assert all(torch.equal(t, e) for t, e in zip(targets, expect))  # capturing ran nothing
+    for value in (0.8, 0.6):
+        m_dev.fill_(value)
+        outer.replay()
+        ema_update_reference(expect, context, m_dev)
+        plan(0.95)
+        ema_update_reference(expect, context, 0.95)
+    torch.cuda.synchronize()
+    assert all(torch.equal(t, e) for t, e in zip(targets, expect))
+    assert isinstance(plan._graph, torch.cuda.CUDAGraph)
