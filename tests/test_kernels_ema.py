@@ -188,6 +188,84 @@ def test_host_cost_us_measures_without_a_gpu():
     assert ema._PLANS == cached
 
 
+@needs_interpreter
+def test_model_plan_is_dropped_on_move_load_and_rebind(monkeypatch):
+    """JEPA's EMA plan (used on CUDA; called here in the interpreter): built once, reused, dropped
+    by .to()/.float() and by load_state_dict(assign=True), and rebuilt at the periodic check
+    after a `p.data = ...` that no hook sees; each new plan updates the current parameters."""
+    from ehrjepa.models import jepa
+    from ehrjepa.models.config import ModelConfig
+    monkeypatch.setattr(jepa, "EMA_CHECK_EVERY", 3)
+    torch.manual_seed(0)
+    model = jepa.JEPA(ModelConfig(size="micro", width=16, depth=1, heads=2, predictor_width=8,
+                                  predictor_depth=1, predictor_heads=2), n_features=3, max_hours=4)
+    plan = model._ema_plan_now()
+    assert plan is model._ema_plan_now()
+    model.float()
+    assert model._ema_plan is None and model._ema_plan_now() is not plan
+    model.load_state_dict(model.state_dict(), assign=True)  # new Parameter objects
+    assert model._ema_plan is None
+    plan = model._ema_plan_now()
+    assert model._ema_target[0] is next(model.target_encoder.parameters())
+    first = model._ema_target[0]
+    first.data = torch.randn_like(first)  # new storage, same Parameter: only the check sees it
+    while model._ema_calls % 3 != 2:
+        assert model._ema_plan_now() is plan
+    plan = model._ema_plan_now()  # the check: stale, rebuilt
+    assert plan is not None and not plan.stale()
+    plan(0.0)
+    for t, c in zip(model.target_encoder.parameters(), model.encoder.parameters()):
+        assert torch.equal(t, c)
+
+
+def test_bad_input_raises():
+    targets, context = make([(4,), (5,)], torch.float32)
+    with pytest.raises(ValueError, match="2 target tensors but 1 context tensors"):
+        ema_update_(targets, context[:1], 0.9)
+    if CPU_TRITON:
+        with pytest.raises(ValueError, match="shape"):
+            ema_update_(targets, context[::-1], 0.9, backend="triton")
+        with pytest.raises(TypeError, match="float32"):
+            ema_update_([t.double() for t in targets], context, 0.9, backend="triton")
+    with pytest.raises(ValueError, match="backend"):
+        ema_update_(targets, context, 0.9, backend="cuda")
+
+
+def test_compiled_changing_momentum_does_not_recompile():
+    frames = []
+
+    def count(gm, example_inputs):
+        frames.append(gm)
+        return gm
+
+    @torch.compile(backend=count, fullgraph=True)
+    def step(targets, context, momentum):
+        ema_update_(targets, context, momentum)
+
+    targets, context = make([(6,), (3, 2)], torch.float32)
+    for m in (0.9, 0.99, 0.5):
+        expect = [t.clone() for t in targets]
+        ema_update_reference(expect, context, torch.tensor(m))
+        step(targets, context, torch.tensor(m))
+        assert all(ulps(t, e) <= 1 for t, e in zip(targets, expect))
+    assert len(frames) == 1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("context_dtype", [torch.float32, torch.bfloat16])
+def test_cuda_vit_shapes_one_ulp(context_dtype):
+    shapes = []
+    for _ in range(2):
+        shapes += [(384,), (1152, 384), (1152,), (384, 384), (1536, 384), (384, 1536), (7,)]
+    targets, context = make(shapes, context_dtype, "cuda")
+    expect = [t.clone() for t in targets]
+    for m in (0.996, torch.tensor(0.9, device="cuda"), 0.2):
+        ema_update_reference(expect, context, m)
+        ema_update_(targets, context, m)
+        assert max(ulps(t, e) for t, e in zip(targets, expect)) <= 1
+
+
 cuda = pytest.mark.cuda
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
@@ -271,3 +349,25 @@ def test_cuda_plan_inside_an_outer_graph_capture():
     torch.cuda.synchronize()
     assert all(torch.equal(t, e) for t, e in zip(targets, expect))
     assert isinstance(plan._graph, torch.cuda.CUDAGraph)
+
+
+@cuda
+@needs_cuda
+def test_cuda_model_momentum_update_uses_the_plan():
+    """JEPA.momentum_update on CUDA: the plan's graph, bit-exact against foreach lerp; .cuda()
+    again drops the plan."""
+    from ehrjepa.models.config import ModelConfig
+    from ehrjepa.models.jepa import JEPA
+    model = JEPA(ModelConfig(size="micro"), n_features=3, max_hours=8).cuda()
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.add_(torch.randn_like(p))
+    expect = [p.clone() for p in model.target_encoder.parameters()]
+    for m in (0.99, 0.98, torch.tensor(0.97, device="cuda")):
+        ema_update_reference(expect, list(model.encoder.parameters()), m)
+        model.momentum_update(m)
+    torch.cuda.synchronize()
+    assert all(torch.equal(p, e) for p, e in zip(model.target_encoder.parameters(), expect))
+    assert isinstance(model._ema_plan._graph, torch.cuda.CUDAGraph)
+    model.cuda()
+    assert model._ema_plan is None

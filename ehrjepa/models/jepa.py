@@ -16,6 +16,8 @@ from .config import ModelConfig
 from .embedding import gather_hours
 from .transformer import Encoder, Predictor
 
+EMA_CHECK_EVERY = 100  # momentum_update calls between checks that the EMA plan is current
+
 
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
@@ -66,7 +68,9 @@ class JEPA(nn.Module):
         # (target, context) parameter pairs for the EMA, in matching order.
         self._ema_target = list(self.target_encoder.parameters())
         self._ema_context = list(self.encoder.parameters())
-        self._ema_kernel = None  # resolved on the first CUDA momentum_update
+        self._ema_plan = None  # the fused EMA's plan: built on the first CUDA momentum_update
+        self._ema_calls = 0
+        self.register_load_state_dict_post_hook(_ema_reset_after_load)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         values, observed, delta = batch["values"], batch["observed"], batch["delta"]
@@ -119,20 +123,63 @@ class JEPA(nn.Module):
         """target = momentum * target + (1 - momentum) * context, for every parameter of the
         context encoder and its EMA copy, the target encoder.
 
-        Uses ehrjepa.kernels.ema_update_ on CUDA when it is importable, else one foreach lerp.
-        `momentum` may be a float or a 0-d tensor (on the parameters' device, e.g. for a CUDA
-        graph replayed with a changing momentum)."""
+        On CUDA: ehrjepa.kernels' fused EMA through a plan built once (`_ema_plan_now`), so a step
+        costs the host a few microseconds; under torch.compile its custom op; without the kernels
+        package, or on CPU, one foreach lerp. `momentum` may be a float or a 0-d tensor (on the
+        parameters' device, e.g. for a CUDA graph replayed with a changing momentum)."""
         if self._ema_target[0].is_cuda:
-            if self._ema_kernel is None:
+            if torch.compiler.is_compiling():  # traced: the opaque custom op, no Python state
                 try:
                     from ehrjepa.kernels import ema_update_
                 except ImportError:
-                    ema_update_ = False
-                self._ema_kernel = ema_update_
-            if self._ema_kernel:
-                self._ema_kernel(self._ema_target, self._ema_context, momentum)
-                return
+                    ema_update_ = None
+                if ema_update_ is not None:
+                    ema_update_(self._ema_target, self._ema_context, momentum)
+                    return
+            else:
+                plan = self._ema_plan_now()
+                if plan is not None:
+                    plan(momentum)
+                    return
         torch._foreach_lerp_(self._ema_target, self._ema_context, 1.0 - momentum)
+
+    def _ema_plan_now(self):
+        """The EMA plan of the current parameters (None without the kernels package): built on
+        first use and again after `_ema_reset` (a move, a load); every EMA_CHECK_EVERY-th call
+        also compares it with the modules' current parameters (O(n)) and rebuilds it if any has
+        new storage (`p.data = ...` on a submodule, which no hook sees). Until that check, a plan
+        keeps updating the tensors it was built for (kept allocated by the plan: never freed
+        memory)."""
+        self._ema_calls += 1
+        if self._ema_plan and self._ema_calls % EMA_CHECK_EVERY == 0 and \
+                self._ema_plan.stale(self.target_encoder.parameters(), self.encoder.parameters()):
+            self._ema_reset()
+        if self._ema_plan is None:
+            try:
+                from ehrjepa.kernels.ema import EmaPlan
+            except ImportError:
+                self._ema_plan = False
+            else:
+                self._ema_plan = EmaPlan(self._ema_target, self._ema_context)
+        return self._ema_plan or None
+
+    def _ema_reset(self) -> None:
+        """Forget the EMA plan and re-read the parameter pairs (which a conversion or a load with
+        assign=True may have replaced); the next CUDA update builds a new plan."""
+        self._ema_target = list(self.target_encoder.parameters())
+        self._ema_context = list(self.encoder.parameters())
+        self._ema_plan = None
+
+    def _apply(self, *args, **kwargs):
+        """.to() / .cuda() / .half() / ...: parameters get new storage, so the EMA plan goes."""
+        out = super()._apply(*args, **kwargs)
+        self._ema_reset()
+        return out
+
+
+def _ema_reset_after_load(model: JEPA, incompatible_keys) -> None:
+    """load_state_dict(assign=True) replaces parameters: the EMA's pairs and plan follow."""
+    model._ema_reset()
 
 
 def build_model(cfg, n_features: int) -> JEPA:
