@@ -211,10 +211,10 @@ class EmaPlan:
         self._launches = self._bind(targets, context) if any(t.numel() for t in targets) else []
         # weight buffers (a, b), w = b - a: _w_direct's b stays 1 (direct launches with a tensor
         # momentum copy it into a); _w_graph is written only by calls that replay the graph
-        self._w_direct = torch.zeros(2, device=self.device)
+        self._w_direct = torch.zeros(2, dtype=torch.float32, device=self.device)
         self._w_direct_a = self._w_direct[0]
         self._w_direct[1].fill_(1.0)
-        self._w_graph = torch.zeros(2, device=self.device)
+        self._w_graph = torch.zeros(2, dtype=torch.float32, device=self.device)
         self._w_graph_a, self._w_graph_b = self._w_graph.unbind()
         self._w_graph_b.fill_(1.0)
         self._graph_mode = "tensor"  # what _w_graph holds: (momentum, 1) or (0, 1 - momentum)
@@ -260,14 +260,14 @@ class EmaPlan:
                 self._warm = True
                 self._launch(0.0, self._w_graph, True)
         elif isinstance(momentum, torch.Tensor) and momentum.device.type == self.device.type:
-            self._w_direct_a.copy_(momentum)  # read on the device, in stream order
+            self._w_direct_a.copy_(momentum.reshape(()))  # read on the device, in stream order
             self._launch(0.0, self._w_direct, True)
         elif self._launches:
             self._launch(1.0 - _as_float(momentum), self._w_direct, False)
 
     def _set_graph_weight(self, momentum):
         if isinstance(momentum, torch.Tensor) and momentum.is_cuda:
-            self._w_graph_a.copy_(momentum)
+            self._w_graph_a.copy_(momentum.reshape(()))  # a one-element tensor of any shape
             if self._graph_mode != "tensor":
                 self._w_graph_b.fill_(1.0)
                 self._graph_mode = "tensor"

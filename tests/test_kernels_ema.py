@@ -110,15 +110,16 @@ def test_keyed_plan_is_built_once_per_set_of_tensors(monkeypatch):
 
 @needs_interpreter
 def test_plan_matches_reference_float_cpu_and_device_tensor_momentum():
-    """plan(m) with a float, a float64 CPU tensor and a tensor on the tensors' device (the pointer
+    """plan(m) with a float, a float64 CPU tensor and tensors on the tensors' device (the pointer
     path): each within 1 ulp of foreach lerp, both context dtypes in one plan (two launches)."""
     targets, context = make(SHAPES, torch.float32)
     context[1], context[3] = context[1].bfloat16(), context[3].bfloat16()
     plan = ema.EmaPlan(targets, context)
     assert len(plan._launches) == 2 and not plan._graphs  # the interpreter launches directly
     expect = [t.clone() for t in targets]
-    for m in (0.996, torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.9), 0.7):
-        ema_update_reference(expect, context, m)
+    for m in (0.996, torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.9), 0.7,
+              torch.tensor([0.85])):  # a one-element tensor of any shape is read as its value
+        ema_update_reference(expect, context, m.reshape(()) if isinstance(m, torch.Tensor) else m)
         plan(m)
         assert max(ulps(t, e) for t, e in zip(targets, expect)) <= 1
 
