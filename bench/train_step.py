@@ -15,7 +15,8 @@ bench/results.csv as it finishes (see bench/results.py; --quick runs only with -
 - ours (CUDA only): bf16 autocast + torch.compile + fused capturable AdamW + attention backend
   "triton" + the ehrjepa.kernels EMA, with the whole step (forward, backward, AdamW, EMA)
   captured in one CUDA graph; falls back to no graph, and says so, if the capture fails.
-On CUDA every mode uses fused AdamW (as the rival's anchor run did); on CPU the foreach AdamW.
+On CUDA every mode uses fused AdamW (as the rival's anchor run did); on CPU the foreach AdamW. The
+EMA is one foreach lerp in every mode but ours (as in the anchors' run).
 
 `--lengths stays` (issue 12, whole-stay pretraining): token-budget batches (ehrjepa.data.batches,
 --tokens per batch) of lengths drawn from the processed stays' real distribution (the train
@@ -158,9 +159,17 @@ def build_step(mode, model, batch, device):
         lr = torch.tensor(1e-4, device=device)
         opt = torch.optim.AdamW(groups, lr=lr, fused=True, capturable=True)
         momentum = torch.tensor(0.996, device=device)
+        ema = model.momentum_update  # on CUDA: the ehrjepa.kernels EMA
     else:
         opt = torch.optim.AdamW(groups, lr=1e-4, fused=cuda)
         momentum = 0.996
+        # the rivals' EMA is one foreach lerp, as in the anchors' run (not our kernel, which the
+        # model would pick on CUDA)
+        targets, context = list(model.target_encoder.parameters()), list(model.encoder.parameters())
+
+        def ema(m):
+            with torch.no_grad():
+                torch._foreach_lerp_(targets, context, 1.0 - m)
 
     def step():
         with autocast():
@@ -168,7 +177,7 @@ def build_step(mode, model, batch, device):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        model.momentum_update(momentum)
+        ema(momentum)
         return loss
 
     if mode != "ours":
@@ -188,7 +197,7 @@ def build_step(mode, model, batch, device):
                 loss, _ = forward(batch)
             loss.backward()
             opt.step()
-            model.momentum_update(momentum)
+            ema(momentum)
         return graph.replay, "whole step in one CUDA graph"
     except Exception as e:  # noqa: BLE001 - report and measure without the graph
         torch.cuda.synchronize()
