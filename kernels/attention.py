@@ -1,10 +1,12 @@
 """Masked gather-attention: attention over a per-sample subset of positions, gather fused in.
 
 `masked_gather_attention(q, k, v, kv_index, kv_lengths, q_index=None, q_lengths=None, scale=None,
-backend=None)` with q, k, v [B, H, N, D] for the full sequence. Sample b attends over the keys and
-values at `kv_index[b, :kv_lengths[b]]`; its queries are the positions `q_index[b, :q_lengths[b]]`
-(default: the kv ones). Returns [B, H, Lq, D]; rows past q_lengths[b] are zero, a sample with no
-keys gives zeros (never NaN).
+backend=None, check_index=None, unique_index=False)` with q, k, v [B, H, N, D] for the full
+sequence. Sample b attends over the keys and values at `kv_index[b, :kv_lengths[b]]`; its queries
+are the positions `q_index[b, :q_lengths[b]]` (default: the kv ones). Returns [B, H, Lq, D]; rows
+past q_lengths[b] are zero, a sample with no keys gives zeros (never NaN). kv_index=None is the
+identity (positions 0..kv_lengths[b]-1, what the model's left-packed layers use): the kernels then
+read no index at all.
 
 Two implementations behind one `torch.library` custom op (`torch.ops.ehrjepa.masked_gather_attention`):
 - backend "triton": flash-attention-style kernels (online softmax, forward saves the log-sum-exp;
@@ -14,24 +16,27 @@ Two implementations behind one `torch.library` custom op (`torch.ops.ehrjepa.mas
 - backend "torch": `masked_gather_attention_reference` (gather + matmul + masked softmax) with an
   explicit backward; the CPU default and the ground truth of the tests.
 
-Gradient scatter (a design choice): dQ, dK and dV are accumulated per block in fp32 registers
-and added to a zeroed fp32 [B, H, N, D] buffer with `tl.atomic_add` at the original positions.
-That sums repeated indices correctly without sorting, leaves unselected positions at zero, and
-with unique indices every address receives exactly one add (so the result is deterministic);
-only repeated indices make the summation order run-dependent. The buffer is cast to the input
-dtype at the end (for fp32 inputs it is returned as is).
+Gradient scatter, three paths: each dK/dV program owns a block of keys and each dQ program a block
+of queries, so with unique indices (the identity always; gathered ones when the caller promises
+unique_index=True) every gradient row is stored once, straight in the input dtype: the identity
+path's programs cover all N rows (zeros past a length, nothing to clear beforehand), the unique
+gather path stores into zeros. Repeated indices (the default for gathered ones) add fp32 rows with
+`tl.atomic_add` into a zeroed fp32 [B, H, N, D] buffer, cast to the input dtype at the end: sums
+without sorting, the order (and so the last bits) run-dependent.
 
 The Triton module is imported lazily, on the first Triton call, so `import ehrjepa.kernels` and
 the torch path work where Triton is absent. With TRITON_INTERPRET=1 the same kernels run on CPU
 tensors in Triton's interpreter (slow: keep problems tiny).
 
-One module of some 600 lines on purpose: the op, its reference and its three kernels share one
+One module of some 900 lines on purpose: the op, its reference and its three kernels share one
 contract (shapes, index semantics, the saved log-sum-exp) and change together.
 """
 from __future__ import annotations  # kernel annotations stay strings until Triton reads them
 
+import json
 import os
 from types import SimpleNamespace
+from typing import Optional
 
 import torch
 
@@ -48,6 +53,11 @@ tl = None  # triton.language, bound by _triton() on first use
 
 # ------------------------------------------------------------------------------------------------
 # torch reference
+
+def _identity(kv_lengths, N):
+    """The identity path's indices made explicit: [B, N] rows 0..N-1 (for the torch backend)."""
+    return torch.arange(N, device=kv_lengths.device).expand(kv_lengths.shape[0], N)
+
 
 def _defaults(kv_index, kv_lengths, q_index, q_lengths):
     if q_index is None:
@@ -80,6 +90,8 @@ def masked_gather_attention_reference(q, k, v, kv_index, kv_lengths, q_index=Non
     returns the fp32 log-sum-exp of the scaled scores [B, H, Lq] (-inf for rows without keys or
     past q_lengths).
     """
+    if kv_index is None:
+        kv_index = _identity(kv_lengths, k.shape[2])
     q_index, q_lengths = _defaults(kv_index, kv_lengths, q_index, q_lengths)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     work = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
@@ -108,6 +120,9 @@ def _reference_backward(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_ind
     """Explicit backward of the reference (the same math as the Triton kernels), scattered to N."""
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
+    if kv_index is None:
+        kv_index = _identity(kv_lengths, Nk)
+    q_index, q_lengths = _defaults(kv_index, kv_lengths, q_index, q_lengths)
     work = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
     q_valid, kv_valid = _valid(q_index, q_lengths), _valid(kv_index, kv_lengths)
     qg = _gather(q, q_index, q_valid).to(work)
@@ -148,6 +163,16 @@ def _check_shapes(q, k, v, kv_index, kv_lengths, q_index, q_lengths):
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     B = q.shape[0]
+    if kv_index is None:  # the identity: lengths only, and q, k, v of one length N
+        if q.shape[2] != k.shape[2]:
+            raise ValueError(f"kv_index=None needs q and k of one length; got {q.shape[2]}, "
+                             f"{k.shape[2]}")
+        if kv_lengths.dtype not in (torch.int32, torch.int64) or tuple(kv_lengths.shape) != (B,):
+            raise ValueError(f"kv_lengths must be int32/int64 [B={B}]; got {kv_lengths.dtype} "
+                             f"{tuple(kv_lengths.shape)}")
+        if kv_lengths.device != q.device:
+            raise ValueError(f"kv_lengths must be on {q.device}")
+        return
     for name, index, lengths in (("kv_index", kv_index, kv_lengths), ("q_index", q_index, q_lengths)):
         if index.dtype not in (torch.int32, torch.int64) or index.dim() != 2 or index.shape[0] != B:
             raise ValueError(f"{name} must be int32/int64 [B={B}, L]; got {index.dtype} "
@@ -164,6 +189,10 @@ def _check_values(q, k, kv_index, kv_lengths, q_index, q_lengths):
     """Raise before any kernel launch if an index within a length is outside [0, N) or a length is
     outside [0, L]. One host sync on CUDA; during CUDA-graph capture (no sync allowed) a
     device-side assert takes its place."""
+    if kv_index is None:  # the identity: only the lengths can be wrong
+        kv_index = _identity(kv_lengths, k.shape[2])
+        q_index, q_lengths = kv_index, kv_lengths
+
     def bad(index, lengths, n):
         valid = _valid(index, lengths)
         return (((index < 0) | (index >= n)) & valid).any()
@@ -188,12 +217,72 @@ def _check_values(q, k, kv_index, kv_lengths, q_index, q_lengths):
 
 # ------------------------------------------------------------------------------------------------
 # Triton kernels (plain functions here; _triton() compiles them with triton.jit on first use)
+#
+# Two constexpr switches pick the variant at compile time:
+# - GATHER: rows are read through QIDX/KIDX (int64 math); without it entry j is row j itself (the
+#   identity path: no index loads, int32 row math, QIDX/KIDX are never read).
+# - ATOMIC (backward): gradients are added in fp32 with atomics (repeated indices sum); without
+#   it every row belongs to one program, which stores it once in the input dtype.
+# Each loop over key (or query) blocks runs the full blocks without any bounds mask, then at most
+# one masked tail block; both are `for` loops so the compiler can pipeline the first.
+# The softmax scale (in log2 units) is folded into the exp2 argument, s * qk_scale - m, which the
+# compiler fuses into one FMA per score: no separate multiply, and q, k keep their own rounding.
+
+def _positions(IDX, offs, ok, GATHER: tl.constexpr, MASK: tl.constexpr):
+    """Rows of the entries `offs`: IDX[offs] (int64) when gathering, else `offs` itself."""
+    if GATHER:
+        if MASK:
+            pos = tl.load(IDX + offs, mask=ok, other=0).to(tl.int64)
+        else:
+            pos = tl.load(IDX + offs).to(tl.int64)
+    else:
+        pos = offs
+    return pos
+
+
+def _load_rows(ptrs, ok, MASK: tl.constexpr):
+    """A [rows, D] tile; with MASK, rows outside `ok` read as zero."""
+    if MASK:
+        x = tl.load(ptrs, mask=ok[:, None], other=0.0)
+    else:
+        x = tl.load(ptrs)
+    return x
+
+
+def _load_vec(ptrs, ok, MASK: tl.constexpr):
+    """A [rows] vector; with MASK, entries outside `ok` read as zero."""
+    if MASK:
+        x = tl.load(ptrs, mask=ok, other=0.0)
+    else:
+        x = tl.load(ptrs)
+    return x
+
+
+def _fwd_block(q, m_i, l_i, acc, k_base, v_base, KIDX, start_n, kv_len, s_kn, s_vn, qk_scale,
+               offs_d, BLOCK_N: tl.constexpr, PREC: tl.constexpr, GATHER: tl.constexpr,
+               MASK: tl.constexpr):
+    """One key block of the online softmax; MASK: the block crosses kv_len."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    col_ok = offs_n < kv_len
+    kpos = _positions(KIDX, offs_n, col_ok, GATHER, MASK)
+    k = _load_rows(k_base + kpos[:, None] * s_kn + offs_d[None, :], col_ok, MASK)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC)
+    if MASK:
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)  # log2 units
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s * qk_scale - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = _load_rows(v_base + kpos[:, None] * s_vn + offs_d[None, :], col_ok, MASK)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
+    return m_new, l_i, acc
+
 
 def _attn_fwd(Q, K, V, O, LSE, QIDX, KIDX, QLEN, KLEN, qk_scale,
               s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
               s_ob, s_oh, s_om, s_qib, s_kib, H, Lq,
               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              PREC: tl.constexpr):
+              PREC: tl.constexpr, GATHER: tl.constexpr):
     """One program = BLOCK_M query rows of one (sample, head); online softmax over key blocks."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -204,33 +293,24 @@ def _attn_fwd(Q, K, V, O, LSE, QIDX, KIDX, QLEN, KLEN, qk_scale,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < q_len
-    qidx = tl.load(QIDX + b * s_qib + offs_m, mask=row_ok, other=0).to(tl.int64)
-    q = tl.load(Q + b * s_qb + h * s_qh + qidx[:, None] * s_qn + offs_d[None, :],
+    qpos = _positions(QIDX + b * s_qib, offs_m, row_ok, GATHER, True)
+    q = tl.load(Q + b * s_qb + h * s_qh + qpos[:, None] * s_qn + offs_d[None, :],
                 mask=row_ok[:, None], other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     # Blocks entirely past q_len loop zero times and just write zeros; no block past kv_len runs.
     hi = tl.where(pid_m * BLOCK_M < q_len, kv_len, 0)
+    full = hi - hi % BLOCK_N
     k_base = K + b * s_kb + h * s_kh
     v_base = V + b * s_vb + h * s_vh
-    for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        col_ok = offs_n < kv_len
-        kidx = tl.load(KIDX + b * s_kib + offs_n, mask=col_ok, other=0).to(tl.int64)
-        k = tl.load(k_base + kidx[:, None] * s_kn + offs_d[None, :],
-                    mask=col_ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # log2 units
-        s = tl.where(col_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + kidx[:, None] * s_vn + offs_d[None, :],
-                    mask=col_ok[:, None], other=0.0)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
-        m_i = m_new
+    kidx = KIDX + b * s_kib
+    for start_n in range(0, full, BLOCK_N):
+        m_i, l_i, acc = _fwd_block(q, m_i, l_i, acc, k_base, v_base, kidx, start_n, kv_len, s_kn,
+                                   s_vn, qk_scale, offs_d, BLOCK_N, PREC, GATHER, False)
+    for start_n in range(full, hi, BLOCK_N):
+        m_i, l_i, acc = _fwd_block(q, m_i, l_i, acc, k_base, v_base, kidx, start_n, kv_len, s_kn,
+                                   s_vn, qk_scale, offs_d, BLOCK_N, PREC, GATHER, True)
     has = row_ok & (l_i > 0)
     l_safe = tl.where(has, l_i, 1.0)
     out = tl.where(has[:, None], acc / l_safe[:, None], 0.0)
@@ -258,13 +338,36 @@ def _attn_bwd_delta(O, DO, DELTA, s_ob, s_oh, s_om, s_dob, s_doh, s_dom, H, Lq,
     tl.store(DELTA + pid_bh.to(tl.int64) * Lq + offs_m, tl.sum(o * do, 1), mask=ok)
 
 
+def _dkdv_block(k, v, dk, dv, q_base, do_base, QIDX, LSE_ROW, DELTA_ROW, start_m, q_len, s_qn,
+                s_dom, qk_scale, offs_d, BLOCK_M: tl.constexpr, PREC: tl.constexpr,
+                GATHER: tl.constexpr, MASK: tl.constexpr):
+    """One query block's contribution to a key block's dK, dV; MASK: the block crosses q_len.
+    Rows past q_len read q = dO = lse = delta = 0, so p_t = 1 there (finite) and both products
+    vanish (dO = 0 and dP - delta = 0): no row mask on p_t is needed."""
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < q_len
+    qpos = _positions(QIDX, offs_m, row_ok, GATHER, MASK)
+    q = _load_rows(q_base + qpos[:, None] * s_qn + offs_d[None, :], row_ok, MASK)
+    do = _load_rows(do_base + offs_m[:, None] * s_dom + offs_d[None, :], row_ok, MASK)
+    lse = _load_vec(LSE_ROW + offs_m, row_ok, MASK) * 1.4426950408889634
+    delta = _load_vec(DELTA_ROW + offs_m, row_ok, MASK)
+    s_t = tl.dot(k, tl.trans(q), input_precision=PREC)  # [N, M]
+    p_t = tl.exp2(s_t * qk_scale - lse[None, :])
+    dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=PREC)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=PREC)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=PREC)
+    return dk, dv
+
+
 def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, QIDX, KIDX, QLEN, KLEN, qk_scale, sm_scale,
                    s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
-                   s_dob, s_doh, s_dom, s_gb, s_gh, s_gn, s_qib, s_kib, H, Lq,
+                   s_dob, s_doh, s_dom, s_gb, s_gh, s_gn, s_qib, s_kib, H, Lq, Lk,
                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   PREC: tl.constexpr):
-    """One program = BLOCK_N kept keys of one (sample, head); loops over the query blocks, then
-    atomically adds dK, dV (fp32) at the keys' original positions."""
+                   PREC: tl.constexpr, GATHER: tl.constexpr, ATOMIC: tl.constexpr):
+    """One program = BLOCK_N keys of one (sample, head); loops over the query blocks, then writes
+    dK, dV at the keys' rows: atomic fp32 adds (ATOMIC) or one store in the input dtype (the
+    identity path also stores the zero rows of its block past kv_len, up to Lk = N)."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -274,47 +377,67 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, QIDX, KIDX, QLEN, KLEN, qk_s
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     col_ok = offs_n < kv_len
-    kidx = tl.load(KIDX + b * s_kib + offs_n, mask=col_ok, other=0).to(tl.int64)
-    k = tl.load(K + b * s_kb + h * s_kh + kidx[:, None] * s_kn + offs_d[None, :],
+    kpos = _positions(KIDX + b * s_kib, offs_n, col_ok, GATHER, True)
+    k = tl.load(K + b * s_kb + h * s_kh + kpos[:, None] * s_kn + offs_d[None, :],
                 mask=col_ok[:, None], other=0.0)
-    v = tl.load(V + b * s_vb + h * s_vh + kidx[:, None] * s_vn + offs_d[None, :],
+    v = tl.load(V + b * s_vb + h * s_vh + kpos[:, None] * s_vn + offs_d[None, :],
                 mask=col_ok[:, None], other=0.0)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     hi = tl.where(pid_n * BLOCK_N < kv_len, q_len, 0)
+    full = hi - hi % BLOCK_M
     q_base = Q + b * s_qb + h * s_qh
     do_base = DO + b * s_dob + h * s_doh
-    row_base = pid_bh.to(tl.int64) * Lq
-    for start_m in range(0, hi, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < q_len
-        qidx = tl.load(QIDX + b * s_qib + offs_m, mask=row_ok, other=0).to(tl.int64)
-        q = tl.load(q_base + qidx[:, None] * s_qn + offs_d[None, :],
-                    mask=row_ok[:, None], other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * s_dom + offs_d[None, :],
-                     mask=row_ok[:, None], other=0.0)
-        lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
-        delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
-        s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # [N, M], log2 units
-        p_t = tl.exp2(s_t - lse[None, :])
-        p_t = tl.where(col_ok[:, None] & row_ok[None, :], p_t, 0.0)
-        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=PREC)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=PREC)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=PREC)
-    dk = dk * sm_scale
-    g = b * s_gb + h * s_gh + kidx[:, None] * s_gn + offs_d[None, :]
-    tl.atomic_add(DK + g, dk, mask=col_ok[:, None], sem="relaxed")
-    tl.atomic_add(DV + g, dv, mask=col_ok[:, None], sem="relaxed")
+    qidx = QIDX + b * s_qib
+    lse_row = LSE + pid_bh.to(tl.int64) * Lq
+    delta_row = DELTA + pid_bh.to(tl.int64) * Lq
+    for start_m in range(0, full, BLOCK_M):
+        dk, dv = _dkdv_block(k, v, dk, dv, q_base, do_base, qidx, lse_row, delta_row, start_m,
+                             q_len, s_qn, s_dom, qk_scale, offs_d, BLOCK_M, PREC, GATHER, False)
+    for start_m in range(full, hi, BLOCK_M):
+        dk, dv = _dkdv_block(k, v, dk, dv, q_base, do_base, qidx, lse_row, delta_row, start_m,
+                             q_len, s_qn, s_dom, qk_scale, offs_d, BLOCK_M, PREC, GATHER, True)
+    # keys past kv_len read as zero and may have gathered anything (even inf): dropped here, once
+    dk = tl.where(col_ok[:, None], dk * sm_scale, 0.0)
+    dv = tl.where(col_ok[:, None], dv, 0.0)
+    g = b * s_gb + h * s_gh + kpos[:, None] * s_gn + offs_d[None, :]
+    if ATOMIC:
+        tl.atomic_add(DK + g, dk, mask=col_ok[:, None], sem="relaxed")
+        tl.atomic_add(DV + g, dv, mask=col_ok[:, None], sem="relaxed")
+    else:
+        if GATHER:
+            put = col_ok
+        else:
+            put = offs_n < Lk
+        tl.store(DK + g, dk.to(DK.dtype.element_ty), mask=put[:, None])
+        tl.store(DV + g, dv.to(DV.dtype.element_ty), mask=put[:, None])
+
+
+def _dq_block(q, do, lse, delta, dq, k_base, v_base, KIDX, start_n, kv_len, s_kn, s_vn, qk_scale,
+              offs_d, BLOCK_N: tl.constexpr, PREC: tl.constexpr, GATHER: tl.constexpr,
+              MASK: tl.constexpr):
+    """One key block's contribution to a query block's dQ; MASK: the block crosses kv_len."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    col_ok = offs_n < kv_len
+    kpos = _positions(KIDX, offs_n, col_ok, GATHER, MASK)
+    k = _load_rows(k_base + kpos[:, None] * s_kn + offs_d[None, :], col_ok, MASK)
+    v = _load_rows(v_base + kpos[:, None] * s_vn + offs_d[None, :], col_ok, MASK)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC)
+    p = tl.exp2(s * qk_scale - lse[:, None])
+    if MASK:  # keys past kv_len read as zero: their p would be exp2(-lse), not 0
+        p = tl.where(col_ok[None, :], p, 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+    ds = p * (dp - delta[:, None])
+    return tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
 
 
 def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, QIDX, KIDX, QLEN, KLEN, qk_scale, sm_scale,
                  s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
                  s_dob, s_doh, s_dom, s_gb, s_gh, s_gn, s_qib, s_kib, H, Lq,
                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 PREC: tl.constexpr):
-    """One program = BLOCK_M query rows; loops over the key blocks up to kv_len, then atomically
-    adds dQ (fp32) at the queries' original positions."""
+                 PREC: tl.constexpr, GATHER: tl.constexpr, ATOMIC: tl.constexpr):
+    """One program = BLOCK_M query rows; loops over the key blocks up to kv_len, then writes dQ at
+    the queries' rows (atomic fp32 adds, or one store in the input dtype, as dK/dV)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -324,8 +447,8 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, QIDX, KIDX, QLEN, KLEN, qk_scale, 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < q_len
-    qidx = tl.load(QIDX + b * s_qib + offs_m, mask=row_ok, other=0).to(tl.int64)
-    q = tl.load(Q + b * s_qb + h * s_qh + qidx[:, None] * s_qn + offs_d[None, :],
+    qpos = _positions(QIDX + b * s_qib, offs_m, row_ok, GATHER, True)
+    q = tl.load(Q + b * s_qb + h * s_qh + qpos[:, None] * s_qn + offs_d[None, :],
                 mask=row_ok[:, None], other=0.0)
     do = tl.load(DO + b * s_dob + h * s_doh + offs_m[:, None] * s_dom + offs_d[None, :],
                  mask=row_ok[:, None], other=0.0)
@@ -334,33 +457,39 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, QIDX, KIDX, QLEN, KLEN, qk_scale, 
     delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     hi = tl.where(pid_m * BLOCK_M < q_len, kv_len, 0)
+    full = hi - hi % BLOCK_N
     k_base = K + b * s_kb + h * s_kh
     v_base = V + b * s_vb + h * s_vh
-    for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        col_ok = offs_n < kv_len
-        kidx = tl.load(KIDX + b * s_kib + offs_n, mask=col_ok, other=0).to(tl.int64)
-        k = tl.load(k_base + kidx[:, None] * s_kn + offs_d[None, :],
-                    mask=col_ok[:, None], other=0.0)
-        v = tl.load(v_base + kidx[:, None] * s_vn + offs_d[None, :],
-                    mask=col_ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        p = tl.exp2(s - lse[:, None])
-        p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
-    dq = dq * sm_scale
-    g = b * s_gb + h * s_gh + qidx[:, None] * s_gn + offs_d[None, :]
-    tl.atomic_add(DQ + g, dq, mask=row_ok[:, None], sem="relaxed")
+    kidx = KIDX + b * s_kib
+    for start_n in range(0, full, BLOCK_N):
+        dq = _dq_block(q, do, lse, delta, dq, k_base, v_base, kidx, start_n, kv_len, s_kn, s_vn,
+                       qk_scale, offs_d, BLOCK_N, PREC, GATHER, False)
+    for start_n in range(full, hi, BLOCK_N):
+        dq = _dq_block(q, do, lse, delta, dq, k_base, v_base, kidx, start_n, kv_len, s_kn, s_vn,
+                       qk_scale, offs_d, BLOCK_N, PREC, GATHER, True)
+    # rows past q_len read q = dO = lse = delta = 0, so they hold zeros; keep them exact
+    dq = tl.where(row_ok[:, None], dq * sm_scale, 0.0)
+    g = b * s_gb + h * s_gh + qpos[:, None] * s_gn + offs_d[None, :]
+    if ATOMIC:
+        tl.atomic_add(DQ + g, dq, mask=row_ok[:, None], sem="relaxed")
+    else:
+        if GATHER:
+            put = row_ok
+        else:
+            put = offs_m < Lq
+        tl.store(DQ + g, dq.to(DQ.dtype.element_ty), mask=put[:, None])
 
 
 _KERNELS = None
+_HELPERS = ("_positions", "_load_rows", "_load_vec", "_fwd_block", "_dkdv_block", "_dq_block")
+_KERNEL_NAMES = {"fwd": "_attn_fwd", "delta": "_attn_bwd_delta", "dkdv": "_attn_bwd_dkdv",
+                 "dq": "_attn_bwd_dq"}
 
 
 def _triton():
-    """Import Triton and compile the kernels above (once). TRITON_INTERPRET is read here."""
-    global _KERNELS, tl, _attn_fwd, _attn_bwd_delta, _attn_bwd_dkdv, _attn_bwd_dq
+    """Import Triton and compile the kernels above and their helpers (once). TRITON_INTERPRET is
+    read here."""
+    global _KERNELS, tl
     if _KERNELS is None:
         try:
             import triton
@@ -369,12 +498,11 @@ def _triton():
             raise RuntimeError("backend='triton' needs the triton package (pip install "
                                "'triton>=3.0', Linux x86_64 wheels); use backend='torch'") from e
         tl = language
-        _attn_fwd = triton.jit(_attn_fwd)
-        _attn_bwd_delta = triton.jit(_attn_bwd_delta)
-        _attn_bwd_dkdv = triton.jit(_attn_bwd_dkdv)
-        _attn_bwd_dq = triton.jit(_attn_bwd_dq)
-        _KERNELS = SimpleNamespace(triton=triton, fwd=_attn_fwd, delta=_attn_bwd_delta,
-                                   dkdv=_attn_bwd_dkdv, dq=_attn_bwd_dq)
+        scope = globals()
+        for name in _HELPERS + tuple(_KERNEL_NAMES.values()):
+            scope[name] = triton.jit(scope[name])  # kernels find the jitted helpers here
+        _KERNELS = SimpleNamespace(triton=triton, interpret=_interpreting(),
+                                   **{kind: scope[name] for kind, name in _KERNEL_NAMES.items()})
     return _KERNELS
 
 
@@ -386,39 +514,59 @@ def _interpreting():
 # launch configurations: fixed on CPU (interpreter), timed once per shape class on CUDA
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). fwd/dq: M = query rows per program, N = keys per
-# loop step; dkdv: N = keys per program, M = query rows per loop step.
+# loop step; dkdv: N = keys per program, M = query rows per loop step. The first one of each list
+# is the untuned default. Every one compiles for sm_90 without register spills at D = 64 and (the
+# D = 128 lists) at D = 128, bf16: `python -m ehrjepa.kernels.aot --all` checks it.
 _CANDIDATES = {
-    "fwd": [(64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3), (64, 32, 4, 2)],
-    "dkdv": [(32, 64, 4, 3), (32, 128, 4, 3), (64, 64, 4, 2), (64, 128, 8, 2)],
+    "fwd": [(128, 64, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 3),
+            (128, 32, 4, 3), (64, 32, 4, 2)],
+    "dkdv": [(64, 64, 4, 2), (32, 64, 4, 3), (64, 128, 8, 2), (32, 128, 8, 2)],
     "dq": [(64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 3), (128, 64, 8, 2)],
+}
+_CANDIDATES_D128 = {
+    "fwd": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 2)],
+    "dkdv": [(64, 64, 4, 2), (32, 64, 4, 3)],
+    "dq": [(64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 3)],
 }
 _SMALL = [(16, 16, 2, 2), (32, 32, 4, 2), (16, 32, 2, 2), (32, 16, 2, 2)]  # lengths <= 32
 _INTERPRET_CONFIG = (16, 16, 1, 1)
 _DELTA_BLOCK_M = 64  # rows per program of the backward row term (Triton's default warps, stages)
-_TUNED: dict = {}
+_TUNED: dict = {}  # (kind, dtype, D, length bucket, path) -> config, for this process
+TUNE_CACHE_ENV = "EHRJEPA_TRITON_TUNE_CACHE"  # a JSON file that keeps tuned configs across runs
 
 
 def _candidates(kind, D, small):
     """The launch configurations `_config` times for a kernel: `_SMALL` for lengths up to 32."""
-    cands = _SMALL if small else _CANDIDATES[kind]
-    if D >= 128:  # keep the register/shared-memory footprint sane at D=128
-        cands = [c for c in cands if c[0] * c[1] <= 64 * 64] or cands[:1]
-    return cands
+    if small:
+        return _SMALL
+    return (_CANDIDATES_D128 if D >= 128 else _CANDIDATES)[kind]
 
 
-def _config(kind, dtype, D, L, run):
+def _config(kind, q, D, L, path, run):
     """Pick (BLOCK_M, BLOCK_N, warps, stages) for a kernel. On CUDA the candidates are timed once
-    per (kernel, dtype, D, power-of-two length class) with run(cfg) writing to scratch buffers;
-    EHRJEPA_TRITON_TUNE=0 takes the first candidate untimed."""
-    if not torch.cuda.is_available() or _interpreting():
+    per (kernel, dtype, D, power-of-two length class, path) with run(cfg) writing to scratch
+    buffers, or read from the EHRJEPA_TRITON_TUNE_CACHE file; EHRJEPA_TRITON_TUNE=0 takes the
+    first candidate untimed."""
+    if _KERNELS.interpret or not q.is_cuda:
         return _INTERPRET_CONFIG
-    bucket = max(16, 1 << max(0, int(L) - 1).bit_length())
+    bucket = max(16, 1 << max(0, L - 1).bit_length())
+    key = (kind, q.dtype, D, bucket, path)
+    cfg = _TUNED.get(key)
+    if cfg is None:
+        cfg = _TUNED[key] = _tune(key, q.device, run)
+    return cfg
+
+
+def _tune(key, device, run):
+    """The fastest candidate for `key` (see `_config`), from the tune cache file when it has it."""
+    kind, _dtype, D, bucket, _path = key
     cands = _candidates(kind, D, small=bucket <= 32)
-    key = (kind, dtype, D, bucket)
-    if key in _TUNED:
-        return _TUNED[key]
     if os.environ.get("EHRJEPA_TRITON_TUNE", "1") == "0" or torch.cuda.is_current_stream_capturing():
         return cands[0]
+    where = (torch.cuda.get_device_name(device), _KERNELS.triton.__version__)
+    cached = _recall(key, *where)
+    if cached is not None:
+        return cached
     from triton.testing import do_bench
     best, best_ms = cands[0], float("inf")
     for cfg in cands:
@@ -428,8 +576,62 @@ def _config(kind, dtype, D, L, run):
             continue
         if ms < best_ms:
             best, best_ms = cfg, ms
-    _TUNED[key] = best
+    _remember(key, best, *where)
     return best
+
+
+# The tune cache file: {"<device>|<triton>|<kernel>|<dtype>|<D>|<bucket>|<path>": [M, N, warps,
+# stages]}, read at the first lookup of a process and rewritten (whole, atomically: a temporary
+# file, then a rename) after each new tuning. Two processes tuning at once may drop each other's
+# newest entry; the loser is tuned again next time, never read half-written.
+_TUNE_FILE: dict = {}  # path -> its entries, loaded once per process
+
+
+def _tune_name(key, device_name, triton_version):
+    kind, dtype, D, bucket, path = key
+    return "|".join((device_name, triton_version, kind, str(dtype).replace("torch.", ""), str(D),
+                     str(bucket), path))
+
+
+def _read_tune_cache(file):
+    """The entries of a tune cache file ({} if there is none yet); a clear error if it is bad."""
+    try:
+        with open(file) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return {}
+    try:
+        entries = {name: tuple(int(x) for x in cfg) for name, cfg in json.loads(text).items()}
+        if any(len(cfg) != 4 for cfg in entries.values()):
+            raise ValueError("a config is not [BLOCK_M, BLOCK_N, warps, stages]")
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{file}: not a launch-configuration tune cache ({e}); delete it or unset "
+                         f"{TUNE_CACHE_ENV}") from None
+    return entries
+
+
+def _recall(key, device_name, triton_version):
+    """The config the tune cache file holds for key on this device and Triton, else None."""
+    file = os.environ.get(TUNE_CACHE_ENV)
+    if not file:
+        return None
+    if file not in _TUNE_FILE:
+        _TUNE_FILE[file] = _read_tune_cache(file)
+    return _TUNE_FILE[file].get(_tune_name(key, device_name, triton_version))
+
+
+def _remember(key, cfg, device_name, triton_version):
+    """Add one tuned config to the tune cache file (if one is set), atomically."""
+    file = os.environ.get(TUNE_CACHE_ENV)
+    if not file:
+        return
+    entries = _read_tune_cache(file)  # what other processes wrote meanwhile
+    entries[_tune_name(key, device_name, triton_version)] = tuple(cfg)
+    tmp = f"{file}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({name: list(c) for name, c in sorted(entries.items())}, f, indent=1)
+    os.replace(tmp, file)
+    _TUNE_FILE[file] = entries
 
 
 def _unit_last(x):
@@ -440,8 +642,9 @@ def _unit_last(x):
 
 def _rows(x):
     """Batch, head and row strides of a [B, H, N, D] tensor whose D stride is 1."""
-    assert x.stride(-1) == 1, "kernel operands need a unit stride along D"
-    return x.stride()[:3]
+    s = x.stride()
+    assert s[3] == 1, "kernel operands need a unit stride along D"
+    return s[0], s[1], s[2]
 
 
 def _cdiv(a, b):
@@ -453,72 +656,96 @@ def _prec(dtype):
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def _new(shape, dtype, device):
+    """An output buffer: uninitialised, or NaN under the tests' _FILL_NAN (unwritten shows up)."""
+    if _FILL_NAN:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _index_args(kv_index, kv_lengths, q_index, q_lengths, N):
+    """(gather, Lq, Lk, q_index, kv_index, q_lengths, index strides) as the kernels take them. The
+    identity path (kv_index None) passes the lengths where the indices go: never read there."""
+    if kv_index is None:
+        return False, N, N, kv_lengths, kv_lengths, kv_lengths, 0, 0
+    q_index, kv_index = q_index.contiguous(), kv_index.contiguous()
+    return (True, q_index.shape[1], kv_index.shape[1], q_index, kv_index, q_lengths,
+            q_index.stride(0), kv_index.stride(0))
+
+
 def _triton_forward(q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale):
-    B, H, _, D = q.shape
-    Lq, Lk = q_index.shape[1], kv_index.shape[1]
+    B, H, N, D = q.shape
     _check_head_dim(D)  # a bad argument is reported before a missing Triton
     kern = _triton()
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
-    new = torch.full if _FILL_NAN else (lambda shape, _v, **kw: torch.empty(shape, **kw))
-    out = new((B, H, Lq, D), float("nan"), dtype=q.dtype, device=q.device)
-    lse = new((B, H, Lq), float("nan"), dtype=torch.float32, device=q.device)
+    gather, Lq, Lk, q_index, kv_index, q_lengths, s_qib, s_kib = _index_args(
+        kv_index, kv_lengths, q_index, q_lengths, N)
+    out = _new((B, H, Lq, D), q.dtype, q.device)
+    lse = _new((B, H, Lq), torch.float32, q.device)
     if out.numel() == 0:
         return out, lse
-    q_index, kv_index = q_index.contiguous(), kv_index.contiguous()
+    args = (q_index, kv_index, q_lengths, kv_lengths, scale * LOG2E, *_rows(q), *_rows(k),
+            *_rows(v), *_rows(out), s_qib, s_kib, H, Lq)
 
     def run(cfg, o=out, ls=lse):
         bm, bn, warps, stages = cfg
-        kern.fwd[(_cdiv(Lq, bm), B * H)](
-            q, k, v, o, ls, q_index, kv_index, q_lengths, kv_lengths, scale * LOG2E,
-            *_rows(q), *_rows(k), *_rows(v), *_rows(o), q_index.stride(0),
-            kv_index.stride(0), H, Lq, HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, PREC=_prec(q.dtype),
-            num_warps=warps, num_stages=stages)
+        kern.fwd[(_cdiv(Lq, bm), B * H)](q, k, v, o, ls, *args, HEAD_DIM=D, BLOCK_M=bm,
+                                         BLOCK_N=bn, PREC=_prec(q.dtype), GATHER=gather,
+                                         num_warps=warps, num_stages=stages)
 
-    cfg = _config("fwd", q.dtype, D, max(Lq, Lk),
-                  lambda c: run(c, torch.empty_like(out), torch.empty_like(lse)))
-    run(cfg)
+    run(_config("fwd", q, D, max(Lq, Lk), "gather" if gather else "identity",
+                lambda c: run(c, torch.empty_like(out), torch.empty_like(lse))))
     return out, lse
 
 
-def _triton_backward(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index, q_lengths, scale):
+def _triton_backward(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index, q_lengths, scale,
+                     unique):
+    """dQ, dK, dV. Three ways to write them: the identity path stores every row (the kernels
+    cover all N, zeros past a length: nothing to clear); unique gathered indices store the picked
+    rows into zeros of the input dtype; repeated ones add in fp32 with atomics, cast at the end."""
     kern = _triton()
     q, k, v, out, grad_out = map(_unit_last, (q, k, v, out, grad_out))
     B, H, Nq, D = q.shape
-    Nk = k.shape[2]
-    Lq, Lk = q_index.shape[1], kv_index.shape[1]
-    dq = torch.zeros(B, H, Nq, D, dtype=torch.float32, device=q.device)
-    dk = torch.zeros(B, H, Nk, D, dtype=torch.float32, device=q.device)
-    dv = torch.zeros_like(dk)
+    gather, Lq, Lk, q_index, kv_index, q_lengths, s_qib, s_kib = _index_args(
+        kv_index, kv_lengths, q_index, q_lengths, Nq)
+    atomic = gather and not unique
+    if not gather:
+        path, dq, dk, dv = "identity", *(_new(x.shape, x.dtype, x.device) for x in (q, k, v))
+    elif unique:
+        path, dq, dk, dv = "unique", *(torch.zeros_like(x) for x in (q, k, v))
+    else:
+        path, dq, dk, dv = "atomic", *(torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+                                       for x in (q, k, v))
     if B * H * Lq > 0 and Lk > 0:
-        q_index, kv_index = q_index.contiguous(), kv_index.contiguous()
-        delta = torch.full((B, H, Lq), float("nan"), dtype=torch.float32, device=q.device) \
-            if _FILL_NAN else torch.empty((B, H, Lq), dtype=torch.float32, device=q.device)
-        bm = 16 if _interpreting() else _DELTA_BLOCK_M
+        delta = _new((B, H, Lq), torch.float32, q.device)
+        bm = 16 if kern.interpret else _DELTA_BLOCK_M
         kern.delta[(_cdiv(Lq, bm), B * H)](out, grad_out, delta, *_rows(out), *_rows(grad_out),
                                            H, Lq, HEAD_DIM=D, BLOCK_M=bm)
         common = (q_index, kv_index, q_lengths, kv_lengths, scale * LOG2E, scale,
                   *_rows(q), *_rows(k), *_rows(v), *_rows(grad_out))
-        prec = _prec(q.dtype)
+        flags = dict(HEAD_DIM=D, PREC=_prec(q.dtype), GATHER=gather, ATOMIC=atomic)
 
         def run_dkdv(cfg, gk=dk, gv=dv):
             bm, bn, warps, stages = cfg
             kern.dkdv[(_cdiv(Lk, bn), B * H)](
-                q, k, v, grad_out, lse, delta, gk, gv, *common, *gk.stride()[:3],
-                q_index.stride(0), kv_index.stride(0), H, Lq, HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn,
-                PREC=prec, num_warps=warps, num_stages=stages)
+                q, k, v, grad_out, lse, delta, gk, gv, *common, *_rows(gk), s_qib, s_kib, H, Lq,
+                Lk, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **flags)
 
         def run_dq(cfg, gq=dq):
             bm, bn, warps, stages = cfg
             kern.dq[(_cdiv(Lq, bm), B * H)](
-                q, k, v, grad_out, lse, delta, gq, *common, *gq.stride()[:3],
-                q_index.stride(0), kv_index.stride(0), H, Lq, HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn,
-                PREC=prec, num_warps=warps, num_stages=stages)
+                q, k, v, grad_out, lse, delta, gq, *common, *_rows(gq), s_qib, s_kib, H, Lq,
+                BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **flags)
 
         L = max(Lq, Lk)
-        run_dkdv(_config("dkdv", q.dtype, D, L,
+        run_dkdv(_config("dkdv", q, D, L, path,
                          lambda c: run_dkdv(c, torch.empty_like(dk), torch.empty_like(dv))))
-        run_dq(_config("dq", q.dtype, D, L, lambda c: run_dq(c, torch.empty_like(dq))))
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+        run_dq(_config("dq", q, D, L, path, lambda c: run_dq(c, torch.empty_like(dq))))
+    elif not gather:  # nothing to attend to: the kernels did not run, the gradients are zero
+        dq, dk, dv = dq.zero_(), dk.zero_(), dv.zero_()
+    if atomic:
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    return dq, dk, dv
 
 
 def _check_head_dim(D):
@@ -537,9 +764,10 @@ def _check_triton_device(x):
 # torch.library registration: opaque to torch.compile, differentiable through register_autograd
 
 @torch.library.custom_op("ehrjepa::masked_gather_attention", mutates_args=())
-def _mga_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_index: torch.Tensor,
-            kv_lengths: torch.Tensor, q_index: torch.Tensor, q_lengths: torch.Tensor,
-            scale: float, backend: str, check_index: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _mga_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_index: Optional[torch.Tensor],
+            kv_lengths: torch.Tensor, q_index: Optional[torch.Tensor],
+            q_lengths: Optional[torch.Tensor], scale: float, backend: str, check_index: bool,
+            unique_index: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if check_index:
         _check_values(q, k, kv_index, kv_lengths, q_index, q_lengths)
     if backend == "triton":
@@ -551,38 +779,40 @@ def _mga_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_index: torch.T
 
 
 @_mga_op.register_fake
-def _mga_fake(q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale, backend, check_index):
-    B, H, _, D = q.shape
-    Lq = q_index.shape[1]
+def _mga_fake(q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale, backend, check_index,
+              unique_index):
+    B, H, N, D = q.shape
+    Lq = N if kv_index is None else q_index.shape[1]
     return q.new_empty(B, H, Lq, D), q.new_empty(B, H, Lq, dtype=torch.float32)
 
 
 @torch.library.custom_op("ehrjepa::masked_gather_attention_backward", mutates_args=())
 def _mga_bwd_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                out: torch.Tensor, lse: torch.Tensor, kv_index: torch.Tensor,
-                kv_lengths: torch.Tensor, q_index: torch.Tensor, q_lengths: torch.Tensor,
-                scale: float, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                out: torch.Tensor, lse: torch.Tensor, kv_index: Optional[torch.Tensor],
+                kv_lengths: torch.Tensor, q_index: Optional[torch.Tensor],
+                q_lengths: Optional[torch.Tensor], scale: float, backend: str,
+                unique_index: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "triton":
         _check_triton_device(q)
         return _triton_backward(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index,
-                                q_lengths, scale)
+                                q_lengths, scale, unique_index)
     return _reference_backward(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index,
                                q_lengths, scale)
 
 
 @_mga_bwd_op.register_fake
 def _mga_bwd_fake(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index, q_lengths, scale,
-                  backend):
+                  backend, unique_index):
     return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
             torch.empty(k.shape, dtype=k.dtype, device=k.device),
             torch.empty(v.shape, dtype=v.dtype, device=v.device))
 
 
 def _mga_setup_context(ctx, inputs, output):
-    q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale, backend, _check_index = inputs
+    q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale, backend, _check, unique = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, kv_index, kv_lengths, q_index, q_lengths)
-    ctx.scale, ctx.backend = scale, backend
+    ctx.scale, ctx.backend, ctx.unique = scale, backend, unique
 
 
 def _mga_backward(ctx, grad_out, grad_lse):
@@ -590,8 +820,8 @@ def _mga_backward(ctx, grad_out, grad_lse):
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     dq, dk, dv = _mga_bwd_op(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index,
-                             q_lengths, ctx.scale, ctx.backend)
-    return dq, dk, dv, None, None, None, None, None, None, None
+                             q_lengths, ctx.scale, ctx.backend, ctx.unique)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("ehrjepa::masked_gather_attention", _mga_backward,
@@ -602,24 +832,36 @@ torch.library.register_autograd("ehrjepa::masked_gather_attention", _mga_backwar
 # public entry point
 
 def masked_gather_attention(q, k, v, kv_index, kv_lengths, q_index=None, q_lengths=None,
-                            scale=None, backend=None, check_index=None):
+                            scale=None, backend=None, check_index=None, unique_index=False):
     """Attention of the queries at q_index[b, :q_lengths[b]] over the keys/values at
     kv_index[b, :kv_lengths[b]], read straight from q, k, v [B, H, N, D]. Returns [B, H, Lq, D].
 
+    kv_index None: the identity, positions 0..kv_lengths[b]-1 are the keys and the queries (no
+    q_index then); returns [B, H, N, D]. The kernels then read no index at all.
     backend: None (Triton on CUDA, torch on CPU), "triton" or "torch". Raises IndexError if an
     index within a length is outside [0, N) (checked before any kernel runs; one host sync).
     check_index: None follows CHECK_INDEX; False skips the check (no sync, no work), for callers
     whose indices are right by construction (the model's layers); a bad index then reads out of
     bounds.
+    unique_index: a promise, like check_index=False, that no position appears twice within
+    kv_index[b, :kv_lengths[b]] nor within q_index[b, :q_lengths[b]]: the backward then stores
+    each gradient row once in the input dtype instead of adding fp32 rows with atomics. Not
+    checked; a repeated index then gets one of its gradient rows instead of their sum. The
+    identity path is always unique.
     """
     if backend is None:
         backend = "triton" if q.is_cuda else "torch"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None; got {backend!r}")
-    q_index, q_lengths = _defaults(kv_index, kv_lengths, q_index, q_lengths)
+    if kv_index is None:
+        if q_index is not None or q_lengths is not None:
+            raise ValueError("kv_index=None (the identity) takes no q_index or q_lengths")
+    else:
+        q_index, q_lengths = _defaults(kv_index, kv_lengths, q_index, q_lengths)
     _check_shapes(q, k, v, kv_index, kv_lengths, q_index, q_lengths)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     check_index = CHECK_INDEX if check_index is None else bool(check_index)
     out, _ = torch.ops.ehrjepa.masked_gather_attention(q, k, v, kv_index, kv_lengths, q_index,
-                                                       q_lengths, scale, backend, check_index)
+                                                       q_lengths, scale, backend, check_index,
+                                                       bool(unique_index))
     return out

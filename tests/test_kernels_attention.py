@@ -43,6 +43,15 @@ def make_case(name, dtype, device="cpu", seed=None):
         q_lengths = torch.tensor([21, 6, 1, 0])
         kv_index, q_index = kv_index.int(), q_index.int()
         kv_lengths = kv_lengths.int()
+    elif name == "unique":  # as uneven, but no position twice: the store path may be used
+        B, H, N, D, Lk, Lq = 4, 2, 37, 32, 35, 21
+        kv_index = torch.stack([torch.randperm(N, generator=g)[:Lk] for _ in range(B)]).int()
+        kv_lengths = torch.tensor([35, 0, 1, 18]).int()
+        q_index = torch.stack([torch.randperm(N, generator=g)[:Lq] for _ in range(B)])
+        q_lengths = torch.tensor([21, 6, 1, 0])
+    elif name == "identity":  # kv_index None: rows 0..len-1; a length of one full 16-block too
+        B, H, N, D = 4, 2, 37, 32
+        kv_index, kv_lengths, q_index, q_lengths = None, torch.tensor([37, 0, 1, 32]), None, None
     elif name == "self":  # queries = keys (q_index None), int64, D=64, padding holds junk
         B, H, N, D, Lk = 3, 1, 40, 64, 33
         kv_index = torch.stack([torch.randperm(N, generator=g)[:Lk] for _ in range(B)])
@@ -62,11 +71,11 @@ def make_case(name, dtype, device="cpu", seed=None):
     return q, k, v, *idx
 
 
-def check_against_float64(backend, dtype, case, device="cpu", monkeypatch=None):
+def check_against_float64(backend, dtype, case, device="cpu", unique_index=False):
     q, k, v, kv_index, kv_lengths, q_index, q_lengths = make_case(case, dtype, device)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
     out = masked_gather_attention(q, k, v, kv_index, kv_lengths, q_index, q_lengths,
-                                  backend=backend)
+                                  backend=backend, unique_index=unique_index)
     grad = torch.randn_like(out)
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
 
@@ -80,6 +89,8 @@ def check_against_float64(backend, dtype, case, device="cpu", monkeypatch=None):
         err = rel(got, want)
         assert err < TOL[dtype], f"{backend} {dtype} {case}: {name} relative error {err:.2e}"
     # exact zeros where nothing is defined: rows past q_lengths, gradients where nothing was picked
+    if kv_index is None:
+        kv_index = torch.arange(q.shape[2], device=device).expand(q.shape[0], -1)
     ql = kv_lengths if q_lengths is None else q_lengths
     qi = kv_index if q_index is None else q_index
     for b in range(out.shape[0]):
@@ -101,13 +112,58 @@ def nan_fill(monkeypatch):
     monkeypatch.setattr(attn, "_FILL_NAN", True)
 
 
+# The three backward paths: "uneven" repeats indices (atomic fp32 adds), "unique" and "self" are
+# gathered with unique_index=True (stores in the input dtype into zeros), "identity" has no index
+# at all (stores every row, nothing zeroed beforehand: the NaN fill catches a row left unwritten).
+PATHS = [("uneven", False), ("unique", True), ("self", True), ("identity", False)]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("case", ["uneven", "self"])
+@pytest.mark.parametrize("case,unique_index", PATHS)
 @pytest.mark.parametrize("backend", ["triton", "torch"])
-def test_matches_float64_reference(backend, case, dtype, nan_fill):
+def test_matches_float64_reference(backend, case, unique_index, dtype, nan_fill):
     if backend == "triton" and not CPU_TRITON:
         pytest.skip(WHY_NOT)
-    check_against_float64(backend, dtype, case)
+    check_against_float64(backend, dtype, case, unique_index=unique_index)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("case,unique_index", [("unique", True), ("identity", False)])
+def test_scores_far_below_zero(case, unique_index, nan_fill):
+    """Every score near -500: exp2(-lse) overflows to inf, so a key past kv_len in a tail block
+    (read as zero) must be masked out, not merely multiplied by its zero k or v."""
+    q, k, v, kv_index, kv_lengths, q_index, q_lengths = make_case(case, torch.float32)
+    q = (4 + 0.1 * torch.randn_like(q)).requires_grad_()
+    k = (-4 + 0.1 * torch.randn_like(k)).requires_grad_()
+    v.requires_grad_()
+    out = masked_gather_attention(q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale=1.0,
+                                  backend="triton", unique_index=unique_index)
+    grad = torch.randn_like(out)
+    got = (out, *torch.autograd.grad(out, (q, k, v), grad))
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = masked_gather_attention_reference(q64, k64, v64, kv_index, kv_lengths, q_index,
+                                            q_lengths, scale=1.0)
+    want = (ref, *torch.autograd.grad(ref, (q64, k64, v64), grad.double()))
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
+        assert torch.isfinite(a).all() and rel(a, b) < 1e-4, f"{name}: {rel(a, b):.2e}"
+
+
+@needs_interpreter
+def test_unique_index_is_a_promise_not_a_check():
+    """unique_index=True on a repeated key stores one of its gradient rows, not their sum: the
+    flag really switches the backward to stores (and breaking the promise shows)."""
+    q, k, v, kv_index, kv_lengths, q_index, q_lengths = make_case("uneven", torch.float32)
+    k.requires_grad_()
+    grads = []
+    for unique in (False, True):
+        out = masked_gather_attention(q, k, v, kv_index, kv_lengths, q_index, q_lengths,
+                                      backend="triton", unique_index=unique)
+        grads.append(torch.autograd.grad(out.square().sum(), k)[0])
+    row = int(kv_index[0, 9])  # the key picked three times in sample 0
+    assert rel(grads[1][0, :, row], grads[0][0, :, row]) > 0.1
+    others = torch.ones(k.shape[2], dtype=torch.bool)
+    others[row] = False
+    assert torch.allclose(grads[1][:, :, others], grads[0][:, :, others], atol=1e-6)
 
 
 @needs_interpreter
@@ -116,10 +172,11 @@ def test_head_dim_128_triton(nan_fill):
 
 
 @needs_interpreter
-def test_triton_forward_writes_every_row_and_lse(nan_fill):
-    q, k, v, kv_index, kv_lengths, q_index, q_lengths = make_case("uneven", torch.float32)
+@pytest.mark.parametrize("case", ["uneven", "identity"])
+def test_triton_forward_writes_every_row_and_lse(case, nan_fill):
+    q, k, v, kv_index, kv_lengths, q_index, q_lengths = make_case(case, torch.float32)
     out, lse = torch.ops.ehrjepa.masked_gather_attention(q, k, v, kv_index, kv_lengths, q_index,
-                                                         q_lengths, 0.2, "triton", True)
+                                                         q_lengths, 0.2, "triton", True, False)
     _, ref_lse = masked_gather_attention_reference(q.double(), k.double(), v.double(), kv_index,
                                                    kv_lengths, q_index, q_lengths, 0.2,
                                                    return_lse=True)
@@ -262,24 +319,28 @@ cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 @pytest.mark.cuda
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("case", ["uneven", "self", "d128"])
-def test_cuda_matches_float64_reference(case, dtype, nan_fill):
-    check_against_float64("triton", dtype, case, device="cuda")
+@pytest.mark.parametrize("case,unique_index", PATHS + [("d128", True), ("d128", False)])
+def test_cuda_matches_float64_reference(case, unique_index, dtype, nan_fill):
+    check_against_float64("triton", dtype, case, device="cuda", unique_index=unique_index)
 
 
 @pytest.mark.cuda
 @cuda
 @pytest.mark.parametrize("D", [32, 64, 128])
-def test_cuda_larger_bf16(D, nan_fill):
-    """Sizes that use the tuned (large) block configurations."""
+@pytest.mark.parametrize("path", ["atomic", "unique", "identity"])
+def test_cuda_larger_bf16(D, path, nan_fill):
+    """Sizes that use the tuned (large) block configurations, on each backward path."""
     g = torch.Generator().manual_seed(D)
     B, H, T = 4, 3, 700
     keep = torch.randint(int(0.6 * T), int(0.85 * T) + 1, (B,), generator=g)
+    keep[0] = 640  # a multiple of every block size: only full blocks
     L = int(keep.max())
     index = torch.stack([torch.randperm(T, generator=g)[:L] for _ in range(B)]).cuda()
+    if path == "identity":
+        index = None
     q, k, v = (torch.randn(B, H, T, D, generator=g).cuda().bfloat16().requires_grad_()
                for _ in range(3))
-    out = masked_gather_attention(q, k, v, index, keep.cuda())
+    out = masked_gather_attention(q, k, v, index, keep.cuda(), unique_index=path == "unique")
     grad = torch.randn_like(out)
     got = (out, *torch.autograd.grad(out, (q, k, v), grad))
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
