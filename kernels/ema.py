@@ -282,8 +282,10 @@ class EmaPlan:
         capture failed."""
         try:
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.device(self.device), \
-                    torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            # on a stream of the tensors' device (torch.cuda.graph's shared default stream belongs
+            # to whichever device used it first); thread_local: other threads may use CUDA
+            with torch.cuda.device(self.device), torch.cuda.graph(
+                    graph, stream=torch.cuda.Stream(self.device), capture_error_mode="thread_local"):
                 self._launch(0.0, self._w_graph, True)
             return graph
         except Exception as e:  # noqa: BLE001 - any failure: the direct launch still works
