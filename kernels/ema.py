@@ -197,7 +197,7 @@ class EmaPlan:
     it does not pickle.
     """
 
-    _capturing = staticmethod(lambda: torch.cuda.is_current_stream_capturing())
+    _capturing = staticmethod(torch.cuda.is_current_stream_capturing)
 
     def __init__(self, targets, context, *, graph: bool = True, _hold: bool = True):
         targets, context = list(targets), list(context)
