@@ -12,8 +12,10 @@ Everything is measured in the same run, on the same device:
   ours with the gather fused (projection of all T tokens, kernel reads rows through the index).
   ms, and TFLOP/s counted on valid tokens (4 L^2 D per head forward, x3.5 for forward+backward);
 - EMA of fp32 target parameters with ViT-like shapes (21.3 M: 384 wide x 12 deep; 302 M: 1024 x
-  24): per-parameter loop (I-JEPA), foreach mul+add, foreach lerp, one lerp on a flat buffer, ours.
-  us and GB/s at 12 bytes per parameter.
+  24): per-parameter loop (I-JEPA), foreach mul+add, foreach lerp, one lerp on a flat buffer, ours
+  (`ema_update_`, keyed by every tensor per call) and ours_plan (an `EmaPlan` built once, as the
+  trainer keeps it). us and GB/s at 12 bytes per parameter, and the host Python cost per call
+  with launches replaced by no-ops (`ehrjepa.kernels.ema.host_cost_us`).
 Each variant gets a status: "ok"; "interpreter" (on CPU our kernels run in Triton's interpreter,
 TRITON_INTERPRET=1, which executes them as NumPy: it proves they run, its time is no speed);
 "unavailable: REASON" (e.g. Triton not installed, no FlexAttention backward on CPU: the other
@@ -37,7 +39,8 @@ ATTN_CASES_QUICK = [(2, 20), (1, 40)]
 EMA_MODELS = [("21.3M (384x12)", 384, 12), ("302M (1024x24)", 1024, 24)]
 EMA_MODELS_QUICK = [("tiny (32x1)", 32, 1)]
 ATTN_COLUMNS = ["gather_sdpa_mask", "gather_flex", "truncate_sdpa", "ours", "ours_fused_gather"]
-EMA_COLUMNS = ["loop", "foreach_mul_add", "foreach_lerp", "flat_lerp", "ours"]
+EMA_COLUMNS = ["loop", "foreach_mul_add", "foreach_lerp", "flat_lerp", "ours", "ours_plan"]
+EMA_OURS = {"ours", "ours_plan"}
 OURS = {"ours", "ours_fused_gather"}
 SECTIONS = ("ceilings", "attention", "ema")
 GRAPH_CALLS = 10  # calls per captured CUDA graph in the device-time columns
@@ -348,6 +351,14 @@ def ema_variants(shapes, device, m=0.996):
         "flat_lerp": lambda: flat_t.lerp_(flat_c, 1 - m),
         "ours": lambda: ema_update_(targets, context, m, backend="triton"),
     }
+    plan = []
+
+    def ours_plan():  # the plan a trainer keeps: built on the first (warm-up) call, then reused
+        if not plan:
+            from ehrjepa.kernels.ema import EmaPlan
+            plan.append(EmaPlan(targets, context))
+        plan[0](m)
+    variants["ours_plan"] = ours_plan
     return variants, targets, context, n
 
 
@@ -359,21 +370,33 @@ def ema_case(name, dim, depth, device, rep, ours_status="ok", profile_dir=None):
     variants, targets, context, n = ema_variants(vit_shapes(dim, depth), device, m)
     row = {"model": name, "params_M": n / 1e6}
     status = {key: "ok" for key in EMA_COLUMNS}
-    status["ours"] = ours_status
+    status.update(dict.fromkeys(EMA_OURS, ours_status))
     if ours_status.startswith("unavailable"):
-        del variants["ours"]
-    else:
+        for key in EMA_OURS:
+            del variants[key]
+    else:  # both of ours against foreach lerp, on copies of the targets
+        from ehrjepa.kernels.ema import EmaPlan
         check = [t.clone() for t in targets]
         torch._foreach_lerp_(check, context, 1 - m)
-        ours_t = [t.clone() for t in targets]
-        ema_update_(ours_t, context, m, backend="triton")
+
+        def ulp(update):
+            ours_t = [t.clone() for t in targets]
+            update(ours_t)
+            return max(int((a.view(torch.int32).long() - b.view(torch.int32).long()).abs().max())
+                       for a, b in zip(ours_t, check))
         row["max_ulp_vs_foreach_lerp"] = max(
-            int((a.view(torch.int32).long() - b.view(torch.int32).long()).abs().max())
-            for a, b in zip(ours_t, check))
-        del check, ours_t
+            ulp(lambda ts: ema_update_(ts, context, m, backend="triton")),
+            ulp(lambda ts: EmaPlan(ts, context, graph=False)(m)))
+        del check
+    try:  # the Python cost of a call, launches replaced by no-ops: the same on any device
+        from ehrjepa.kernels.ema import host_cost_us
+        cost = host_cost_us(vit_shapes(dim, depth), calls=2000)
+        row["host_cost_us"] = {"ours": cost["keyed"], "ours_plan": cost["plan"]}
+    except Exception as e:  # noqa: BLE001 - the timings below stand without it
+        row["host_cost_error"] = _failed(e)
     time_variants(row, variants, status, device, rep, "_us", 1e3,
                   ("GBps", lambda ms: 12 * n / ms / 1e6))
-    _profile(row, variants, ("flat_lerp", "foreach_lerp", "ours"), device, profile_dir,
+    _profile(row, variants, ("flat_lerp", "foreach_lerp", "ours", "ours_plan"), device, profile_dir,
              f"ema_{dim}x{depth}")
     return row
 
@@ -453,6 +476,12 @@ def markdown(res):
         lines += ["EMA of fp32 targets, us (GB/s at 12 bytes/param)", ""]
         lines += _table(res["ema"], EMA_COLUMNS, "model", "_us", "GBps", 1,
                         ("max_ulp_vs_foreach_lerp", "max ulp vs foreach lerp", str))
+        for r in res["ema"]:
+            cost = r.get("host_cost_us")
+            if cost:
+                lines.append(f"{r['model']}: host Python per call with launches replaced by no-ops: "
+                             + ", ".join(f"{k} {v:.1f} us" for k, v in cost.items()))
+        lines.append("")
         graph = _graph_table(res["ema"], EMA_COLUMNS, "model", "_us", "GBps", 1)
         if graph:
             lines += [f"the same, device us per call inside a CUDA graph of {GRAPH_CALLS} calls "
@@ -496,13 +525,17 @@ def result_rows(section, row):
         if name not in row.get("graph_status", {}):
             continue
         t, host = row.get(name + "_graph" + key), row.get(name + "_host" + key)
-        out.append({"benchmark": "kernels", "case": case, "shape": shape,
-                    "tool": f"{name} (CUDA graph)", "wall_s": None if t is None else t * scale,
+        out.append({"benchmark": "kernels", "case": f"{case}, in a CUDA graph", "shape": shape,
+                    "tool": name, "wall_s": None if t is None else t * scale,
                     "value": row.get(name + "_graph_" + rate), "unit": unit,
                     "status": row["graph_status"][name],
                     "note": None if host is None else
                     f"device time per call, {GRAPH_CALLS} calls per graph; host issue time "
                     f"{host * scale * 1e6:.1f} us per call (no graph)"})
+    for name, us in (row.get("host_cost_us") or {}).items():  # the EMA's Python cost, any device
+        out.append({"benchmark": "kernels", "case": f"{case}, host Python per call", "shape": shape,
+                    "tool": name, "wall_s": us * 1e-6, "status": "ok",
+                    "note": "launches replaced by no-ops (ehrjepa.kernels.ema.host_cost_us)"})
     return out
 
 
