@@ -517,16 +517,16 @@ def _interpreting():
 # loop step; dkdv: N = keys per program, M = query rows per loop step. The first one of each list
 # is the untuned default. Every one compiles for sm_90 without register spills at D = 64 and (the
 # D = 128 lists) at D = 128, bf16: `python -m ehrjepa.kernels.aot --all` checks it.
-_CANDIDATES = {
+_CANDIDATES = {  # (32, 128, 4, 3) dK/dV, in the first H200 run's list, spilled: gone
     "fwd": [(128, 64, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 3),
             (128, 32, 4, 3), (64, 32, 4, 2)],
     "dkdv": [(64, 64, 4, 2), (32, 64, 4, 3), (64, 128, 8, 2), (32, 128, 8, 2)],
     "dq": [(64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 3), (128, 64, 8, 2)],
 }
-_CANDIDATES_D128 = {
+_CANDIDATES_D128 = {  # at D = 128, (64, 64, 4, 2) dK/dV and (128, 32, 4, 3) dQ spill
     "fwd": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 2)],
-    "dkdv": [(64, 64, 4, 2), (32, 64, 4, 3)],
-    "dq": [(64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 3)],
+    "dkdv": [(64, 64, 8, 2), (32, 64, 4, 3)],
+    "dq": [(64, 64, 4, 3), (128, 32, 8, 3), (64, 32, 4, 3), (128, 64, 8, 2)],
 }
 _SMALL = [(16, 16, 2, 2), (32, 32, 4, 2), (16, 32, 2, 2), (32, 16, 2, 2)]  # lengths <= 32
 _INTERPRET_CONFIG = (16, 16, 1, 1)
@@ -761,13 +761,12 @@ def _check_triton_device(x):
 
 
 # ------------------------------------------------------------------------------------------------
-# torch.library registration: opaque to torch.compile, differentiable through register_autograd
+# the op: one forward and one backward, reached two ways. torch.compile traces a torch.library
+# custom op (opaque to the compiler, differentiable through register_autograd); eager calls go
+# through a plain autograd.Function instead, because the custom op's Python dispatch (defaults,
+# redispatch, its autograd wrapper) costs several times what the launches around it do.
 
-@torch.library.custom_op("ehrjepa::masked_gather_attention", mutates_args=())
-def _mga_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_index: Optional[torch.Tensor],
-            kv_lengths: torch.Tensor, q_index: Optional[torch.Tensor],
-            q_lengths: Optional[torch.Tensor], scale: float, backend: str, check_index: bool,
-            unique_index: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale, backend, check_index):
     if check_index:
         _check_values(q, k, kv_index, kv_lengths, q_index, q_lengths)
     if backend == "triton":
@@ -776,6 +775,45 @@ def _mga_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_index: Optiona
     out, lse = masked_gather_attention_reference(q, k, v, kv_index, kv_lengths, q_index,
                                                  q_lengths, scale, return_lse=True)
     return out.contiguous(), lse.contiguous()
+
+
+def _backward(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index, q_lengths, scale,
+              backend, unique_index):
+    if backend == "triton":
+        _check_triton_device(q)
+        return _triton_backward(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index,
+                                q_lengths, scale, unique_index)
+    return _reference_backward(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index,
+                               q_lengths, scale)
+
+
+class _Eager(torch.autograd.Function):
+    """The eager path: `_forward` and `_backward` without the custom op's dispatch."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale, backend,
+                check_index, unique_index):
+        out, lse = _forward(q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale, backend,
+                            check_index)
+        ctx.save_for_backward(q, k, v, out, lse, kv_index, kv_lengths, q_index, q_lengths)
+        ctx.scale, ctx.backend, ctx.unique = scale, backend, unique_index
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse, kv_index, kv_lengths, q_index, q_lengths = ctx.saved_tensors
+        dq, dk, dv = _backward(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index,
+                               q_lengths, ctx.scale, ctx.backend, ctx.unique)
+        return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+@torch.library.custom_op("ehrjepa::masked_gather_attention", mutates_args=())
+def _mga_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_index: Optional[torch.Tensor],
+            kv_lengths: torch.Tensor, q_index: Optional[torch.Tensor],
+            q_lengths: Optional[torch.Tensor], scale: float, backend: str, check_index: bool,
+            unique_index: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale, backend,
+                    check_index)
 
 
 @_mga_op.register_fake
@@ -792,12 +830,8 @@ def _mga_bwd_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
                 kv_lengths: torch.Tensor, q_index: Optional[torch.Tensor],
                 q_lengths: Optional[torch.Tensor], scale: float, backend: str,
                 unique_index: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if backend == "triton":
-        _check_triton_device(q)
-        return _triton_backward(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index,
-                                q_lengths, scale, unique_index)
-    return _reference_backward(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index,
-                               q_lengths, scale)
+    return _backward(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index, q_lengths,
+                     scale, backend, unique_index)
 
 
 @_mga_bwd_op.register_fake
@@ -861,7 +895,8 @@ def masked_gather_attention(q, k, v, kv_index, kv_lengths, q_index=None, q_lengt
     _check_shapes(q, k, v, kv_index, kv_lengths, q_index, q_lengths)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     check_index = CHECK_INDEX if check_index is None else bool(check_index)
-    out, _ = torch.ops.ehrjepa.masked_gather_attention(q, k, v, kv_index, kv_lengths, q_index,
-                                                       q_lengths, scale, backend, check_index,
-                                                       bool(unique_index))
-    return out
+    args = (q, k, v, kv_index, kv_lengths, q_index, q_lengths, scale, backend, check_index,
+            bool(unique_index))
+    if torch.compiler.is_compiling():
+        return torch.ops.ehrjepa.masked_gather_attention(*args)[0]
+    return _Eager.apply(*args)

@@ -1,6 +1,7 @@
 """masked_gather_attention: Triton kernels (interpreter on CPU) and the torch path against a float64
 reference, output and all three gradients, on fresh random inputs."""
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -311,6 +312,52 @@ def test_works_without_triton():
 
 
 # ------------------------------------------------------------------------------------------------
+# the tune cache file (EHRJEPA_TRITON_TUNE_CACHE): the tuning is CUDA-only, the file is not
+
+H200 = ("NVIDIA H200", "3.6.0")
+KEY = ("fwd", torch.bfloat16, 64, 1024, "identity")
+
+
+@pytest.fixture
+def tune_file(tmp_path, monkeypatch):
+    path = tmp_path / "tune.json"
+    monkeypatch.setenv(attn.TUNE_CACHE_ENV, str(path))
+    monkeypatch.setattr(attn, "_TUNE_FILE", {})
+    return path
+
+
+def test_tune_cache_round_trip(tune_file, monkeypatch):
+    assert attn._recall(KEY, *H200) is None  # no file yet
+    attn._remember(KEY, (128, 64, 4, 3), *H200)
+    dq_key = ("dq", torch.bfloat16, 64, 1024, "unique")
+    attn._remember(dq_key, (64, 64, 4, 3), *H200)
+    monkeypatch.setattr(attn, "_TUNE_FILE", {})  # as a second process sees it
+    assert attn._recall(KEY, *H200) == (128, 64, 4, 3)
+    assert attn._recall(dq_key, *H200) == (64, 64, 4, 3)
+    assert attn._recall(KEY, "NVIDIA H100 80GB HBM3", "3.6.0") is None  # another card
+    assert attn._recall(KEY, "NVIDIA H200", "3.9.0") is None  # another Triton
+    assert attn._recall(KEY[:3] + (2048,) + KEY[4:], *H200) is None  # another length class
+    assert attn._recall(KEY[:4] + ("gather",), *H200) is None  # another path
+    assert len(json.loads(tune_file.read_text())) == 2
+    assert [p.name for p in tune_file.parent.iterdir()] == ["tune.json"]  # no temporary left
+
+
+def test_tune_cache_bad_file_is_one_clear_error(tune_file):
+    for text in ("{not json", '{"a": [128, 64]}', "[1, 2]"):
+        tune_file.write_text(text)
+        attn._TUNE_FILE.clear()
+        with pytest.raises(ValueError, match="tune.json: not a launch-configuration tune cache"):
+            attn._recall(KEY, *H200)
+
+
+def test_no_tune_cache_without_the_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv(attn.TUNE_CACHE_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    attn._remember(KEY, (128, 64, 4, 3), *H200)
+    assert attn._recall(KEY, *H200) is None and not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------
 # CUDA (skipped without a GPU)
 
 cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
@@ -367,3 +414,27 @@ def test_cuda_torch_compile_fullgraph():
     x.grad = None
     f(x).backward()
     assert rel(g, x.grad) < 1e-2
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_tuned_configs_persist(tmp_path, monkeypatch):
+    """With EHRJEPA_TRITON_TUNE_CACHE set, tuning writes each config to the file, and a fresh
+    process state reads them back instead of timing again."""
+    path = tmp_path / "tune.json"
+    monkeypatch.setenv(attn.TUNE_CACHE_ENV, str(path))
+    monkeypatch.setenv("EHRJEPA_TRITON_TUNE", "1")
+    monkeypatch.setattr(attn, "_TUNE_FILE", {})
+    monkeypatch.setattr(attn, "_TUNED", {})
+    q, k, v = (torch.randn(2, 2, 300, 64, device="cuda", dtype=torch.bfloat16,
+                           requires_grad=True) for _ in range(3))
+    lengths = torch.tensor([300, 123], device="cuda")
+    masked_gather_attention(q, k, v, None, lengths).sum().backward()
+    saved = json.loads(path.read_text())
+    assert {name.split("|")[2] for name in saved} == {"fwd", "dkdv", "dq"}
+    assert all(name.startswith(torch.cuda.get_device_name()) for name in saved)
+    monkeypatch.setattr(attn, "_TUNE_FILE", {})
+    monkeypatch.setattr(attn, "_TUNED", {})
+    import triton.testing
+    monkeypatch.setattr(triton.testing, "do_bench", lambda *a, **kw: pytest.fail("tuned again"))
+    masked_gather_attention(q, k, v, None, lengths).sum().backward()
