@@ -553,7 +553,9 @@ def _config(kind, q, D, L, path, run):
     key = (kind, q.dtype, D, bucket, path)
     cfg = _TUNED.get(key)
     if cfg is None:
-        cfg = _TUNED[key] = _tune(key, q.device, run)
+        cfg = _tune(key, q.device, run)
+        if not torch.cuda.is_current_stream_capturing():  # under capture: untimed, not kept
+            _TUNED[key] = cfg
     return cfg
 
 
@@ -561,12 +563,14 @@ def _tune(key, device, run):
     """The fastest candidate for `key` (see `_config`), from the tune cache file when it has it."""
     kind, _dtype, D, bucket, _path = key
     cands = _candidates(kind, D, small=bucket <= 32)
-    if os.environ.get("EHRJEPA_TRITON_TUNE", "1") == "0" or torch.cuda.is_current_stream_capturing():
+    if os.environ.get("EHRJEPA_TRITON_TUNE", "1") == "0":
         return cands[0]
     where = (torch.cuda.get_device_name(device), _KERNELS.triton.__version__)
     cached = _recall(key, *where)
     if cached is not None:
         return cached
+    if torch.cuda.is_current_stream_capturing():  # no timing inside a CUDA graph
+        return cands[0]
     from triton.testing import do_bench
     best, best_ms = cands[0], float("inf")
     for cfg in cands:
