@@ -284,8 +284,9 @@ def test_torch_compile_fullgraph_cpu():
             return masked_gather_attention(q, k, v, index, lengths, backend=self.backend).square().sum()
 
     x = torch.randn(2, 10, 32)
-    index, lengths = torch.randint(0, 10, (2, 7)), torch.tensor([7, 3])
-    for backend in ("torch", "triton") if CPU_TRITON else ("torch",):
+    lengths = torch.tensor([7, 3])
+    for backend, index in [("torch", torch.randint(0, 10, (2, 7))), ("torch", None)] + (
+            [("triton", torch.randint(0, 10, (2, 7))), ("triton", None)] if CPU_TRITON else []):
         model = Tiny(backend)
         loss = torch.compile(model, fullgraph=True)(x, index, lengths)
         loss.backward()
@@ -399,9 +400,10 @@ def test_cuda_larger_bf16(D, path, nan_fill):
 
 @pytest.mark.cuda
 @cuda
-def test_cuda_torch_compile_fullgraph():
+@pytest.mark.parametrize("identity", [False, True])
+def test_cuda_torch_compile_fullgraph(identity):
     x = torch.randn(4, 64, 3, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    index = torch.stack([torch.randperm(64)[:50] for _ in range(4)]).cuda()
+    index = None if identity else torch.stack([torch.randperm(64)[:50] for _ in range(4)]).cuda()
     lengths = torch.tensor([50, 31, 1, 0], device="cuda")
 
     def f(x):
