@@ -69,7 +69,7 @@ def test_attention(benchmark, attn_inputs, variant):
                                                             attn_mask=valid[:, None, None, :]),
         "truncate_sdpa": lambda: F.scaled_dot_product_attention(q[:, :, :n], k[:, :, :n],
                                                                 v[:, :, :n]),
-        "ours_triton": lambda: masked_gather_attention(q, k, v, packed, keep, backend="triton",
+        "ours_triton": lambda: masked_gather_attention(q, k, v, None, keep, backend="triton",
                                                        check_index=False),
         "ours_torch": lambda: masked_gather_attention(q, k, v, packed, keep, backend="torch"),
     }
