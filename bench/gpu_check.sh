@@ -154,7 +154,7 @@ echo "=== warm-up processes done after $((SECONDS - t0)) s more; logs $OUT/warm_
 
 # 3. the timed train steps, one case at a time (warm caches)
 for case in "${CASES[@]}"; do
-    step "train_step $case" 120 python3 -m bench train_step --case "$case" "${MODES[@]}" "${RUN[@]}" \
+    step "train_step $case" 120 python3 -m bench train_step --case "$case" "${MODES[@]}" "${RUN[@]}" --profile "$OUT" \
         --json "$OUT/train_step_$case.json" --results "$OUT/results.csv"
 done
 if [ -d "$WORK/stays" ]; then

@@ -33,6 +33,7 @@ import platform
 import time
 
 from bench import results
+from bench.profile import profile
 
 ATTN_CASES = [(512, 20), (128, 256), (32, 1024), (8, 4096)]
 ATTN_CASES_QUICK = [(2, 20), (1, 40)]
@@ -191,33 +192,6 @@ def time_variants(row, variants, status, device, rep, unit, scale, rate):
     row["status"] = status
     if graph_status:
         row["graph_status"] = graph_status
-
-
-def profile(variants, names, path, calls=5):
-    """torch.profiler table (device and host time per op, sorted by device time) of `calls` calls
-    of each named variant, written to path: what a variant spends its time on."""
-    import torch
-    from torch.profiler import ProfilerActivity
-    with open(path + ".tmp", "w") as fh:
-        for name in names:
-            if name not in variants:
-                continue
-            fn = variants[name]
-            fn()
-            torch.cuda.synchronize()
-            with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                for _ in range(calls):
-                    fn()
-                torch.cuda.synchronize()
-            averages = prof.key_averages()
-            for key in ("device_time_total", "cuda_time_total"):  # the name changed in torch 2.4
-                try:
-                    table = averages.table(sort_by=key, row_limit=30, max_name_column_width=70)
-                    break
-                except (AttributeError, KeyError, ValueError):
-                    table = averages.table(row_limit=30)
-            fh.write(f"=== {name}: {calls} calls\n{table}\n\n")
-    os.replace(path + ".tmp", path)
 
 
 def attention_case(B, T, device, dtype, rep, ours_status="ok", H=6, D=64, seed=0,

@@ -43,6 +43,7 @@ import sys
 import time
 
 from bench import results
+from bench.profile import profile
 
 CASES = {  # name (size-BxT, what runs) -> (size, batch, hours, context hours, target hours)
     "small-8x20": ("small", 8, 20, 15, 5),  # the CPU case
@@ -74,6 +75,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="MFU denominator (default 989 on CUDA, measured bf16 matmul on CPU)")
     parser.add_argument("--threads", type=int, help="CPU: torch threads (default: torch's choice)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="also write a torch.profiler table of 3 steps per case and mode to "
+                             "DIR/profile_train_step_CASE_MODE.txt")
     parser.add_argument("--lengths", choices=["fixed", "stays"], default="fixed",
                         help="stays: token-budget batches of the processed stays' lengths (needs "
                              "--data; default: fixed, the cases above)")
@@ -242,6 +246,13 @@ def run_one(case, mode, device, args) -> dict:
     except Exception as e:  # noqa: BLE001 - one failing mode must not hide the others
         row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
         return row
+    if args.profile:  # where a step's time goes (a captured step shows its graph's kernels)
+        path = os.path.join(args.profile, f"profile_train_step_{row['case']}_{mode}.txt")
+        try:
+            profile({mode: step}, [mode], path, calls=3)
+            row["profile"] = path
+        except Exception as e:  # noqa: BLE001 - the timing above stands without it
+            row["profile"] = f"failed: {type(e).__name__}: {str(e)[:200]}"
     flops = matmul_flops(model, B, T, C, P)
     row.update(ms=round(ms, 3), seq_s=round(B / ms * 1e3, 1), matmul_gflop=round(flops / 1e9, 3),
                tflops=flops / ms / 1e9, note=note)
