@@ -528,7 +528,8 @@ _CANDIDATES_D128 = {  # at D = 128, (64, 64, 4, 2) dK/dV and (128, 32, 4, 3) dQ 
     "dkdv": [(64, 64, 8, 2), (32, 64, 4, 3)],
     "dq": [(64, 64, 4, 3), (128, 32, 8, 3), (64, 32, 4, 3), (128, 64, 8, 2)],
 }
-_SMALL = [(16, 16, 2, 2), (32, 32, 4, 2), (16, 32, 2, 2), (32, 16, 2, 2)]  # lengths <= 32
+# lengths <= 32; (16, 32, 2, 2) left: its unique-path dQ spilled 8 B at D = 32
+_SMALL = [(16, 16, 2, 2), (32, 32, 4, 2), (32, 16, 2, 2)]
 _INTERPRET_CONFIG = (16, 16, 1, 1)
 _DELTA_BLOCK_M = 64  # rows per program of the backward row term (Triton's default warps, stages)
 _TUNED: dict = {}  # (kind, dtype, D, length bucket, path) -> config, for this process
