@@ -714,10 +714,12 @@ def _triton_backward(grad_out, q, k, v, out, lse, kv_index, kv_lengths, q_index,
     gather, Lq, Lk, q_index, kv_index, q_lengths, s_qib, s_kib = _index_args(
         kv_index, kv_lengths, q_index, q_lengths, Nq)
     atomic = gather and not unique
+    # contiguous, never *_like: dK and dV are written with one set of strides
     if not gather:
         path, dq, dk, dv = "identity", *(_new(x.shape, x.dtype, x.device) for x in (q, k, v))
     elif unique:
-        path, dq, dk, dv = "unique", *(torch.zeros_like(x) for x in (q, k, v))
+        path, dq, dk, dv = "unique", *(torch.zeros(x.shape, dtype=x.dtype, device=x.device)
+                                       for x in (q, k, v))
     else:
         path, dq, dk, dv = "atomic", *(torch.zeros(x.shape, dtype=torch.float32, device=x.device)
                                        for x in (q, k, v))

@@ -203,6 +203,28 @@ def test_strided_inputs_from_a_fused_projection():
 
 
 @needs_interpreter
+@pytest.mark.parametrize("index", ["gathered", "identity"])
+def test_k_and_v_with_different_layouts(index):
+    """k a dense [B, N, H, D] layout seen as [B, H, N, D], v contiguous: the gradients (written
+    with one set of strides for dK and dV) still land right, on the unique and identity paths."""
+    B, H, T, D = 2, 2, 19, 32
+    q = torch.randn(B, H, T, D, requires_grad=True)
+    k = torch.randn(B, T, H, D).transpose(1, 2).requires_grad_()
+    v = torch.randn(B, H, T, D, requires_grad=True)
+    kv_index = torch.stack([torch.randperm(T)[:13] for _ in range(B)]) if index == "gathered" else None
+    kv_lengths = torch.tensor([13, 4])
+    got = masked_gather_attention(q, k, v, kv_index, kv_lengths, backend="triton",
+                                  unique_index=True)
+    got.square().sum().backward()
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    want = masked_gather_attention_reference(q64, k64, v64, kv_index, kv_lengths)
+    want.square().sum().backward()
+    assert rel(got, want) < 1e-5
+    for a, b in ((q, q64), (k, k64), (v, v64)):
+        assert rel(a.grad, b.grad) < 1e-5
+
+
+@needs_interpreter
 def test_inputs_without_a_unit_stride_along_d():
     """A [B, H, N, D] view whose D is not the innermost dimension (it gets copied) gives the same
     output and gradients as contiguous inputs."""
