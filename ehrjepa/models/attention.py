@@ -35,11 +35,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, backend: str = "
                 "attention backend 'triton' needs ehrjepa.kernels.masked_gather_attention "
                 f"(the kernels/ package), which could not be imported: {e}; "
                 "use model.attention=sdpa") from e
-        # Every position is a key (and, by default, a query); rows past lengths[b] come back 0.
-        # The indices are right by construction: no host-synced range check in every layer.
-        B, L = q.shape[0], q.shape[2]
-        kv_index = torch.arange(L, device=q.device).expand(B, L)
-        return masked_gather_attention(q, k, v, kv_index, lengths, scale=scale, check_index=False)
+        # Positions 0..lengths[b]-1 are the keys and the queries: the identity (kv_index=None),
+        # so the kernels read no index and store each gradient row once. Rows past lengths[b]
+        # come back 0. Only the lengths could be wrong, and they are right by construction: no
+        # host-synced range check in every layer.
+        return masked_gather_attention(q, k, v, None, lengths, scale=scale, check_index=False)
     raise ValueError(f"unknown attention backend {backend!r}; choose 'sdpa' or 'triton'")
 
 
