@@ -3,7 +3,7 @@
 #   1. python3 -m bench kernels at the target shapes (attention 32x1024 and 8x4096, EMA 21.3 M and
 #      302 M), alone on the device, with torch.profiler tables -> $OUT/kernels.json, kernels.png,
 #      profile_*.txt;
-#   2. meanwhile nothing; then, at the same time: the CUDA tests (kernels and model), synthetic
+#   2. then, at the same time: the CUDA tests (kernels, model, backend parity), synthetic
 #      stays for the whole-stay case (synth + preprocess), and one untimed step of every
 #      train-step case and mode in parallel processes, which fills torch.compile's and Triton's
 #      on-disk caches (a cold compile is ~45 s a mode; 16 cores do them side by side);
@@ -100,6 +100,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log it, keep going 
 if [ $DRY -eq 1 ]; then  # tiny shapes on CPU: the plumbing, not a speed
     KERNELS=(--quick)
     TESTS=(tests/test_kernels_attention.py tests/test_kernels_ema.py)
+    TEST_MARK="not cuda"  # the interpreter runs
     CASES=(small-8x20)
     MODE_NAMES=(eager_fp32 eager_bf16)
     RUN=(--device cpu --size micro --steps 2 --warmup 1)
@@ -107,6 +108,7 @@ if [ $DRY -eq 1 ]; then  # tiny shapes on CPU: the plumbing, not a speed
     STAYS=(--device cpu --size micro --tokens 512 --hours 48 --steps 2 --warmup 1)
 else
     KERNELS=(--attn 32x1024 --attn 8x4096)
+    TEST_MARK=cuda
     TESTS=()
     for f in tests/test_kernels_attention.py tests/test_kernels_ema.py tests/test_models.py \
              tests/test_backend_parity.py; do
@@ -145,8 +147,8 @@ if [ "$warm_limit" -gt 0 ]; then
         --data $WORK/stays ${STAYS[*]} --steps 1 --warmup 1 --results $WORK/warm.csv" \
         > "$OUT/warm_stays.log" 2>&1 &
 fi
-# untuned launch configs keep the test run short; the benchmarks tune
-step tests 120 env EHRJEPA_TRITON_TUNE=0 python3 -m pytest -q -x -m "cuda or not cuda" \
+# the CUDA tests (CI runs the others); untuned launch configs keep them short
+step tests 120 env EHRJEPA_TRITON_TUNE=0 python3 -m pytest -q -m "$TEST_MARK" \
     -p no:cacheprovider "${TESTS[@]}"
 t0=$SECONDS
 wait
