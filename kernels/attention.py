@@ -523,13 +523,16 @@ _CANDIDATES = {  # (32, 128, 4, 3) dK/dV, in the first H200 run's list, spilled:
     "dkdv": [(64, 64, 4, 2), (32, 64, 4, 3), (64, 128, 8, 2), (32, 128, 8, 2)],
     "dq": [(64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 3), (128, 64, 8, 2)],
 }
-_CANDIDATES_D128 = {  # at D = 128, (64, 64, 4, 2) dK/dV and (128, 32, 4, 3) dQ spill
+# at D = 128 the 4-warp (64, 64, 4, 2) dK/dV and (128, 32, 4, 3) dQ spill (Triton 3.9), and so do
+# the atomic (32, 64, 4, 3) dK/dV and (64, 64, 4, 3) dQ under Triton 3.6: 8 warps here
+_CANDIDATES_D128 = {
     "fwd": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 2)],
-    "dkdv": [(64, 64, 8, 2), (32, 64, 4, 3)],
-    "dq": [(64, 64, 4, 3), (128, 32, 8, 3), (64, 32, 4, 3), (128, 64, 8, 2)],
+    "dkdv": [(64, 64, 8, 2), (32, 64, 8, 3)],
+    "dq": [(64, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 3), (128, 64, 8, 2)],
 }
-# lengths <= 32; (16, 32, 2, 2) left: its unique-path dQ spilled 8 B at D = 32
-_SMALL = [(16, 16, 2, 2), (32, 32, 4, 2), (32, 16, 2, 2)]
+# lengths <= 32; (16, 32, 2, 2) left: its unique-path dQ spilled 8 B at D = 32 (Triton 3.9), and
+# (32, 32, 4, 2)'s unique dQ 8 B at D = 64 under Triton 3.6: 3 stages instead
+_SMALL = [(16, 16, 2, 2), (32, 32, 4, 3), (32, 16, 2, 2)]
 _INTERPRET_CONFIG = (16, 16, 1, 1)
 _DELTA_BLOCK_M = 64  # rows per program of the backward row term (Triton's default warps, stages)
 _TUNED: dict = {}  # (kind, dtype, D, length bucket, path) -> config, for this process

@@ -145,8 +145,11 @@ def test_scores_far_below_zero(case, unique_index, nan_fill):
     ref = masked_gather_attention_reference(q64, k64, v64, kv_index, kv_lengths, q_index,
                                             q_lengths, scale=1.0)
     want = (ref, *torch.autograd.grad(ref, (q64, k64, v64), grad.double()))
+    # fp32 scores of magnitude ~500 carry ~500 * 2^-24 = 3e-5 relative error into every exp, which
+    # the gradients amplify a few times (1.1e-4 and 1.35e-4 seen for dk in 100 random draws under
+    # Triton 3.6); an unmasked tail key gives inf/NaN or O(1) errors, far above this bound
     for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
-        assert torch.isfinite(a).all() and rel(a, b) < 1e-4, f"{name}: {rel(a, b):.2e}"
+        assert torch.isfinite(a).all() and rel(a, b) < 1e-3, f"{name}: {rel(a, b):.2e}"
 
 
 @needs_interpreter
