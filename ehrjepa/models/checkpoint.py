@@ -69,14 +69,84 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated file, not a checkpoint, unsafe pickle content
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot load checkpoint ({size} bytes): {reason}") from e
+        raise CheckpointError(f"{path}: cannot load checkpoint ({size} bytes): {_load_reason(e)}") from e
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not an ehrjepa checkpoint (holds a {type(ckpt).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: not an ehrjepa checkpoint (missing {', '.join(missing)})")
     return ckpt
+
+
+def _load_reason(error: Exception) -> str:
+    """One line saying why torch.load failed, without torch's advice to retry with
+    weights_only=False or to allow-list globals: that runs the file's pickled code, unsafe on a
+    file of unknown origin (a damaged or foreign checkpoint is exactly that)."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    marker = "WeightsUnpickler error:"
+    if marker in text:  # the safe loader refused the content: keep only what it refused
+        detail = " ".join(text.split(marker, 1)[1].split())
+        detail = detail.split(" Please use ", 1)[0].split(" Check the documentation", 1)[0]
+        detail = detail.rstrip(". ")
+        return ("not a plain-data checkpoint: the safe loader refused its content"
+                + (f" ({detail})" if detail else ""))
+    line = text.splitlines()[0]
+    # drop any sentence of the first line that tells the user to turn the safe load off
+    sentences = [x for x in line.split(". ") if "weights_only" not in x and "safe_globals" not in x]
+    return ". ".join(sentences).strip() or type(error).__name__
+
+
+def check_data(checkpoint: dict, features: list[str], split_seed: int, where: str) -> list[str]:
+    """Check that data with `features` (names, in column order) and `split_seed` is the data the
+    checkpoint's model was trained on; `where` names the data (its folder) in the messages.
+
+    ValueError, one line naming `where` and the first difference, when the features differ: a
+    checkpoint with `features` compares names and order; an older one without them compares the
+    count with its `n_features`. Returns warnings: one when the split seeds differ (the data's
+    test stays may then have been pretraining stays). A checkpoint without `split_seed` (older
+    runs) gives no warning: there is nothing to compare.
+    """
+    features = [str(f) for f in features]
+    saved = checkpoint.get("features")
+    if saved is None:
+        n = checkpoint.get("n_features")
+        if n is not None and int(n) != len(features):
+            raise ValueError(f"the model was trained on {int(n)} features, but the data in {where} "
+                             f"has {len(features)}")
+    else:
+        saved = [str(f) for f in saved]
+        if saved != features:
+            raise ValueError(f"the data in {where} has other features than the model was trained on: "
+                             f"{_first_difference(saved, features, where)}")
+    warnings = []
+    seed = checkpoint.get("split_seed")
+    if seed is not None and int(seed) != int(split_seed):
+        warnings.append(f"the data in {where} was split with seed {int(split_seed)}, the model was "
+                        f"pretrained on data split with seed {int(seed)}: its val and test stays "
+                        "may have been pretraining stays")
+    return warnings
+
+
+def _first_difference(saved: list[str], features: list[str], where: str) -> str:
+    """The first way `features` (the data's) differs from `saved` (the checkpoint's), in words."""
+    for i, (a, b) in enumerate(zip(saved, features)):
+        if a != b:
+            if a not in features:
+                extra = f"; the checkpoint's '{a}' is missing from {where}"
+            elif b not in saved:
+                extra = f"; '{b}' is not one of the checkpoint's features"
+            else:
+                extra = " (the same names in another order)" if sorted(saved) == sorted(features) else ""
+            return f"feature {i} is '{a}' in the checkpoint but '{b}' in {where}{extra}"
+    if len(saved) > len(features):
+        missing = saved[len(features):]
+        return (f"the checkpoint has {len(saved)} features, {where} has {len(features)}: "
+                f"missing {', '.join(repr(m) for m in missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+    extra = features[len(saved):]
+    return (f"the checkpoint has {len(saved)} features, {where} has {len(features)}: "
+            f"extra {', '.join(repr(x) for x in extra[:5])}" + (" ..." if len(extra) > 5 else ""))
 
 
 def load_model(path: str | Path, map_location="cpu"):
