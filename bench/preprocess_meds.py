@@ -46,14 +46,16 @@ def shards(meds_dir: Path) -> list[str]:
 
 
 def code_spec(config: str | Path | None) -> dict[str, list]:
-    """Columns of the catalog as the baselines join it: per (table, itemid) the table's code
-    regex (anchored), its priority, feature, add, mul, lo, hi."""
+    """Columns of the catalog as the baselines join it: per (code template, itemid) the
+    template's regex (anchored), its priority (templates in the library's order), feature, add,
+    mul, lo, hi."""
     from ehrjepa.data.catalog import TABLES, load_catalog, meds_pattern
 
     templates = load_catalog(config).meds
     cols = {k: [] for k in ("pattern", "prio", "chart", "itemid", "feature", "add", "mul", "lo", "hi")}
-    for prio, table in enumerate(t for t in TABLES if t in templates):
-        pattern = "^" + meds_pattern(templates[table]).pattern + "$"
+    for prio, (table, template) in enumerate((t, tpl) for t in TABLES if t in templates
+                                             for tpl in templates[t]):
+        pattern = "^" + meds_pattern(template).pattern + "$"
         for itemid, feature, add, mul, lo, hi in zip(*catalog_rows(config, table)):
             for k, v in zip(cols, (pattern, prio, table == "chartevents", itemid, feature, add,
                                    mul, lo, hi)):

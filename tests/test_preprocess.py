@@ -233,7 +233,7 @@ def test_bad_line_error_or_skip(tmp_path):
 
 def test_empty_tables_give_valid_empty_output(tmp_path):
     p = run(tmp_path, icustays=[], chartevents=[], labevents=[], patients=[], admissions=[])
-    assert p.n_stays == 0 and p.mean.shape == (0, len(load_catalog().names))
+    assert p.n_stays == 0 and p.mean.shape == (0, len(load_catalog().for_source("mimic").names))
     assert p.count.shape == p.mean.shape and p.manifest["total_hours"] == 0
     assert p.split_indices("train").size == 0
     assert p.norm_std.tolist() == [1.0] * p.n_features
@@ -353,7 +353,7 @@ def test_count_saturates_on_the_first_events_in_file_order(tmp_path, fmt):
             for i in range(2 * n)]
     root = write_mimic(tmp_path / "m", icustays=ONE_STAY, chartevents=rows, fmt=fmt)
     p = open_processed(preprocess(root, tmp_path / "out", progress=False, options=opt))
-    f = int(load_catalog().lookup("chartevents").feature[HR])
+    f = int(load_catalog().for_source("mimic").lookup("chartevents").feature[HR])
     for hour in (0, 1):
         kept = [60 + i % 7 for i in range(hour, 2 * n, 2) if i // 2 < 65535]
         assert p.count[hour, f] == 65535
@@ -372,7 +372,7 @@ def test_stays_columns_split_and_train_only_norm(tmp_path):
     # no diagnoses_icd: no phenotype columns
     assert schema.names == ["stay_id", "subject_id", "hadm_id", "intime", "outtime", "n_hours",
                             "offset", "split", "death_hosp", "los_days", "readmit_icu",
-                            "readmit_30d"]
+                            "readmit_30d", "age", "sex"]
     assert schema.field("intime").type == pa.timestamp("s") and schema.field("n_hours").type == pa.int32()
     for name in ("death_hosp", "readmit_icu", "readmit_30d"):
         assert schema.field(name).type == pa.int8()
@@ -469,7 +469,7 @@ def test_aggregation_matches_reference(tmp_path_factory, data):
     labs = [f"{j},{s},,5,{i},,{iso(t)},{iso(t)},{val(v)},{val(v)},u,,,,," for j, (s, t, i, v) in enumerate(lab_ev)]
     tmp = tmp_path_factory.mktemp("prop")
     p = run(tmp, icustays=icu, chartevents=rows, labevents=labs)
-    want = reference(stays, chart_ev, lab_ev, load_catalog())
+    want = reference(stays, chart_ev, lab_ev, load_catalog().for_source("mimic"))
     got = {}
     sid_of = p.stays.column("stay_id").to_pylist()
     for r, sid in enumerate(sid_of):

@@ -5,6 +5,13 @@ bad ranges and unknown conversions are errors naming the entry). `Catalog.lookup
 into dense arrays indexed by itemid, which the numba aggregation uses directly.
 `Catalog.meds_lookup(codes)` does the same for the codes of a MEDS dataset: the `meds` templates
 (say `LAB//{itemid}//*`) say how a code names an itemid of a table, so one catalog serves both.
+
+One catalog serves every source: a feature names its MIMIC-IV itemids (`table`, `itemids`; the
+MIMIC and MEDS sources), its PhysioNet 2012 parameter (`physionet2012`) and its PhysioNet 2019
+column (`physionet2019`), each optional. `Catalog.for_source(name)` is the catalog of the features
+a source has, in catalog order: the columns of that source's processed arrays. Each feature
+declares its hourly `aggregation`: `mean` (default), `sum` (urine output) or `last` (the hour's
+last value, for sources that give events in time order; not for MIMIC itemids).
 """
 from __future__ import annotations
 
@@ -17,12 +24,24 @@ TABLES = ("chartevents", "labevents")
 # conversion name -> (add, mul): value = (value + add) * mul
 CONVERSIONS = {
     "fahrenheit_to_celsius": (-32.0, 5.0 / 9.0),
+    "fraction_to_percent": (0.0, 100.0),
 }
-FEATURE_KEYS = {"name", "table", "unit", "itemids", "convert", "valid", "source"}
-REQUIRED_KEYS = {"name", "table", "itemids", "valid"}
+# sources and what names a feature in each: MIMIC tables and MEDS codes by itemid, the challenges
+# by their parameter / column name
+SOURCES = ("mimic", "meds", "physionet2012", "physionet2019")
+PARAM_SOURCES = ("physionet2012", "physionet2019")
+# hourly aggregations, in the codes the kernels use (events.AGG_*)
+AGGREGATIONS = ("mean", "sum", "last")
+FEATURE_KEYS = {"name", "table", "unit", "itemids", "convert", "valid", "source", "aggregation",
+                *PARAM_SOURCES}
+REQUIRED_KEYS = {"name", "valid"}
 TOP_KEYS = {"sources", "features", "meds"}
 # MEDS code templates per table, as MIMIC_IV_MEDS writes codes: {itemid} the itemid, * any text
-MEDS_TEMPLATES = {"chartevents": "LAB//{itemid}//*", "labevents": "LAB//RESULT//{itemid}//*"}
+# (labs: MIMIC_IV_MEDS since April 2026 writes LAB//RESULT//{itemid}//{unit} at storetime; before
+# that LAB//{itemid}//{unit} at charttime, like chart items; lab and chart itemids do not collide,
+# so both conventions are read and the manifest says which matched)
+MEDS_TEMPLATES = {"chartevents": ["LAB//{itemid}//*"],
+                  "labevents": ["LAB//RESULT//{itemid}//*", "LAB//{itemid}//*"]}
 MAX_ITEMID = 1 << 24  # dense lookup arrays; MIMIC-IV itemids are below 300,000
 
 
@@ -44,12 +63,18 @@ def default_catalog_path() -> Path:
 @dataclass(frozen=True)
 class Feature:
     name: str
-    table: str
+    table: str  # "" where the feature has no MIMIC-IV itemids
     itemids: tuple[int, ...]
     valid: tuple[float, float]  # inclusive, after conversion
     unit: str = ""
     convert: dict = field(default_factory=dict)  # itemid -> conversion name
     source: str = ""
+    aggregation: str = "mean"
+    params: dict = field(default_factory=dict)  # source -> (parameter name, conversion or "")
+
+    def has(self, source: str) -> bool:
+        """Whether `source` (SOURCES) measures this feature."""
+        return bool(self.itemids) if source in ("mimic", "meds") else source in self.params
 
 
 @dataclass
@@ -67,11 +92,39 @@ class Catalog:
     features: list[Feature]
     path: Path | None = None
     sources: dict = field(default_factory=dict)
-    meds: dict = field(default_factory=lambda: dict(MEDS_TEMPLATES))  # table -> code template
+    # table -> code templates, tried in order
+    meds: dict = field(default_factory=lambda: {t: list(v) for t, v in MEDS_TEMPLATES.items()})
 
     @property
     def names(self) -> list[str]:
         return [f.name for f in self.features]
+
+    def for_source(self, source: str) -> "Catalog":
+        """The catalog of the features `source` has (catalog order): its processed columns."""
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r} (known: {', '.join(SOURCES)})")
+        kept = [f for f in self.features if f.has(source)]
+        if not kept:
+            raise ValueError(f"{self.path}: no feature of the catalog is measured by {source}")
+        return Catalog(kept, self.path, dict(self.sources), dict(self.meds))
+
+    def aggregation_codes(self) -> np.ndarray:
+        """uint8 per feature: its aggregation's index in AGGREGATIONS (the kernels' codes)."""
+        return np.array([AGGREGATIONS.index(f.aggregation) for f in self.features], np.uint8)
+
+    def params(self, source: str) -> dict[str, tuple[int, float, float]]:
+        """{parameter name: (feature column, add, mul)} of a PARAM_SOURCES source."""
+        out = {}
+        for col, f in enumerate(self.features):
+            if source in f.params:
+                name, conv = f.params[source]
+                out[name] = (col, *CONVERSIONS.get(conv, (0.0, 1.0)))
+        return out
+
+    def valid_ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) float64 [F]: each feature's inclusive valid range after conversion."""
+        return (np.array([f.valid[0] for f in self.features], np.float64),
+                np.array([f.valid[1] for f in self.features], np.float64))
 
     def tables(self) -> set[str]:
         return {f.table for f in self.features}
@@ -90,28 +143,27 @@ class Catalog:
                 feat[i] = col
                 if i in f.convert:
                     add[i], mul[i] = CONVERSIONS[f.convert[i]]
-        low = np.array([f.valid[0] for f in self.features], np.float64)
-        high = np.array([f.valid[1] for f in self.features], np.float64)
-        return ItemLookup(feat, add, mul, low, high)
+        return ItemLookup(feat, add, mul, *self.valid_ranges())
 
 
     def meds_lookup(self, codes: list[str]) -> "MedsLookup":
         """Arrays indexed by position in `codes` (the distinct codes of a MEDS dataset): feature
-        column, conversion, and whether the code is a chartevents item; plus a warning for each
-        itemid whose template matches no code."""
+        column, conversion, and whether the code is a chartevents item; how many codes each
+        template matched; and a warning for each itemid that no template of its table matches."""
         itemids = {table: {} for table in TABLES}  # table -> itemid -> feature column
         for col, f in enumerate(self.features):
             for i in f.itemids:
                 itemids[f.table][i] = col
-        patterns = {t: meds_pattern(tpl) for t, tpl in self.meds.items()}
+        patterns = [(t, tpl, meds_pattern(tpl)) for t, tpls in self.meds.items() for tpl in tpls]
         size = max(len(codes), 1)
         feat = np.full(size, -1, np.int32)
         add = np.zeros(size, np.float64)
         mul = np.ones(size, np.float64)
         chart = np.zeros(size, np.uint8)
         matched: set[tuple[str, int]] = set()
+        by_template = {tpl: 0 for _, tpl, _ in patterns}
         for c, code in enumerate(codes):
-            for table, pattern in patterns.items():
+            for table, tpl, pattern in patterns:
                 m = pattern.fullmatch(code)
                 if m is None or int(m.group(1)) not in itemids[table]:
                     continue
@@ -122,14 +174,14 @@ class Catalog:
                     add[c], mul[c] = CONVERSIONS[self.features[col].convert[i]]
                 chart[c] = table == "chartevents"
                 matched.add((table, i))
+                by_template[tpl] += 1
                 break
-        warnings = [f"MEDS code pattern {self.meds[t].replace('{itemid}', str(i))!r} "
+        warnings = [f"MEDS code pattern {self.meds[t][0].replace('{itemid}', str(i))!r} "
                     f"({self.features[col].name}) matches no code in the data"
                     for t in TABLES if t in self.meds
                     for i, col in itemids[t].items() if (t, i) not in matched]
-        low = np.array([f.valid[0] for f in self.features], np.float64)
-        high = np.array([f.valid[1] for f in self.features], np.float64)
-        return MedsLookup(ItemLookup(feat, add, mul, low, high), chart, warnings)
+        return MedsLookup(ItemLookup(feat, add, mul, *self.valid_ranges()), chart, warnings,
+                          by_template)
 
 
 @dataclass
@@ -139,6 +191,12 @@ class MedsLookup:
     items: ItemLookup
     chart: np.ndarray  # uint8 per code
     warnings: list[str]
+    by_template: dict = field(default_factory=dict)  # code template -> codes it matched
+
+    def conventions(self) -> dict[str, int]:
+        """{"lab codes as LAB//RESULT//{itemid}//* (MIMIC_IV_MEDS since April 2026)": n, ...}: the
+        templates that matched any code, for the manifest."""
+        return {tpl: n for tpl, n in self.by_template.items() if n}
 
 
 def meds_pattern(template: str) -> "re.Pattern":
@@ -169,6 +227,7 @@ def parse_catalog(data: dict, path: Path | str | None = None) -> Catalog:
     features: list[Feature] = []
     seen_names: dict[str, int] = {}
     seen_ids: dict[int, str] = {}
+    seen_params: dict[str, dict[str, str]] = {}
     for k, e in enumerate(entries):
         name = e.get("name") if isinstance(e, dict) else None
         if not isinstance(e, dict):
@@ -184,10 +243,13 @@ def parse_catalog(data: dict, path: Path | str | None = None) -> Catalog:
         if name in seen_names:
             raise _entry_error(path, k, name, f"duplicate name (also feature #{seen_names[name]})")
         seen_names[name] = k
-        if e["table"] not in TABLES:
+        has_table, has_ids = "table" in e, "itemids" in e
+        if has_table != has_ids:
+            raise _entry_error(path, k, name, "table and itemids go together (MIMIC-IV items)")
+        if has_table and e["table"] not in TABLES:
             raise _entry_error(path, k, name, f"table must be one of {TABLES}, not {e['table']!r}")
-        ids = e["itemids"]
-        if not isinstance(ids, list) or not ids:
+        ids = e.get("itemids", [])
+        if has_ids and (not isinstance(ids, list) or not ids):
             raise _entry_error(path, k, name, "itemids must be a non-empty list")
         for i in ids:
             if not isinstance(i, int) or isinstance(i, bool) or not 0 < i < MAX_ITEMID:
@@ -211,19 +273,54 @@ def parse_catalog(data: dict, path: Path | str | None = None) -> Catalog:
         src = e.get("source", "")
         if src and sources and src not in sources:
             raise _entry_error(path, k, name, f"source {src!r} is not listed under 'sources'")
-        features.append(Feature(name=name, table=e["table"], itemids=tuple(ids),
+        aggregation = e.get("aggregation", "mean")
+        if aggregation not in AGGREGATIONS:
+            raise _entry_error(path, k, name, f"aggregation must be one of {AGGREGATIONS}, not "
+                                              f"{aggregation!r}")
+        if aggregation == "last" and ids:
+            raise _entry_error(path, k, name, "aggregation 'last' needs events in time order: not "
+                                              "for MIMIC-IV itemids (use mean or sum)")
+        params = {}
+        for ps in PARAM_SOURCES:
+            if ps not in e:
+                continue
+            spec = e[ps]
+            if isinstance(spec, str):
+                spec = {"name": spec}
+            if (not isinstance(spec, dict) or set(spec) - {"name", "convert"}
+                    or not isinstance(spec.get("name"), str) or not spec["name"]):
+                raise _entry_error(path, k, name, f"{ps} must be a parameter name or "
+                                                  f"{{name: ..., convert: ...}}, not {e[ps]!r}")
+            conv = spec.get("convert", "")
+            if conv and conv not in CONVERSIONS:
+                raise _entry_error(path, k, name, f"{ps}: unknown conversion {conv!r} (known: "
+                                                  f"{sorted(CONVERSIONS)})")
+            if spec["name"] in seen_params.setdefault(ps, {}):
+                raise _entry_error(path, k, name, f"{ps} parameter {spec['name']!r} is also "
+                                                  f"{seen_params[ps][spec['name']]!r}")
+            seen_params[ps][spec["name"]] = name
+            params[ps] = (spec["name"], conv)
+        if not ids and not params:
+            raise _entry_error(path, k, name, "no source measures it: give itemids (MIMIC-IV) or "
+                                              f"a parameter of {' or '.join(PARAM_SOURCES)}")
+        features.append(Feature(name=name, table=e.get("table", ""), itemids=tuple(ids),
                                 valid=(float(valid[0]), float(valid[1])), unit=str(e.get("unit", "")),
-                                convert=dict(convert), source=src))
-    meds = data.get("meds") or dict(MEDS_TEMPLATES)
+                                convert=dict(convert), source=src, aggregation=aggregation,
+                                params=params))
+    meds = data.get("meds") or {t: list(v) for t, v in MEDS_TEMPLATES.items()}
     if not isinstance(meds, dict) or set(meds) - set(TABLES):
         raise ValueError(f"{path}: 'meds' must map tables {TABLES} to code templates, not {meds!r}")
-    for table, template in meds.items():
-        if not isinstance(template, str):
-            raise ValueError(f"{path}: meds.{table} must be a code template string")
-        try:
-            meds_pattern(template)
-        except ValueError as e:
-            raise ValueError(f"{path}: meds.{table}: {e}") from None
+    for table, templates in list(meds.items()):
+        if isinstance(templates, str):
+            templates = meds[table] = [templates]
+        if not isinstance(templates, list) or not templates or \
+                not all(isinstance(t, str) for t in templates):
+            raise ValueError(f"{path}: meds.{table} must be a code template or a list of them")
+        for template in templates:
+            try:
+                meds_pattern(template)
+            except ValueError as e:
+                raise ValueError(f"{path}: meds.{table}: {e}") from None
     return Catalog(features, Path(path) if path else None, dict(sources), dict(meds))
 
 

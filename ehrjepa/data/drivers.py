@@ -85,10 +85,14 @@ def _release(*arrays) -> None:
                 pass
 
 
-def finish_hours(sums: np.ndarray, counts: np.ndarray, hour_train: np.ndarray):
-    """Turn the summed hours into means in place, chunk by chunk, and return
-    (norm_mean, norm_std, kept_by_feature): the per-feature mean and std of the hourly means over
-    train hours only (std 1 where 0 or undefined; mean 0 where never observed)."""
+def finish_hours(sums: np.ndarray, counts: np.ndarray, hour_train: np.ndarray,
+                 agg: np.ndarray | None = None):
+    """Turn the folded hours into each feature's hourly value in place (agg: uint8 per feature,
+    events.AGG_*; default all means), chunk by chunk, and return (norm_mean, norm_std,
+    kept_by_feature): the per-feature mean and std of the hourly values over train hours only
+    (std 1 where 0 or undefined; mean 0 where never observed)."""
+    if agg is None:
+        agg = np.zeros(sums.shape[1], np.uint8)
     n_features = sums.shape[1]
     total_hours = sums.shape[0]
     stats = np.zeros((3, n_features), np.float64)
@@ -97,7 +101,7 @@ def finish_hours(sums: np.ndarray, counts: np.ndarray, hour_train: np.ndarray):
     for r0 in range(0, total_hours, step):
         r1 = min(r0 + step, total_hours)
         kept_by_feature += counts[r0:r1].sum(axis=0, dtype=np.int64)
-        finalize_hours(sums, counts, r0, r1, hour_train, stats)
+        finalize_hours(sums, counts, r0, r1, hour_train, agg, stats)
         if sums.nbytes + counts.nbytes >= RELEASE_BYTES:
             _release(sums, counts)
     n, s1, s2 = stats

@@ -39,6 +39,8 @@ COUNT_MAX = 65535
 REASONS = ("unknown_itemid", "no_value", "out_of_range", "bad_timestamp", "unknown_stay",
            "no_stay_for_subject", "outside_stay", "count_saturated")
 (R_ITEMID, R_VALUE, R_RANGE, R_TIME, R_STAY, R_SUBJECT, R_OUTSIDE, R_SATURATED) = range(len(REASONS))
+# hourly aggregations (catalog.AGGREGATIONS order)
+AGG_MEAN, AGG_SUM, AGG_LAST = 0, 1, 2
 CHART_REASONS = ("unknown_itemid", "no_value", "out_of_range", "bad_timestamp", "unknown_stay",
                  "outside_stay", "count_saturated")
 LAB_REASONS = ("unknown_itemid", "no_value", "out_of_range", "bad_timestamp",
@@ -385,9 +387,33 @@ def apply_events(idx, val, n, sums, counts, dropped):
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def finalize_hours(sums, counts, row0, row1, hour_train, stats):
-    """In place: sums -> means (NaN where count is 0) for rows [row0, row1); accumulate the train
-    rows' per-feature n, sum and sum of squares of hourly means into stats [3, F]."""
+def fold_events(row, feature, value, n, agg, low, high, sums, counts, dropped):
+    """Fold n events (hour row, feature column, converted value) into the [total_hours, F]
+    sums/counts of a source that places events itself (the challenges); values outside the
+    feature's [low, high] are dropped (out_of_range). A feature aggregated by `last` keeps the
+    hour's last event in the order given. Returns how many were kept."""
+    n_features = sums.shape[1]
+    sums_flat = sums.reshape(-1)
+    counts_flat = counts.reshape(-1)
+    kept = 0
+    for e in range(n):
+        f = feature[e]
+        v = value[e]
+        if not (v >= low[f] and v <= high[f]):
+            dropped[R_RANGE] += 1
+            continue
+        j = row[e] * n_features + f
+        if agg[f] == AGG_LAST and counts_flat[j] > 0:
+            sums_flat[j] = 0.0
+        kept += _add(sums_flat, counts_flat, j, v, dropped)
+    return kept
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def finalize_hours(sums, counts, row0, row1, hour_train, agg, stats):
+    """In place: sums -> each feature's hourly value under its aggregation `agg` (AGG_MEAN: sum /
+    count; AGG_SUM, AGG_LAST: as folded), NaN where count is 0, for rows [row0, row1); accumulate
+    the train rows' per-feature n, sum and sum of squares of hourly values into stats [3, F]."""
     n_features = sums.shape[1]
     for r in range(row0, row1):
         train = hour_train[r]
@@ -396,7 +422,7 @@ def finalize_hours(sums, counts, row0, row1, hour_train, stats):
             if c == 0:
                 sums[r, f] = np.nan
             else:
-                m = np.float32(sums[r, f] / np.float32(c))
+                m = np.float32(sums[r, f] / np.float32(c)) if agg[f] == AGG_MEAN else sums[r, f]
                 sums[r, f] = m
                 if train:
                     x = np.float64(m)

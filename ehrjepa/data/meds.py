@@ -31,22 +31,20 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from .catalog import Catalog, load_catalog
+from .catalog import Catalog
 from .drivers import ScanOptions, aggregate_meds
 from .events import REASONS
 from .outcomes import (holding_admission, known, load_phenotypes, phenotypes, readmit_30d,
                        readmit_icu)
-from .preprocess import finish_and_write, label_counts
-from .processed import open_outputs, split_of_subjects, write_manifest
+from .build import Run, StayTable, build
+from .processed import split_of_subjects
 from .readers import KIND_FLOAT, KIND_INT, KIND_TIME, MISSING, TableStats, arrow_column
 from .readers.files import BLOCK_ROWS
 from .readers.parquet import _NO_BITS, ArrowColumn, _parquet_error
-from .staging import pause_point, staged_output
 from .stays import Stays
 
 COLUMNS = {"subject_id": "an integer", "time": "a timestamp", "code": "a string",
@@ -54,15 +52,56 @@ COLUMNS = {"subject_id": "an integer", "time": "a timestamp", "code": "a string"
 MEDS_SPLITS = {"train": 0, "tuning": 1, "held_out": 2}  # -> processed.SPLITS
 # stay event kinds, by code prefix
 KINDS = {"ICU_ADMISSION": 1, "ICU_DISCHARGE": 2, "HOSPITAL_ADMISSION": 3, "HOSPITAL_DISCHARGE": 4,
-         "MEDS_DEATH": 5, "DIAGNOSIS": 6}
+         "MEDS_DEATH": 5, "DIAGNOSIS": 6, "MEDS_BIRTH": 7, "GENDER//F": 8, "GENDER//M": 9}
 ICD10 = "DIAGNOSIS//ICD//10//"
 DROP_NAMES = tuple("not_a_feature" if r == "unknown_itemid" else r for r in REASONS)
 
 
-def data_shards(meds_dir: Path) -> list[Path]:
-    shards = sorted((meds_dir / "data").rglob("*.parquet"))
+class Shards(list):
+    """The data shards (paths, sorted), and `.notes`: one line per parquet file passed over."""
+
+    notes: list[str]
+
+
+def data_shards(meds_dir: Path) -> Shards:
+    """data/**/*.parquet, less the files that are not MEDS shards: those in a processed folder of
+    ours (its manifest.json; e.g. an --out once written inside data/) and those with neither a
+    `time` nor a `code` column. Each file passed over is a note on stderr and in `.notes` (the
+    manifest's warnings). A file that cannot be read stays: open_shard names its fault."""
+    from .staging import is_processed
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = meds_dir / "data"
+    shards, notes = Shards(), []
+    ours: dict[Path, bool] = {}
+    for path in sorted(data.rglob("*.parquet")):
+        folders = [f for f in path.parents if f == data or data in f.parents]
+        for f in folders:
+            if f not in ours:
+                ours[f] = is_processed(f)
+        held = next((f for f in folders if ours[f]), None)
+        if held is not None:
+            notes.append(f"{path}: skipped, not a MEDS shard (in {held}, a processed folder of "
+                         "ehrjepa preprocess)")
+            continue
+        try:
+            names = set(pq.read_schema(path).names)
+        except (pa.ArrowException, OSError):
+            names = {"time", "code"}  # open_shard reports it
+        if not names & {"time", "code"}:
+            notes.append(f"{path}: skipped, not a MEDS shard (no time or code column; columns: "
+                         f"{', '.join(sorted(names)) or 'none'})")
+            continue
+        shards.append(path)
+    for note in notes:
+        print(f"ehrjepa preprocess: note: {note}", file=sys.stderr)
     if not shards:
-        raise FileNotFoundError(f"{meds_dir}/data/**/*.parquet: no MEDS data shards found")
+        raise FileNotFoundError(f"{meds_dir}/data/**/*.parquet: no MEDS data shards found"
+                                + (f" ({len(notes)} parquet file(s) skipped, not MEDS shards)"
+                                   if notes else ""))
+    shards.notes = notes
     return shards
 
 
@@ -73,10 +112,9 @@ def open_shard(path: Path):
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path, read_dictionary=["code"])
+        schema = pq.read_schema(path)  # the columns are checked before `code` is asked for
     except (pa.ArrowException, OSError) as e:
         raise _parquet_error(path, e) from e
-    schema = pf.schema_arrow
     for name, kind in COLUMNS.items():
         if name not in schema.names:
             raise ValueError(f"{path}: missing MEDS column {name!r} (columns: "
@@ -89,6 +127,10 @@ def open_shard(path: Path):
               "numeric_value": pa.types.is_floating}[name](t)
         if not ok:
             raise ValueError(f"{path}: column {name!r} has type {t}, expected {kind} (MEDS 0.4)")
+    try:
+        pf = pq.ParquetFile(path, read_dictionary=["code"])
+    except (pa.ArrowException, OSError) as e:
+        raise _parquet_error(path, e) from e
     names = set(schema.names)
     return pf, "icustay_id" in names, "hadm_id" in names
 
@@ -317,6 +359,27 @@ def outcome_labels(stays: Stays, adm: dict, ev: dict, pheno: dict, entry: dict) 
     return labels | phenotypes(stays.hadm_id, hadm[keep], codes, pheno)
 
 
+def static_columns(stays: Stays, ev: dict) -> dict[str, np.ndarray]:
+    """age (intime's year less the year of the subject's MEDS_BIRTH: MIMIC-IV's anchor_age moved
+    to the stay's year, as mimic.py computes it) and sex (GENDER//M 1, GENDER//F 0) per stay; NaN
+    where the data does not say."""
+    age = np.full(len(stays), np.nan)
+    sex = np.full(len(stays), np.nan)
+    born = ev["kind"] == KINDS["MEDS_BIRTH"]
+    b_subj, b_time = _earliest(ev["subject_id"][born], ev["time"][born])
+    if len(b_subj):
+        pos = np.clip(np.searchsorted(b_subj, stays.subject_id), 0, len(b_subj) - 1)
+        hit = (b_subj[pos] == stays.subject_id) & (b_time[pos] != MISSING)
+        def year(t):
+            return t.astype("datetime64[s]").astype("datetime64[Y]").astype(np.int64)
+
+        age[hit] = (year(stays.intime) - year(b_time[pos]))[hit]
+    for kind, value in ((KINDS["GENDER//F"], 0.0), (KINDS["GENDER//M"], 1.0)):
+        subjects = np.unique(ev["subject_id"][ev["kind"] == kind])
+        sex[np.isin(stays.subject_id, subjects)] = value
+    return {"age": age, "sex": sex}
+
+
 def _earliest(subject: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distinct subjects, sorted; each one's earliest time)."""
     order = np.lexsort((t, subject))
@@ -389,102 +452,89 @@ def iter_event_batches(pf, path: Path, codes, has_stay: bool, stats: TableStats,
 def preprocess_meds(meds_dir: str | Path, out: str | Path,
                     config: str | Path | Catalog | None = None, progress: bool = True,
                     seed: int = 0, options: ScanOptions = ScanOptions(),
-                    phenotypes: str | Path | None = None) -> Path:
-    """Turn the MEDS dataset at meds_dir into OUT (processed.py's format); returns OUT. OUT is
-    built beside its place and moved in whole (staging.py). phenotypes: the phenotype file
-    (default: the repository's configs/phenotypes.yaml)."""
+                    phenotypes: str | Path | None = None, splits: str | Path | None = None) -> Path:
+    """Turn the MEDS dataset at meds_dir into OUT (processed.py's format) through the shared run
+    (build.py); returns OUT. phenotypes: the phenotype file (default: the repository's
+    configs/phenotypes.yaml); splits: a --splits file (default: metadata/subject_splits.parquet
+    where present, else the subject hash)."""
     from .preprocess import _import_numba_math_without_scipy
 
-    t_start = time.perf_counter()
-    meds_dir, out = Path(os.path.abspath(meds_dir)), Path(out)
-    if not meds_dir.is_dir():
-        raise FileNotFoundError(f"MEDS directory not found: {meds_dir}")
     _import_numba_math_without_scipy()
-    catalog = config if isinstance(config, Catalog) else load_catalog(config)
-    pheno = load_phenotypes(phenotypes)
-    shards = data_shards(meds_dir)
-    with staged_output(out) as tmp:
-        _build(meds_dir, shards, tmp, catalog, progress, seed, t_start, options, pheno)
-    return out
+    return build(MedsSource(meds_dir, options, phenotypes), out, config, seed, splits, progress)
 
 
-def _build(meds_dir: Path, shards: list[Path], out: Path, catalog: Catalog, progress: bool,
-           seed: int, t_start: float, options: ScanOptions, pheno: tuple[dict, Path]) -> None:
-    import pyarrow as pa
-    from tqdm.auto import tqdm
+class MedsSource:
+    """A MEDS dataset (build.py's source shape; module docstring)."""
+    name = "meds"
 
-    warnings: list[str] = []
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    ev, codes, has_stay, has_hadm = read_stay_events(shards)
-    st = TableStats("ICU_ADMISSION// and ICU_DISCHARGE// events")
-    stay_dropped: dict[str, int] = {}
-    stays, death, adm = build_stays(ev, has_stay, has_hadm, st, stay_dropped, warnings)
-    stays_entry = {"rows_read": st.rows_read, "rows_kept": 2 * len(stays),
-                   "dropped": stay_dropped,
-                   "paired_by": "icustay_id" if has_stay else "time order per subject"}
-    assert stays_entry["rows_kept"] + sum(stay_dropped.values()) == st.rows_read, stays_entry
-    lookup = catalog.meds_lookup(codes)
-    for w in lookup.warnings:
-        print(f"ehrjepa preprocess: warning: {w}", file=sys.stderr)
-    warnings += lookup.warnings
-    seconds["stays"] = time.perf_counter() - t0
+    def __init__(self, meds_dir: str | Path, options: ScanOptions = ScanOptions(),
+                 phenotypes: str | Path | None = None):
+        self.meds_dir = Path(os.path.abspath(meds_dir))
+        if not self.meds_dir.is_dir():
+            raise FileNotFoundError(f"MEDS directory not found: {self.meds_dir}")
+        self.inputs = [self.meds_dir]
+        self.options = options
+        self.pheno = load_phenotypes(phenotypes)
+        self.shards = data_shards(self.meds_dir)
 
-    t0 = time.perf_counter()
-    dx_entry: dict = {}
-    labels = outcome_labels(stays, adm, ev, pheno[0], dx_entry)
-    pheno_info = {"path": os.path.abspath(pheno[1]), "names": list(pheno[0])}
-    if dx_entry["rows_read"] == 0:
-        pheno_info["note"] = "no DIAGNOSIS// events: no phenotype columns"
-    del ev
-    seconds["outcomes"] = time.perf_counter() - t0
+    def read_stays(self, catalog: Catalog, run: Run) -> StayTable:
+        for note in getattr(self.shards, "notes", ()):
+            run.warn(note)
+        ev, codes, has_stay, has_hadm = read_stay_events(self.shards)
+        st = TableStats("ICU_ADMISSION// and ICU_DISCHARGE// events")
+        stay_dropped: dict[str, int] = {}
+        stays, death, adm = build_stays(ev, has_stay, has_hadm, st, stay_dropped, run.warnings)
+        stays_entry = {"rows_read": st.rows_read, "rows_kept": 2 * len(stays),
+                       "dropped": stay_dropped,
+                       "paired_by": "icustay_id" if has_stay else "time order per subject"}
+        assert stays_entry["rows_kept"] + sum(stay_dropped.values()) == st.rows_read, stays_entry
+        self.codes, self.has_stay = codes, has_stay
+        self.lookup = catalog.meds_lookup(codes)
+        for w in self.lookup.warnings:
+            run.warn(w, echo=True)
+        dx_entry: dict = {}
+        labels = outcome_labels(stays, adm, ev, self.pheno[0], dx_entry)
+        pheno_info = {"path": os.path.abspath(self.pheno[1]), "names": list(self.pheno[0])}
+        if dx_entry["rows_read"] == 0:
+            pheno_info["note"] = "no DIAGNOSIS// events: no phenotype columns"
+        split, split_source = read_splits(self.meds_dir, stays.subject_id, run.seed,
+                                          run.warnings)
+        run.manifest |= {"meds_dir": str(self.meds_dir), "icu_stays": stays_entry,
+                         "diagnoses": dx_entry, "phenotypes": pheno_info,
+                         "meds_conventions": self.lookup.conventions()}
+        return StayTable(stays, death, labels, static_columns(stays, ev), split=split,
+                         split_source=split_source)
 
-    names = catalog.names
-    sums, counts = open_outputs(out, stays.total_hours, len(names))
-    t0 = time.perf_counter()
-    shard_entries, total = {}, np.zeros(len(REASONS), np.int64)
-    total_read = total_kept = 0
-    code_values = pa.array(codes, pa.string())
-    bar = tqdm(total=len(shards), desc="meds shards", unit="shard", disable=not progress,
-               delay=0.5, leave=False)
-    for path in shards:
-        pf, shard_stay, _ = open_shard(path)
-        st = TableStats(str(path))
-        dropped = np.zeros(len(REASONS), np.int64)
-        batches = iter_event_batches(pf, path, code_values, shard_stay and has_stay, st,
-                                     options.parquet_block_rows)
-        kept = aggregate_meds(path, batches, lookup.items, lookup.chart, stays, sums, counts,
-                              dropped, options)
-        entry = {"path": str(path), "rows_read": st.rows_read, "rows_kept": int(kept),
-                 "dropped": {n: int(d) for n, d in zip(DROP_NAMES, dropped)}}
-        if kept + int(dropped.sum()) != st.rows_read:  # an accounting bug, never bad input
-            raise AssertionError(f"{path}: rows kept {kept} + dropped {dropped} != read {st.rows_read}")
-        shard_entries[path.relative_to(meds_dir).as_posix()] = entry
-        total += dropped
-        total_read += st.rows_read
-        total_kept += kept
-        bar.update()
-    bar.close()
-    pause_point("scan")
-    seconds["events"] = time.perf_counter() - t0
+    def fold_events(self, catalog: Catalog, table: StayTable, sums: np.ndarray,
+                    counts: np.ndarray, run: Run) -> None:
+        import pyarrow as pa
+        from tqdm.auto import tqdm
 
-    t0 = time.perf_counter()
-    split, split_source = read_splits(meds_dir, stays.subject_id, seed, warnings)
-    kept_by_feature = finish_and_write(out, stays, split, death, names, seed, sums, counts,
-                                       labels)
-    del sums, counts
-    seconds["finalize"] = time.perf_counter() - t0
-
-    kept_by_table = {t: int(sum(k for k, f in zip(kept_by_feature, catalog.features)
-                                if f.table == t)) for t in ("chartevents", "labevents")}
-    manifest = {"source": "meds", "meds_dir": str(meds_dir), "tables": shard_entries,
-                "total": {"rows_read": total_read, "rows_kept": total_kept,
-                          "dropped": {n: int(d) for n, d in zip(DROP_NAMES, total)},
-                          "kept_by_table": kept_by_table},
-                "icu_stays": stays_entry, "diagnoses": dx_entry, "phenotypes": pheno_info,
-                "labels": label_counts(labels), "split_source": split_source,
-                "warnings": warnings, "n_stays": len(stays), "total_hours": stays.total_hours,
-                "config": os.path.abspath(catalog.path) if catalog.path else None,
-                "seconds": {k: round(v, 3) for k, v in seconds.items()}
-                | {"total": round(time.perf_counter() - t_start, 3)}}
-    write_manifest(out, manifest)
+        total = np.zeros(len(REASONS), np.int64)
+        total_read = total_kept = 0
+        code_values = pa.array(self.codes, pa.string())
+        bar = tqdm(total=len(self.shards), desc="meds shards", unit="shard",
+                   disable=not run.progress, delay=0.5, leave=False)
+        for path in self.shards:
+            pf, shard_stay, _ = open_shard(path)
+            st = TableStats(str(path))
+            dropped = np.zeros(len(REASONS), np.int64)
+            batches = iter_event_batches(pf, path, code_values, shard_stay and self.has_stay, st,
+                                         self.options.parquet_block_rows)
+            kept = aggregate_meds(path, batches, self.lookup.items, self.lookup.chart,
+                                  table.stays, sums, counts, dropped, self.options)
+            run.account(path.relative_to(self.meds_dir).as_posix(), path, st.rows_read, kept,
+                        dict(zip(DROP_NAMES, dropped)))
+            total += dropped
+            total_read += st.rows_read
+            total_kept += kept
+            bar.update()
+        bar.close()
+        kept_by_feature = np.zeros(len(catalog.names), np.int64)
+        for r0 in range(0, counts.shape[0], 1 << 18):
+            kept_by_feature += counts[r0:r0 + (1 << 18)].sum(axis=0, dtype=np.int64)
+        kept_by_table = {t: int(sum(k for k, f in zip(kept_by_feature, catalog.features)
+                                    if f.table == t)) for t in ("chartevents", "labevents")}
+        run.manifest["total"] = {"rows_read": total_read, "rows_kept": total_kept,
+                                 "dropped": {n: int(d) for n, d in zip(DROP_NAMES, total)},
+                                 "kept_by_table": kept_by_table}

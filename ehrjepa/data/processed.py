@@ -28,6 +28,11 @@ STAY_COLUMNS = ("stay_id", "subject_id", "hadm_id", "intime", "outtime", "n_hour
 # phenotype_<name> where the data has diagnoses. Folders written before them lack these columns:
 # readers treat a missing column as "task unavailable".
 OUTCOME_COLUMNS = ("readmit_icu", "readmit_30d")
+# static descriptors of a stay, null where unknown: age (years at ICU admission), sex (0 female,
+# 1 male), height_cm, weight_kg (the first weight), icu_type (the 2012 challenge's 1 coronary care,
+# 2 cardiac surgery recovery, 3 medical, 4 surgical; the 2019 challenge's unit as 3 medical,
+# 4 surgical). `ehrjepa probe --static` appends them to every method's inputs.
+STATIC_COLUMNS = ("age", "sex", "height_cm", "weight_kg", "icu_type")
 
 
 @dataclass
@@ -143,9 +148,10 @@ def finish_outputs(out: Path, means: np.ndarray, counts: np.ndarray) -> None:
 
 
 def write_meta(out: Path, names: list[str], norm_mean: np.ndarray, norm_std: np.ndarray,
-               seed: int) -> None:
-    """OUT/features.json: feature names, train-only normalisation, split seed and fractions."""
-    meta = {"features": names,
+               seed: int, aggregations: list[str] | None = None) -> None:
+    """OUT/features.json: feature names, their hourly aggregations, train-only normalisation,
+    split seed and fractions."""
+    meta = {"features": names, "aggregation": aggregations or ["mean"] * len(names),
             "norm": {"mean": [float(x) for x in norm_mean], "std": [float(x) for x in norm_std]},
             "split": {"seed": int(seed), "fractions": list(FRACTIONS)}}
     (out / "features.json").write_text(json.dumps(meta, indent=1))
@@ -176,9 +182,12 @@ def _finish_array(path: Path, arr: np.ndarray) -> None:
 
 
 def write_stays(out: Path, stays, split: np.ndarray, death: np.ndarray,
-                labels: dict[str, np.ndarray] | None = None) -> None:
-    """OUT/stays.parquet from a stays.Stays, their split codes, in-hospital death and the outcome
-    labels {column: int8 per stay} (outcomes.py; 1 yes, 0 no, -1 unknown or excluded)."""
+                labels: dict[str, np.ndarray] | None = None, columns: dict | None = None,
+                los_days: np.ndarray | None = None) -> None:
+    """OUT/stays.parquet from a stays.Stays, their split codes, in-hospital death, the outcome
+    labels {column: int8 per stay} (outcomes.py; 1 yes, 0 no, -1 unknown or excluded) and more
+    stay columns {name: float64 per stay, NaN null; int64; or a list of str} (STATIC_COLUMNS and
+    a source's own). los_days: default (outtime - intime) in days; NaN is null."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -196,9 +205,11 @@ def write_stays(out: Path, stays, split: np.ndarray, death: np.ndarray,
         "offset": _arrow(pa, stays.offset, pa.int64()),
         "split": _arrow_strings(pa, split, SPLITS),
         "death_hosp": _arrow(pa, death.astype(np.int8), pa.int8()),
-        "los_days": _arrow(pa, (stays.outtime - stays.intime) / 86400.0, pa.float64()),
+        "los_days": _floats(pa, (stays.outtime - stays.intime) / 86400.0 if los_days is None
+                            else np.asarray(los_days, np.float64)),
     } | {name: _arrow(pa, np.asarray(v).astype(np.int8), pa.int8())
-         for name, v in (labels or {}).items()})
+         for name, v in (labels or {}).items()}
+      | {name: _column(pa, v) for name, v in (columns or {}).items()})
     pq.write_table(table, out / "stays.parquet")
 
 
@@ -209,6 +220,22 @@ def _arrow(pa, values: np.ndarray, type_, valid: np.ndarray | None = None):
     if valid is not None and not valid.all():
         bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
     return pa.Array.from_buffers(type_, len(values), [bitmap, pa.py_buffer(values)])
+
+
+def _floats(pa, values: np.ndarray):
+    """float64 with nulls where NaN."""
+    values = np.asarray(values, np.float64)
+    return _arrow(pa, values, pa.float64(), valid=~np.isnan(values))
+
+
+def _column(pa, values):
+    """A stay column: float (NaN null), integer, or a list of str."""
+    if isinstance(values, list):
+        return pa.array(values, pa.string())
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        return _floats(pa, values)
+    return _arrow(pa, values.astype(np.int64), pa.int64())
 
 
 def _arrow_strings(pa, codes: np.ndarray, words: tuple[str, ...]):
