@@ -4,16 +4,41 @@ RUN/checkpoints/ holds last.pt (the newest state), step_NNNNNNN.pt (every train.
 and best.pt (the lowest validation loss). Each is its own file, written atomically on its own,
 so damage to one cannot reach the others, and a damaged last.pt falls back to the newest step
 checkpoint that loads.
+
+One run at a time per folder: `hold_run_folder` locks `.RUN.lock` beside RUN (folder_lock.py) for
+as long as a run writes it, so a second `ehrjepa train` (or `--resume`) into it refuses at once
+instead of both writing the same checkpoints and logs; a killed run's lock goes with its process.
 """
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
+from ehrjepa.data.staging import pause_point
+from ehrjepa.folder_lock import folder_lock
 from ehrjepa.models.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries
 
 
 class NoRunToResume(FileNotFoundError):
     """--resume on a folder with no checkpoint: the message names the folder."""
+
+
+@contextmanager
+def hold_run_folder(run_dir: str | Path):
+    """Hold the run folder's lock for the body; FolderInUse ("RUN is in use by process N", a
+    FileExistsError) when another process holds it. Only rank 0 (RANK) takes it: the other
+    processes of a torchrun run belong to the same run. The folder itself need not exist yet;
+    the lock (named by RUN with symlinks resolved) lies in its parent, which is made."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    real = Path(os.path.abspath(run_dir)).resolve()
+    real.parent.mkdir(parents=True, exist_ok=True)
+    with folder_lock(run_dir, real.parent / f".{real.name}.lock",
+                     hint="wait for it to end, or choose another --run-dir"):
+        pause_point("run_locked")
+        yield
 
 
 def checkpoint_candidates(ckpt_dir: Path) -> list[Path]:
