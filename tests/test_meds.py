@@ -284,3 +284,70 @@ def test_subject_in_two_shards(hand):
     path.unlink()
     expect_error(hand, r"subject 1 has rows in \S+a\.parquet and in \S+b\.parquet: MEDS keeps "
                        "each subject's rows in one shard")
+
+
+# -------------------------------------------------------------------------------------------------
+# through the CLI in a child process (issue 21, item 8): a shard without `code` is one line, files
+# that are not MEDS shards under data/ are passed over with a note
+
+
+def run_cli(meds, out):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    env.pop("EHRJEPA_TEST_PAUSE", None)
+    return subprocess.run([sys.executable, "-m", "ehrjepa", "preprocess", "--meds", str(meds),
+                           "--out", str(out), "--no-progress"], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_cli_a_shard_without_code_is_one_line_naming_file_and_column(tmp_path):
+    path = tmp_path / "meds" / "data" / "0.parquet"
+    write_shard(path, [(1, "2150-01-01 00:00", "X", 1.0)], drop=("code",))
+    done = run_cli(tmp_path / "meds", tmp_path / "out")
+    err = done.stderr.strip()
+    assert done.returncode == 1 and len(err.splitlines()) == 1, err
+    assert err == (f"ehrjepa preprocess: {path}: missing MEDS column 'code' (columns: "
+                   "subject_id, time, numeric_value)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_files_under_data_that_are_not_shards_are_skipped_with_a_note(hand):
+    meds = hand / "meds"
+    first = run_cli(meds, hand / "first")
+    assert first.returncode == 0, first.stderr
+    shutil.move(hand / "first", meds / "data" / "processed")  # as an earlier version let one write
+    stray = meds / "data" / "lookup" / "units.parquet"
+    stray.parent.mkdir()
+    pq.write_table(pa.table({"unit": ["mg/dL"], "factor": [1.0]}), stray)
+    done = run_cli(meds, hand / "out")
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stderr.splitlines() if "not a MEDS shard" in line]
+    inside = sorted(str(p) for p in (meds / "data" / "processed").glob("*.parquet"))
+    assert inside == [str(meds / "data" / "processed" / "stays.parquet")]
+    assert [n.split(": ")[2] for n in notes] == [str(stray), inside[0]], notes  # path order
+    assert all(n.startswith("ehrjepa preprocess: note: ") for n in notes), notes
+    m = json.loads((hand / "out" / "manifest.json").read_text())
+    assert list(m["tables"]) == ["data/0.parquet"]
+    skipped = [w for w in m["warnings"] if "not a MEDS shard" in w]
+    assert len(skipped) == 2 and "no time or code" in skipped[0] and "a processed folder" in \
+        skipped[1], skipped
+    assert "2 stays, 6 hours" in first.stdout and "2 stays, 6 hours" in done.stdout
+    # and such an OUT is refused now (tests/test_faults_out.py has the other cases)
+    done = run_cli(meds, meds / "data" / "again")
+    assert done.returncode == 1 and "lies inside the input" in done.stderr, done.stderr
+    assert not (meds / "data" / "again").exists()
+
+
+def test_cli_only_files_that_are_not_shards_is_an_error_saying_so(tmp_path):
+    stray = tmp_path / "meds" / "data" / "units.parquet"
+    stray.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"unit": ["mg/dL"]}), stray)
+    done = run_cli(tmp_path / "meds", tmp_path / "out")
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(err) == 2, err  # the note, then the error
+    assert "no MEDS data shards found (1 parquet file(s) skipped, not MEDS shards)" in err[1]
