@@ -246,6 +246,14 @@ def check_config(cfg: Config) -> None:
     for name, v in non_negative:
         if v < 0:
             raise ConfigError(f"{name} must be >= 0, got {v}")
+    # schedules that cannot be meant: the cosine would rise to min_lr, the warmup never end
+    if t.min_lr > t.lr:
+        raise ConfigError(f"train.min_lr ({t.min_lr:g}) must be <= train.lr ({t.lr:g}): the "
+                          "learning rate decays from train.lr to train.min_lr")
+    if t.warmup_steps > t.max_steps:
+        raise ConfigError(f"train.warmup_steps ({t.warmup_steps}) must be <= train.max_steps "
+                          f"({t.max_steps}): the warmup would never reach train.lr; lower "
+                          "train.warmup_steps with train.max_steps")
     if d.min_length is not None and not 1 <= d.min_length <= d.length:
         raise ConfigError(f"data.min_length must be in [1, data.length={d.length}], got {d.min_length}")
     if d.crop not in ("start", "random"):

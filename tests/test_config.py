@@ -65,6 +65,8 @@ def test_unknown_key_is_named_with_its_path_and_file(tmp_path):
     ("train:\n  momentum: 1.1\n", "train.momentum"),
     ("data:\n  length: 64\n  max_hours: 48\n", "data.max_hours"),
     ("train:\n  device: tpu\n", "train.device"),
+    ("train:\n  lr: 1.0e-4\n  min_lr: 1.0e-3\n", "train.min_lr (0.001) must be <= train.lr (0.0001)"),
+    ("train:\n  max_steps: 50\n  warmup_steps: 100\n", "train.warmup_steps (100) must be <= train.max_steps (50)"),
 ])
 def test_bad_values_are_errors_that_say_where(tmp_path, text, where):
     path = write(tmp_path, text)

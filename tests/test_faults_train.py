@@ -187,6 +187,20 @@ def test_an_empty_config_is_an_error_naming_the_file(data, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("overrides, named", [
+    (["train.lr=1e-4", "train.min_lr=1e-3"], "train.min_lr (0.001) must be <= train.lr (0.0001)"),
+    (["train.max_steps=50", "train.warmup_steps=100"],
+     "train.warmup_steps (100) must be <= train.max_steps (50)"),
+])
+def test_schedules_that_cannot_be_meant_are_config_errors(tmp_path, overrides, named):
+    sets = [x for o in overrides for x in ("--set", o)]
+    done = ehrjepa("train", "--config", MICRO, "--data", tmp_path / "nodata", "--run-dir",
+                   tmp_path / "run", *sets)  # refused before the data is even opened
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stderr.count("\n") == 1 and named in done.stderr and str(MICRO) in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
+
+
 def test_resume_on_an_empty_folder_says_there_is_no_run(tmp_path):
     (tmp_path / "run").mkdir()
     done = ehrjepa("train", "--run-dir", tmp_path / "run", "--resume")

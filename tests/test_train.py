@@ -45,7 +45,7 @@ def one_thread():
 
 def micro(data_dir, *overrides):
     base = [f"data.path={data_dir}", "data.batch_size=16", "data.val_batches=1", "train.log_every=1",
-            "train.val_every=1000", "train.ckpt_every=1000", "train.warmup_steps=5"]
+            "train.val_every=1000", "train.ckpt_every=1000", "train.warmup_steps=2"]
     return load_config(MICRO, base + list(overrides))
 
 
@@ -262,6 +262,7 @@ def test_cli_train_and_resume(tmp_path, data_dir, capsys):
     run = tmp_path / "run"
     argv = ["train", "--config", str(MICRO), "--data", str(data_dir), "--run-dir", str(run),
             "--set", "data.batch_size=16", "--set", "train.max_steps=6", "--set", "train.stop_after=3",
+            "--set", "train.warmup_steps=2",
             "--set", "train.log_every=1", "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out

@@ -90,8 +90,8 @@ def _load_reason(error: Exception) -> str:
         detail = " ".join(text.split(marker, 1)[1].split())
         detail = detail.split(" Please use ", 1)[0].split(" Check the documentation", 1)[0]
         detail = detail.rstrip(". ")
-        return ("not a plain-data checkpoint: the safe loader refused its content"
-                + (f" ({detail})" if detail else ""))
+        return ("damaged, or not a checkpoint of plain data (the safe loader stopped at: "
+                f"{detail or 'unknown content'})")
     line = text.splitlines()[0]
     # drop any sentence of the first line that tells the user to turn the safe load off
     sentences = [x for x in line.split(". ") if "weights_only" not in x and "safe_globals" not in x]

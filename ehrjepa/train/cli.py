@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML run config, e.g. configs/micro.yaml (default: "
-                                         "required for a new run; RUN/config.yaml with --resume)")
+                                         "required for a new run; RUN/config.yaml with --resume, "
+                                         "or the checkpoint's own config where that file is "
+                                         "missing; a key that differs from the checkpoint's is "
+                                         "named, old -> new)")
     parser.add_argument("--data", help="processed data folder (the OUT of `ehrjepa preprocess`); "
                                        "sets data.path (default: the config's data.path)")
     parser.add_argument("--run-dir", required=True,
@@ -25,10 +29,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ehrjepa.config import ConfigError, load_config
+    try:
+        return _main(args)
+    except KeyboardInterrupt as e:  # Ctrl-C: one line saying how to go on, no traceback
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"ehrjepa train: {interrupted_message(e, Path(args.run_dir))}", file=sys.stderr)
+        return 130
+
+
+def interrupted_message(error: KeyboardInterrupt, run_dir: Path) -> str:
+    """The one line for a Ctrl-C: where the run stopped and the command that continues it."""
+    from ehrjepa.train.loop import TrainingInterrupted
+
+    resume = f"ehrjepa train --run-dir {shlex.quote(str(run_dir))} --resume"
+    if isinstance(error, TrainingInterrupted):
+        if error.saved_path is not None:
+            return (f"interrupted at step {error.step}; the newest checkpoint is {error.saved_path} "
+                    f"(step {error.saved_step}); continue with: {resume}")
+        return (f"interrupted at step {error.step}, before the first checkpoint; start again with "
+                "the same command")
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return f"interrupted; continue with: {resume}"
+    return "interrupted before training started; start again with the same command"
+
+
+def _main(args: argparse.Namespace) -> int:
+    from ehrjepa.config import ConfigError, config_from_dict, load_config
     from ehrjepa.models.checkpoint import CheckpointError
     from ehrjepa.train.loop import CheckpointWriteFailed, TrainingDiverged, train
-    from ehrjepa.train.run_folder import NoRunToResume, require_checkpoints
+    from ehrjepa.train.run_folder import (NoRunToResume, hold_run_folder, load_newest,
+                                          require_checkpoints)
 
     master = int(os.environ.get("RANK", "0")) == 0
     run_dir = Path(args.run_dir)
@@ -45,8 +75,17 @@ def main(args: argparse.Namespace) -> int:
             return 2
         config_path = run_dir / "config.yaml"
     try:
-        cfg = load_config(config_path, args.overrides)
-    except ConfigError as e:
+        if args.resume and args.config is None and not Path(config_path).is_file():
+            # RUN/config.yaml is gone: the newest checkpoint that loads holds the run's config
+            path, ckpt = load_newest(run_dir, say=lambda msg: None)
+            cfg = config_from_dict(ckpt["config"], args.overrides, source=f"{path} (config)")
+            del ckpt
+            if master:
+                print(f"ehrjepa train: {config_path} is missing; using the config saved in {path}")
+            config_path = f"{path} (config)"
+        else:
+            cfg = load_config(config_path, args.overrides)
+    except (ConfigError, CheckpointError) as e:
         print(f"ehrjepa train: {e}", file=sys.stderr)
         return 2
     if args.data:
@@ -54,7 +93,8 @@ def main(args: argparse.Namespace) -> int:
     if master:
         print(f"ehrjepa train: config {config_path}, data {cfg.data.path or '(none)'}, run {run_dir}")
     try:
-        summary = train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+        with hold_run_folder(run_dir):  # one run at a time in RUN: "RUN is in use by process N"
+            summary = train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
     except (TrainingDiverged, CheckpointWriteFailed) as e:  # every rank stops at the same step
         if master:
             print(f"ehrjepa train: {e}", file=sys.stderr)

@@ -39,7 +39,7 @@ from ehrjepa.config import Config, config_to_dict, save_config
 from ehrjepa.device import resolve_device
 from ehrjepa.models import build_model  # a module global, so tests can swap it
 from ehrjepa.models.jepa import parameter_counts
-from ehrjepa.models.checkpoint import save_checkpoint
+from ehrjepa.models.checkpoint import check_data, save_checkpoint
 from ehrjepa.train.rng import rng_state, set_rng_state
 from ehrjepa.metrics_csv import read_metrics
 from ehrjepa.train.metrics import MetricsLog, collapse_warning, rankme, target_std
@@ -55,6 +55,16 @@ class TrainingDiverged(RuntimeError):
 class CheckpointWriteFailed(RuntimeError):
     """A checkpoint could not be written (e.g. a full disk); the message names the file and the
     last good checkpoint, which is left as it was."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during train(): a KeyboardInterrupt that says where the run stopped.
+    `.step` is the step reached, `.saved_step` / `.saved_path` the newest checkpoint written (None
+    before the first), so the caller can print one line with the resume command."""
+
+    def __init__(self, step: int, saved_step: int | None, saved_path: Path | None):
+        super().__init__(f"interrupted at step {step}")
+        self.step, self.saved_step, self.saved_path = step, saved_step, saved_path
 
 
 @dataclass
@@ -94,6 +104,8 @@ def open_data(cfg: Config):
         train_set = WindowDataset(processed, "train", d.length, d.stride, d.max_delta,
                                   augment=d.augment, seed=cfg.train.seed)
         val_set = WindowDataset(processed, "val", d.length, d.stride, d.max_delta)
+    # what the checkpoints record of the data, so a resume or a probe can tell other data
+    train_set.data_identity = (list(processed.features), int(processed.split_seed))
     return train_set, val_set, train_set.n_features
 
 
@@ -188,6 +200,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
 
     metrics = None
     own_group = False
+    state = RunState()  # replaced by the checkpoint's on --resume
     threads = torch.get_num_threads()
     if not cuda and t.cpu_threads > 0:
         torch.set_num_threads(t.cpu_threads)
@@ -207,6 +220,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
 
         # ---- data ---------------------------------------------------------------------------
         train_set, val_set, n_features = open_data(cfg)
+        identity = getattr(train_set, "data_identity", None)  # (features, split seed), if known
         collator = make_collator(cfg, seed=t.seed)
         loader_gen = torch.Generator()  # keeps the DataLoader off the global RNG
         if budget:
@@ -250,7 +264,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
             f"{len(val_set)} validation {what}, {n_features} features")
 
         # ---- resume -------------------------------------------------------------------------
-        state = restore(run_dir, model, optimizer, n_features, d.path, say) if resume else RunState()
+        if resume:
+            state = restore(run_dir, model, optimizer, cfg, n_features, identity, say)
         start_step = state.step
         if state.step >= t.max_steps:  # nothing left to do: report the run as it stands
             state.last_loss = last_logged_loss(run_dir / "metrics.csv", state.step)
@@ -340,8 +355,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                     paths.append(ckpt_dir / "best.pt")
                 if paths or do_ckpt:
                     paths.append(ckpt_dir / "last.pt")
-                    save_checkpoints(checkpoint_state(model, optimizer, cfg, state, n_features, world),
-                                     paths, state)
+                    save_checkpoints(checkpoint_state(model, optimizer, cfg, state, n_features, world,
+                                                      identity), paths, state)
                     _prune(ckpt_dir, t.keep_ckpts)
             if on_validation is not None and do_val and master:
                 on_validation(step, model, row)
@@ -349,6 +364,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
         bar.close()
         if ddp:
             dist.barrier()
+    except KeyboardInterrupt as e:  # Ctrl-C: the caller says where the run stopped, in one line
+        if isinstance(e, TrainingInterrupted):
+            raise
+        raise TrainingInterrupted(state.step, state.saved_step, state.saved_path) from None
     finally:
         torch.set_num_threads(threads)
         if metrics is not None:
@@ -373,14 +392,38 @@ def check_run_folder(run_dir: Path, resume: bool) -> None:
                               "continue it or choose another --run-dir")
 
 
-def restore(run_dir: Path, model, optimizer, n_features: int, data_path: str, say) -> RunState:
-    """Load the newest checkpoint that loads into `model`, `optimizer` and the RNGs; its RunState."""
+def restore(run_dir: Path, model, optimizer, cfg: Config, n_features: int,
+            identity: tuple[list[str], int] | None, say) -> RunState:
+    """Load the newest checkpoint that loads into `model`, `optimizer` and the RNGs; its RunState.
+
+    The data must be the checkpoint's (feature names and order; the count for older checkpoints):
+    ValueError naming the checkpoint, the data and the first difference otherwise. Says each
+    config key that differs from the checkpoint's (old -> new), and warns on another split seed.
+    """
     path, ckpt = load_newest(run_dir, say)
-    if ckpt["n_features"] != n_features:
-        raise ValueError(f"{path}: the model was trained on {ckpt['n_features']} features, the "
-                         f"data at {data_path} has {n_features}")
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    where = cfg.data.path or "the data"
+    try:
+        if identity is not None:
+            warnings = check_data(ckpt, identity[0], identity[1], where)
+        else:  # a data stand-in that does not say its features: the count only
+            warnings = check_data({"n_features": ckpt["n_features"]}, [""] * n_features, 0, where)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    changes = config_changes(ckpt["config"], cfg)
+    for key, old, new in changes:
+        say(f"config: {key} {old} -> {new} (changed since {path.name})")
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:  # the model's shape changed with the config
+        changed = [k for k, _, _ in changes if k.startswith("model.") or k == "data.max_hours"]
+        why = (f"the config changed {', '.join(changed)}" if changed
+               else (str(e).strip().splitlines() or [type(e).__name__])[0])
+        raise ValueError(f"{path}: the checkpoint's model does not fit this config ({why}); "
+                         "resume with the checkpoint's values or start a new run in another "
+                         "--run-dir") from None
+    for w in warnings:
+        say(f"warning: {w}")
     best = ckpt.get("best_val_loss")
     state = RunState(step=int(ckpt["step"]), epoch=int(ckpt["data_position"]["epoch"]),
                      consumed=int(ckpt["data_position"]["batches"]),
@@ -389,6 +432,38 @@ def restore(run_dir: Path, model, optimizer, n_features: int, data_path: str, sa
     set_rng_state(ckpt["rng"])
     say(f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.consumed})")
     return state
+
+
+def config_changes(old_raw: dict, cfg: Config) -> list[tuple[str, str, str]]:
+    """(dotted key, old value, new value) for each config key whose value in `cfg` differs from
+    the checkpoint's config `old_raw` (keys an older checkpoint lacks take their defaults)."""
+    from ehrjepa.config import ConfigError, config_from_dict
+
+    try:
+        old = config_to_dict(config_from_dict(old_raw, source="checkpoint config"))
+    except ConfigError:  # a config this version cannot read: compare what is there
+        old = old_raw
+    new = config_to_dict(cfg)
+    out = []
+
+    def walk(a, b, prefix):
+        for key in list(b) + [k for k in a if k not in b]:
+            x, y = a.get(key), b.get(key)
+            if isinstance(x, dict) and isinstance(y, dict):
+                walk(x, y, f"{prefix}{key}.")
+            elif x != y:
+                out.append((f"{prefix}{key}", _show(x), _show(y)))
+
+    walk(old if isinstance(old, dict) else {}, new, "")
+    return out
+
+
+def _show(value) -> str:
+    if isinstance(value, str):
+        return repr(value) if value else "''"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def last_logged_loss(metrics_csv: Path, step: int) -> float | None:
@@ -548,8 +623,10 @@ def check_replicas(model, world: int, step: int) -> None:
 
 
 def checkpoint_state(model, optimizer, cfg: Config, state: RunState, n_features: int,
-                     world: int) -> dict:
-    """What a checkpoint holds: enough to resume exactly (max_hours is the config's)."""
+                     world: int, identity: tuple[list[str], int] | None = None) -> dict:
+    """What a checkpoint holds: enough to resume exactly (max_hours is the config's), and the
+    data's feature names and split seed (`identity`) so other data is refused (check_data)."""
+    data = {} if identity is None else {"features": list(identity[0]), "split_seed": int(identity[1])}
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -559,6 +636,7 @@ def checkpoint_state(model, optimizer, cfg: Config, state: RunState, n_features:
         "data_position": {"epoch": state.epoch, "batches": state.consumed},
         "best_val_loss": state.best_val if math.isfinite(state.best_val) else None,
         "n_features": n_features,
+        **data,
         "world_size": world,
     }
 
