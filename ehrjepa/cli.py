@@ -15,7 +15,8 @@ from ehrjepa import __version__
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
     "synth": ("ehrjepa.synth", "write synthetic data in the MIMIC-IV v2.2 schema, or as a MEDS dataset"),
-    "preprocess": ("ehrjepa.data.preprocess", "turn MIMIC-IV tables into hourly per-stay arrays"),
+    "preprocess": ("ehrjepa.data.preprocess", "turn MIMIC-IV tables, a MEDS dataset or a PhysioNet challenge into hourly per-stay arrays"),
+    "splits": ("ehrjepa.data.protocols", "split files of the literature's protocols (PhysioNet 2012 and 2019) for preprocess --splits"),
     "train": ("ehrjepa.train.cli", "JEPA pretraining on processed data"),
     "probe": ("ehrjepa.probe.cli", "downstream probes of a pretrained encoder against baselines"),
     "finetune": ("ehrjepa.probe.finetune_cli", "fine-tune a pretrained encoder (or train one from scratch) on one task"),

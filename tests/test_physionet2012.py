@@ -309,3 +309,38 @@ def test_real_sets_from_the_tarballs(tmp_path):
         t = p.manifest["tables"][name]
         assert t["files"] == 4000 and t["descriptor_lines"] == 24000
         assert t["rows_read"] == t["rows_kept"] + sum(t["dropped"].values())
+
+
+# ---- the literature's protocols (ehrjepa splits)
+
+
+def test_protocol_split_files(tmp_path):
+    rng = np.random.default_rng(3)
+    for name, first in (("a", 100000), ("b", 200000)):
+        rows = [(first + i, 5, 2, 3, -1, int(rng.random() < 0.15)) for i in range(400)]
+        (tmp_path / f"Outcomes-{name}.txt").write_text(
+            OUTCOMES_HEAD + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    env_cli = [sys.executable, "-m", "ehrjepa", "splits", "--physionet2012", str(tmp_path)]
+    done = subprocess.run(env_cli + ["--protocol", "challenge", "--out", str(tmp_path / "c.csv")],
+                          capture_output=True, text=True, env=ENV, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    import pyarrow.csv as pcsv
+
+    c = pcsv.read_csv(tmp_path / "c.csv").to_pydict()
+    split = dict(zip(c["stay_id"], c["split"]))
+    assert all(split[i] == "test" for i in range(200000, 200400))
+    assert sum(split[i] == "val" for i in range(100000, 100400)) == 40
+    pooled = []
+    for seed in range(2):
+        out = tmp_path / f"p{seed}.csv"
+        done = subprocess.run(env_cli + ["--protocol", "pooled", "--seed", str(seed), "--out",
+                                         str(out)], capture_output=True, text=True, env=ENV,
+                              cwd=REPO)
+        assert done.returncode == 0, done.stderr
+        pooled.append(pcsv.read_csv(out).to_pydict())
+    counts = {s: pooled[0]["split"].count(s) for s in ("train", "val", "test")}
+    assert counts == {"train": 640, "val": 80, "test": 80}
+    assert pooled[0]["split"] != pooled[1]["split"]  # another seed, another split
+    done = subprocess.run(env_cli + ["--protocol", "hospital", "--out", str(tmp_path / "x.csv")],
+                          capture_output=True, text=True, env=ENV, cwd=REPO)
+    assert done.returncode == 1 and "not one of the 2012 challenge's" in done.stderr
