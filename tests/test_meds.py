@@ -3,6 +3,7 @@ dataset with known hourly answers, and bad MEDS input."""
 import json
 import shutil
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -351,3 +352,27 @@ def test_cli_only_files_that_are_not_shards_is_an_error_saying_so(tmp_path):
     err = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(err) == 2, err  # the note, then the error
     assert "no MEDS data shards found (1 parquet file(s) skipped, not MEDS shards)" in err[1]
+
+
+SHARED_MEDS = Path(__file__).resolve().parents[2] / "shared" / "mimic-iv-demo-meds"
+
+
+@pytest.mark.skipif(not SHARED_MEDS.is_dir(), reason="../shared/mimic-iv-demo-meds is absent")
+def test_real_demo_in_the_older_lab_convention(tmp_path):
+    """The MIMIC-IV demo as MEDS codes labs LAB//{itemid}//{unit} (before April 2026): its labs
+    are found, and the manifest says which convention matched (issue 21, item 19)."""
+    p = open_processed(preprocess_meds(SHARED_MEDS, tmp_path / "out", progress=False))
+    conv = p.manifest["meds_conventions"]
+    assert conv.get("labevents LAB//{itemid}//*", 0) > 0 and conv.get("chartevents LAB//{itemid}//*", 0) > 0
+    assert "labevents LAB//RESULT//{itemid}//*" not in conv
+    assert p.n_stays == 140  # NOTE.md
+    assert p.manifest["total"]["kept_by_table"]["labevents"] > 10000
+    assert not any("creatinine" in w for w in p.manifest["warnings"])
+
+
+def test_synthetic_meds_in_the_current_lab_convention(both):
+    """synth --format meds codes labs LAB//RESULT//{itemid}//{unit}, as MIMIC_IV_MEDS does since
+    April 2026: the manifest names that convention."""
+    conv = both["meds"].manifest["meds_conventions"]
+    assert conv.get("labevents LAB//RESULT//{itemid}//*", 0) > 0
+    assert "labevents LAB//{itemid}//*" not in conv

@@ -161,7 +161,7 @@ class Catalog:
         mul = np.ones(size, np.float64)
         chart = np.zeros(size, np.uint8)
         matched: set[tuple[str, int]] = set()
-        by_template = {tpl: 0 for _, tpl, _ in patterns}
+        by_template = {f"{t} {tpl}": 0 for t, tpl, _ in patterns}
         for c, code in enumerate(codes):
             for table, tpl, pattern in patterns:
                 m = pattern.fullmatch(code)
@@ -174,7 +174,7 @@ class Catalog:
                     add[c], mul[c] = CONVERSIONS[self.features[col].convert[i]]
                 chart[c] = table == "chartevents"
                 matched.add((table, i))
-                by_template[tpl] += 1
+                by_template[f"{table} {tpl}"] += 1
                 break
         warnings = [f"MEDS code pattern {self.meds[t][0].replace('{itemid}', str(i))!r} "
                     f"({self.features[col].name}) matches no code in the data"
@@ -191,11 +191,11 @@ class MedsLookup:
     items: ItemLookup
     chart: np.ndarray  # uint8 per code
     warnings: list[str]
-    by_template: dict = field(default_factory=dict)  # code template -> codes it matched
+    by_template: dict = field(default_factory=dict)  # "table template" -> codes it matched
 
     def conventions(self) -> dict[str, int]:
-        """{"lab codes as LAB//RESULT//{itemid}//* (MIMIC_IV_MEDS since April 2026)": n, ...}: the
-        templates that matched any code, for the manifest."""
+        """{"labevents LAB//{itemid}//*": distinct codes matched, ...} for the templates that
+        matched any code: which convention a dataset follows, for the manifest."""
         return {tpl: n for tpl, n in self.by_template.items() if n}
 
 
