@@ -105,17 +105,19 @@ def compile_kernels() -> None:
 def configure(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--mimic-dir", help="MIMIC-IV directory holding hosp/ and icu/ (one "
-                        "source is required: this, --meds, --physionet2012 or --physionet2019)")
+                        "source is required: this, --meds, --physionet2012 or --physionet2019; "
+                        "default: none)")
     source.add_argument("--meds", metavar="DIR",
                         help="a MEDS dataset (data/**/*.parquet, metadata/) instead of MIMIC-IV "
-                             "tables; codes map to features by the catalog's meds templates")
+                             "tables; codes map to features by the catalog's meds templates "
+                             "(default: none)")
     source.add_argument("--physionet2012", metavar="PATH", nargs="+",
                         help="the PhysioNet/CinC 2012 challenge: set folders (set-a/), set "
                              "tarballs (set-a.tar.gz, read without unpacking) or a folder "
-                             "holding them, with their Outcomes-*.txt")
+                             "holding them, with their Outcomes-*.txt (default: none)")
     source.add_argument("--physionet2019", metavar="PATH", nargs="+",
                         help="the PhysioNet/CinC 2019 challenge: folders of .psv files, or "
-                             ".tar.gz / .zip archives of them")
+                             ".tar.gz / .zip archives of them (default: none)")
     parser.add_argument("--out", required=True,
                         help="output directory (replaced whole when the run succeeds; an "
                              "existing one must be a processed folder)")
