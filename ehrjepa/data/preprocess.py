@@ -104,9 +104,9 @@ def compile_kernels() -> None:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--mimic-dir", help="MIMIC-IV directory holding hosp/ and icu/ (one "
-                        "source is required: this, --meds, --physionet2012 or --physionet2019; "
-                        "default: none)")
+    source.add_argument("--mimic-dir", help="MIMIC-IV directory holding hosp/ and icu/; one "
+                        "source is required: this, --meds, --physionet2012 or --physionet2019 "
+                        "(default: none)")
     source.add_argument("--meds", metavar="DIR",
                         help="a MEDS dataset (data/**/*.parquet, metadata/) instead of MIMIC-IV "
                              "tables; codes map to features by the catalog's meds templates "
