@@ -111,7 +111,8 @@ def test_killed_sweep_reruns_only_the_missing_trials(tmp_path, capsys, monkeypat
     assert cli_main(args) == 0
     out = capsys.readouterr().out
     assert "trial 2: marked failed" in out
-    assert trial_states(study_dir) == {0: "COMPLETE", 1: "COMPLETE", 2: "FAIL", 3: "COMPLETE"}
+    # the killed trial does not count toward --trials: the rerun ends with 4 complete ones
+    assert trial_states(study_dir) == {0: "COMPLETE", 1: "COMPLETE", 2: "FAIL", 3: "COMPLETE", 4: "COMPLETE"}
     study = load(study_dir)
     for t in study.trials:  # every trial is an ordinary train run folder
         run = Path(t.user_attrs["run_dir"])
@@ -128,7 +129,7 @@ def test_killed_sweep_reruns_only_the_missing_trials(tmp_path, capsys, monkeypat
         section, name = key.split(".")
         assert getattr(getattr(best, section), name) == pytest.approx(value)
     assert best.train.max_steps == 4 and Path(best.data.path) == Path(data).resolve()
-    assert len((study_dir / "trials.csv").read_text().strip().splitlines()) == 1 + 4
+    assert len((study_dir / "trials.csv").read_text().strip().splitlines()) == 1 + 5
     for png in ("history.png", "importances.png", "parallel_coordinates.png", "intermediate_values.png"):
         assert (study_dir / png).read_bytes()[:4] == b"\x89PNG", png
 
@@ -138,7 +139,7 @@ def test_killed_sweep_reruns_only_the_missing_trials(tmp_path, capsys, monkeypat
     assert "done: 0 trial(s) run now" in capsys.readouterr().out
     assert cli_main(sweep_args(data, space, study_dir, 4, "--objective", "probe", "--task", "los_gt_3d")) == 2
     assert "was started with another objective" in capsys.readouterr().err
-    assert len(load(study_dir).trials) == 4
+    assert len(load(study_dir).trials) == 5
 
 
 def test_pruning_stops_a_planted_bad_trial(tmp_path, capsys, monkeypatch, data):

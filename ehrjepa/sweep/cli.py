@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -21,8 +22,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(required)")
     parser.add_argument("--storage", default=None,
                         help="Optuna storage URL shared by several processes, e.g. postgresql://user@host/db "
+                             "(needs its driver, e.g. pip install 'psycopg[binary]') "
                              "(default: sqlite:///STUDY_DIR/study.db)")
-    parser.add_argument("--study-name", default="sweep", help="study name in the storage (default: sweep)")
+    parser.add_argument("--study-name", default="sweep",
+                        help="study name in the storage; a study of another name keeps its trial folders, "
+                             "outputs and log in STUDY_DIR/NAME, apart from the others (default: sweep)")
     parser.add_argument("--objective", choices=("probe", "val_loss"), default="probe",
                         help="probe: validation AUROC of a frozen logistic probe (maximised); val_loss: "
                              "validation loss (minimised) (default: probe)")
@@ -41,12 +45,39 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(repeatable) (default: none)")
 
 
+DEFAULTS = {"storage": None, "study_name": "sweep", "objective": "probe", "task": "mortality_hosp",
+            "label_fraction": 1.0, "seed": 0, "prune_after": 5}
+
+
 def main(args: argparse.Namespace) -> int:
+    try:
+        return _main(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line with the command that goes on, no traceback
+        print("ehrjepa sweep: interrupted; the interrupted trial is marked failed and does not count "
+              f"toward --trials; run the missing trials with: {rerun_command(args)}", file=sys.stderr)
+        return 130
+
+
+def rerun_command(args: argparse.Namespace) -> str:
+    """The command line that reruns this sweep (the same study, options as given)."""
+    words = ["ehrjepa", "sweep", "--config", args.config, "--data", args.data, "--space", args.space,
+             "--trials", str(args.trials), "--study-dir", args.study_dir]
+    for key, default in DEFAULTS.items():
+        value = getattr(args, key)
+        if value != default:
+            words += [f"--{key.replace('_', '-')}", str(value)]
+    for override in args.overrides:
+        words += ["--set", override]
+    return shlex.join(str(w) for w in words)
+
+
+def _main(args: argparse.Namespace) -> int:
     from ehrjepa.config import ConfigError, config_to_dict, load_config
     from ehrjepa.sweep.objective import OBJECTIVES, Objective, ProbeScorer, TrialFailed
     from ehrjepa.sweep.space import SpaceError, load_space
-    from ehrjepa.sweep.study import (SweepError, counts, fail_dead_trials, open_study, storage_url,
-                                     write_outputs)
+    from ehrjepa.sweep.study import (LOG_FILE, SweepError, check_storage, counted, counts,
+                                     fail_dead_trials, log_to_file, open_study, reseed, shown_url,
+                                     storage_url, study_root, warnings_to_log, write_outputs)
     from ehrjepa.probe.tasks import HOURS
 
     try:
@@ -61,6 +92,9 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"--trials {args.trials}: expected >= 1")
         if args.prune_after < 0:
             raise ValueError(f"--prune-after {args.prune_after}: expected >= 0")
+        root = study_root(study_dir, args.study_name)  # this study's trial folders, outputs and log
+        if args.storage is not None:  # before anything is written
+            check_storage(args.storage)
         base = load_config(args.config, args.overrides)
         base_raw = config_to_dict(base)
         base_raw["data"]["path"] = str(data_dir)
@@ -78,6 +112,8 @@ def main(args: argparse.Namespace) -> int:
         if study_dir.exists() and not study_dir.is_dir():
             raise ValueError(f"--study-dir {study_dir} is a file")
         study_dir.mkdir(parents=True, exist_ok=True)
+        root.mkdir(exist_ok=True)
+        log_to_file(root / LOG_FILE)
         record = {"objective": args.objective, "task": args.task if scorer else None,
                   "label_fraction": args.label_fraction if scorer else None,
                   "space": {p.key: p.describe() for p in params},
@@ -88,9 +124,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"ehrjepa sweep: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
         return 2
 
-    objective = Objective(base_raw, params, study_dir, args.objective, scorer)
-    print(f"ehrjepa sweep: study '{args.study_name}' in {url}, {args.objective} "
-          f"({OBJECTIVES[args.objective]}), {len(params)} parameter(s), {args.trials} trials in all")
+    objective = Objective(base_raw, params, root, args.objective, scorer)
+    print(f"ehrjepa sweep: study '{args.study_name}' in {shown_url(url)}, {args.objective} "
+          f"({OBJECTIVES[args.objective]}), {len(params)} parameter(s), {args.trials} trials in all; "
+          f"trials in {root}, log {root / LOG_FILE}")
 
     def report(study, trial):
         value = "-" if trial.value is None else f"{trial.value:.4f}"
@@ -106,31 +143,27 @@ def main(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     ran = 0
-    while True:
-        for number in fail_dead_trials(study):
-            print(f"trial {number}: marked failed (left running by a process on this host that is gone)")
-        n = counts(study)
-        done = n.get("COMPLETE", 0) + n.get("PRUNED", 0) + n.get("FAIL", 0)
-        if done + n.get("RUNNING", 0) >= args.trials:
-            break
-        try:
+    with warnings_to_log():
+        while True:
+            for number in fail_dead_trials(study):
+                print(f"trial {number}: marked failed (left running by a process on this host that is gone; "
+                      "it does not count toward --trials)")
+            if counted(study) >= args.trials:
+                break
+            reseed(study, args.seed)  # new points on a resumed or extended study
             study.optimize(objective, n_trials=1, callbacks=[report], catch=(TrialFailed,))
-        except KeyboardInterrupt:  # Optuna has marked the trial failed; the study stays as it is
-            print("ehrjepa sweep: interrupted; rerun the same command to run the missing trials",
-                  file=sys.stderr)
-            return 130
-        ran += 1
-    n = counts(study)
-    notes = write_outputs(study, study_dir, base_raw, str(data_dir), args.objective)
+            ran += 1
+        n = counts(study)
+        notes = write_outputs(study, root, base_raw, str(data_dir), args.objective)
     summary = ", ".join(f"{v} {k.lower()}" for k, v in sorted(n.items()))
     print(f"done: {ran} trial(s) run now in {time.perf_counter() - start:.0f} s; the study has {summary}")
     if n.get("RUNNING"):
         print(f"  {n['RUNNING']} trial(s) still running in other processes: rerun to refresh the outputs")
     for note in notes:
         print(f"  note: {note}")
-    if (study_dir / "best.yaml").is_file() and n.get("COMPLETE"):
+    if (root / "best.yaml").is_file() and n.get("COMPLETE"):
         top = study.best_trial
         print(f"  best     {top.value:.4f}, trial {top.number}: {top.params}")
-        print(f"  outputs  {study_dir / 'best.yaml'}, {study_dir / 'trials.csv'}, {study_dir}/*.png")
+        print(f"  outputs  {root / 'best.yaml'}, {root / 'trials.csv'}, {root}/*.png")
         return 0
     return 1

@@ -14,6 +14,7 @@ trial's training is the same step for step as the run `ehrjepa train` would make
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -23,6 +24,7 @@ import numpy as np
 
 from ehrjepa.config import ConfigError, config_from_dict
 from ehrjepa.sweep.space import Param, with_values
+from ehrjepa.sweep.study import LOGGER
 
 OBJECTIVES = {"probe": "maximize", "val_loss": "minimize"}
 PROBE_C = 1.0  # inverse L2 strength of the probe's logistic regression on standardised embeddings
@@ -137,8 +139,19 @@ class Objective:
         try:  # a trial that cannot run or diverges fails alone, with its reason in one line
             cfg = config_from_dict(with_values(self.base_raw, values), source=f"trial {trial.number}")
             train(cfg, run_dir, resume=False, progress=False, on_validation=on_validation)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:  # Ctrl-C: failed by Optuna, but not counted toward --trials
+            trial.set_user_attr("interrupted", "Ctrl-C")
+            raise
         except (ConfigError, TrainingDiverged, CheckpointWriteFailed, ValueError) as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            trial.set_user_attr("error", reason)
+            raise TrialFailed(reason) from None
+        except Exception as e:  # noqa: BLE001 -- anything else: one line here, the traceback in the log
+            first = (str(e).strip().splitlines() or [""])[0]
+            reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
+            logging.getLogger(LOGGER).exception("trial %d failed", trial.number)
             trial.set_user_attr("error", reason)
             raise TrialFailed(reason) from None
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))

@@ -10,13 +10,25 @@ A trial left RUNNING by a killed process is marked FAIL by hand on the next star
 this host and its process is gone (the trial records host and pid as it starts); one from
 another host, or one killed in the milliseconds before it recorded them, is failed by Optuna's
 heartbeat (`optuna.storages.fail_stale_trials`, run at each start) once it has not beaten for
-GRACE_S seconds.
+GRACE_S seconds. Such an interrupted trial (killed, Ctrl-C, or stale) does not count toward
+`--trials`: only a FAIL with its own reason (user attr `error`: a config the trial cannot run, a
+diverged loss) counts, so a rerun ends with the trials asked for.
+
+The sampler is seeded by --seed and by the number of trials already in the study (`sampler_seed`)
+before each trial, so a resumed or extended study proposes new points instead of replaying the
+first ones, and processes sharing a study with their own --seed draw apart.
+
+Each study keeps its trials apart: the default study (`sweep`) writes DIR/trial_NNNN and its
+outputs in DIR; a study with another --study-name writes them in DIR/NAME/ (`study_root`), so two
+studies in one folder never share a trial folder. Optuna's own log (tracebacks of failed trials,
+its warnings) goes to the study's log file, ROOT/study.log, not the terminal (`log_to_file`).
 
 The study records what it searches (objective, task, label fraction, space, base config without
 data.path); a rerun that asks for something else is an error rather than a mixed study.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import warnings
@@ -37,6 +49,15 @@ PLOTS = {  # file -> optuna.visualization.matplotlib function
 }
 
 
+DEFAULT_STUDY = "sweep"
+LOG_FILE = "study.log"
+LOGGER = "ehrjepa.sweep"  # the sweep's own log records (a failed trial's traceback)
+# drivers SQLAlchemy imports for a storage URL -> what to pip install
+DRIVERS = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient",
+           "pymysql": "PyMySQL", "asyncpg": "asyncpg", "pg8000": "pg8000", "oracledb": "oracledb",
+           "pyodbc": "pyodbc", "mysql": "mysql-connector-python"}
+
+
 class SweepError(ValueError):
     """A study that cannot be (re)started as asked; one line naming what differs."""
 
@@ -45,17 +66,120 @@ def storage_url(study_dir: Path, storage: str | None) -> str:
     return storage or f"sqlite:///{(Path(study_dir) / 'study.db').resolve()}"
 
 
+def study_root(study_dir: Path, name: str) -> Path:
+    """Where study `name` keeps its trial folders, outputs and log: DIR for the default study,
+    DIR/NAME for any other (SweepError for a name that cannot be a folder)."""
+    if name == DEFAULT_STUDY:
+        return Path(study_dir)
+    if not name or name.startswith(".") or not all(c.isalnum() or c in "._-" for c in name):
+        raise SweepError(f"--study-name {name!r}: use letters, digits, '.', '_' and '-' (it names "
+                         "the study's folder in --study-dir)")
+    return Path(study_dir) / name
+
+
+def shown_url(url: str) -> str:
+    """The storage URL with its password hidden, for messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 -- not a URL at all: say it as given
+        return url
+
+
+def check_storage(url: str) -> None:
+    """SweepError, one line naming --storage, when `url` is not a database URL SQLAlchemy can use
+    here: not a URL, an unknown database kind, or a driver that is not installed (with what to
+    pip install). Connects to nothing."""
+    import sqlalchemy
+    from sqlalchemy import exc
+
+    try:
+        sqlalchemy.create_engine(url).dispose()
+    except exc.NoSuchModuleError:
+        kind = url.split(":", 1)[0]
+        raise SweepError(f"--storage {shown_url(url)}: unknown database kind {kind!r}; expected an "
+                         "SQLAlchemy URL such as sqlite:///PATH or postgresql://USER@HOST/DB") from None
+    except exc.ArgumentError:
+        raise SweepError(f"--storage {shown_url(url)}: not a database URL; expected e.g. "
+                         "sqlite:///PATH or postgresql://USER@HOST/DB") from None
+    except ImportError as e:
+        module = (getattr(e, "name", None) or "").split(".")[0]
+        package = DRIVERS.get(module, module or "the database's driver")
+        raise SweepError(f"--storage {shown_url(url)}: the database driver {module!r} is not "
+                         f"installed: pip install {package}") from None
+
+
+def log_to_file(path: Path) -> None:
+    """Optuna's log (a failed trial's traceback, its warnings) and the sweep's own (LOGGER) go to
+    `path`, appended, instead of the terminal, where the sweep prints one line per trial. Python
+    warnings go there too inside `warnings_to_log()`."""
+    import logging
+
+    import optuna
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    optuna.logging.disable_default_handler()
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    for name in ("optuna", LOGGER, "py.warnings"):
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+            logger.removeHandler(old)  # an earlier sweep of this process (tests call main twice)
+            old.close()
+        logger.addHandler(handler)
+        logger.setLevel(min(logger.level or logging.INFO, logging.INFO))
+    logging.getLogger(LOGGER).propagate = False
+    logging.getLogger("py.warnings").propagate = False
+
+
+@contextlib.contextmanager
+def warnings_to_log():
+    """Python warnings (Optuna's, sklearn's, torch's) go to the study's log file meanwhile."""
+    import logging
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        logging.getLogger("py.warnings").warning(
+            "%s", warnings.formatwarning(message, category, filename, lineno, line).rstrip())
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def sampler_seed(seed: int, n_trials: int) -> int:
+    """The sampler's seed for the next trial of a study holding `n_trials` trials: a mix of both,
+    so an extended study draws new points and processes with their own --seed draw apart."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed % 2**32, n_trials]).generate_state(1)[0])
+
+
+def reseed(study, seed: int) -> None:
+    """Seed the study's sampler from --seed and the study's state before its next trial."""
+    import optuna
+
+    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, len(study.get_trials(deepcopy=False))))
+
+
 def open_study(url: str, name: str, direction: str, seed: int, prune_after: int, record: dict):
     """Create or load study `name` in `url`; SweepError when an existing one searched something else."""
     import optuna
+    from sqlalchemy import exc
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep prints its own line per trial
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat
-        storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-    study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=prune_after))
+    check_storage(url)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True,
+                                    sampler=optuna.samplers.TPESampler(seed=seed),
+                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=prune_after))
+    except exc.SQLAlchemyError as e:  # no server, a bad password, a file that is not a database
+        reason = " ".join(str(getattr(e, "orig", None) or e).split())[:300]
+        raise SweepError(f"--storage {shown_url(url)}: cannot open the study's database: {reason}") from None
     old = study.user_attrs.get("ehrjepa")
     if old is None:
         study.set_user_attr("ehrjepa", record)
@@ -94,6 +218,7 @@ def fail_dead_trials(study) -> list[int]:
         host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
         if host != socket.gethostname() or pid is None or pid == os.getpid() or _alive(pid):
             continue
+        study._storage.set_trial_user_attr(t._trial_id, "interrupted", f"process {pid} is gone")
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         failed.append(t.number)
     return failed
@@ -115,6 +240,17 @@ def counts(study) -> dict[str, int]:
     for t in study.get_trials(deepcopy=False):
         out[t.state.name] = out.get(t.state.name, 0) + 1
     return out
+
+
+def counted(study) -> int:
+    """The trials that count toward --trials: COMPLETE, PRUNED, RUNNING (maybe another
+    process's), and FAIL with a reason of its own; not a trial that was interrupted."""
+    n = 0
+    for t in study.get_trials(deepcopy=False):
+        name = t.state.name
+        if name in ("COMPLETE", "PRUNED", "RUNNING") or (name == "FAIL" and "error" in t.user_attrs):
+            n += 1
+    return n
 
 
 def best_config(study, base_raw: dict, data_dir: str) -> dict | None:
@@ -147,12 +283,17 @@ def write_outputs(study, study_dir: Path, base_raw: dict, data_dir: str, objecti
 
 
 def write_plots(study, study_dir: Path) -> list[str]:
-    """Optuna's matplotlib plots of the study; a plot Optuna cannot draw yet is a note, not an error."""
-    import matplotlib
+    """Optuna's matplotlib plots of the study; a plot that cannot be drawn (too few trials, no
+    matplotlib) is a note, never an error: the other outputs are written first and stay."""
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna.visualization.matplotlib as vis
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import optuna.visualization.matplotlib as vis
+    except Exception as e:  # noqa: BLE001 -- a broken or missing matplotlib costs the plots only
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return [f"no plots drawn ({', '.join(PLOTS)}): matplotlib cannot be used: {reason}"]
 
     notes = []
     for name, fn in PLOTS.items():
