@@ -9,7 +9,8 @@ A source (`mimic.py`: MIMIC-IV tables, `meds.py`: a MEDS dataset, `physionet2012
         def read_stays(self, catalog, run) -> StayTable
         def fold_events(self, catalog, stays: StayTable, sums, counts, run) -> None
 
-`read_stays` gives the stay table (ids, hours, outcome labels, stay columns); `fold_events` then
+`read_stays` gives the stay table (ids, hours, outcome labels, stay columns, and hourly labels
+where the source has them); `fold_events` then
 folds every event into the [total_hours, F] sums and counts (`events.fold_events` for sources
 that place events themselves, the fused scan kernels of drivers.py for the MIMIC and MEDS
 tables). Both record the accounting of what they read in `run` (a `Run`): per file group rows
@@ -30,8 +31,8 @@ import numpy as np
 
 from .catalog import Catalog, load_catalog
 from .drivers import finish_hours
-from .processed import (SPLITS, finish_outputs, open_outputs, split_of_subjects, write_manifest,
-                        write_meta, write_stays)
+from .processed import (SPLITS, finish_outputs, open_outputs, split_of_subjects,
+                        write_hour_labels, write_manifest, write_meta, write_stays)
 from .staging import pause_point, staged_output
 from .stays import Stays
 
@@ -48,6 +49,9 @@ class StayTable:
     los_days: np.ndarray | None = None  # float64 per stay (NaN unknown); default (outtime - intime)
     split: np.ndarray | None = None  # the source's own split codes (0 train, 1 val, 2 test)
     split_source: str | None = None
+    # hourly labels (docs/DESIGN.md, "Hourly labels"): {name: int8 [total_hours] in the stays'
+    # row order, 1 / 0 / -1 unknown}; written to OUT/hour_labels.npy, none: no such file
+    hour_labels: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -116,6 +120,7 @@ def build(source, out: str | Path, features: str | Path | Catalog | None = None,
         manifest = {"source": source.name, "tables": run.tables} | run.manifest | {
             "warnings": run.warnings, "n_stays": len(stays), "total_hours": stays.total_hours,
             "labels": label_counts(table.labels | {"death_hosp": table.death}),
+            **({"hour_labels": label_counts(table.hour_labels)} if table.hour_labels else {}),
             "split_source": split_source,
             "split_counts": {s: int((split == k).sum()) for k, s in enumerate(SPLITS)},
             "kept_by_feature": dict(zip(catalog.names, (int(k) for k in kept_by_feature))),
@@ -137,8 +142,10 @@ def finish_and_write(out: Path, table: StayTable, split: np.ndarray, catalog: Ca
                                                         catalog.aggregation_codes())
     finish_outputs(out, sums, counts)
     write_stays(out, stays, split, table.death, table.labels, table.columns, table.los_days)
+    if table.hour_labels:
+        write_hour_labels(out, table.hour_labels, stays.total_hours)
     write_meta(out, catalog.names, norm_mean, norm_std, seed,
-               [f.aggregation for f in catalog.features])
+               [f.aggregation for f in catalog.features], list(table.hour_labels))
     pause_point("write")
     return kept_by_feature
 

@@ -5,6 +5,8 @@
     OUT/count.npy       uint16  [total_hours, F], events averaged into that hour (saturating)
     OUT/features.json   feature names, train-only normalisation, split seed and fractions
     OUT/manifest.json   per input table: rows read, kept, dropped by reason; warnings
+    OUT/hour_labels.npy int8 [total_hours, K], 1 / 0 / -1 unknown: hourly labels, named by
+                        features.json's "hour_labels" (only for sources that have them)
 
 `open_processed(OUT)` memory-maps the arrays, so opening is cheap whatever their size. The
 writing side lives here too (`open_outputs`, `finish_outputs`, `write_stays`, `write_meta`), so
@@ -13,7 +15,7 @@ that the format has one owner; `ehrjepa preprocess` calls it on a temporary fold
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,7 @@ OUTCOME_COLUMNS = ("readmit_icu", "readmit_30d")
 # 2 cardiac surgery recovery, 3 medical, 4 surgical; the 2019 challenge's unit as 3 medical,
 # 4 surgical). `ehrjepa probe --static` appends them to every method's inputs.
 STATIC_COLUMNS = ("age", "sex", "height_cm", "weight_kg", "icu_type")
+HOUR_LABELS = "hour_labels.npy"  # hourly labels, where the source has them
 
 
 @dataclass
@@ -46,6 +49,11 @@ class Processed:
     norm_std: np.ndarray  # float32 [F]
     manifest: dict
     split_seed: int = 0
+    # hourly labels (docs/DESIGN.md, "Hourly labels"): int8 [total_hours, K] memory-mapped, 1 /
+    # 0 / -1 unknown, column k named hour_label_names[k]; None (and no names) where the folder
+    # has none
+    hour_labels: np.ndarray | None = None
+    hour_label_names: list[str] = field(default_factory=list)
 
     @property
     def n_features(self) -> int:
@@ -69,6 +77,13 @@ class Processed:
             raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
         col = self.stays.column("split").to_numpy(zero_copy_only=False)
         return np.flatnonzero(col == split).astype(np.int64)
+
+    def hour_label(self, name: str) -> np.ndarray:
+        """Hourly label `name`: int8 [total_hours] (rows as mean/count), 1 / 0 / -1 unknown."""
+        if name not in self.hour_label_names:
+            have = ", ".join(self.hour_label_names) or "none"
+            raise KeyError(f"{self.path}: no hourly label {name!r} (hourly labels: {have})")
+        return self.hour_labels[:, self.hour_label_names.index(name)]
 
     def stay_hours(self, i: int) -> slice:
         """The rows of mean/count that hold stay i's hours."""
@@ -105,10 +120,22 @@ def open_processed(out: str | Path) -> Processed:
     if mean.shape != count.shape or mean.ndim != 2 or mean.shape[1] != len(names):
         raise ValueError(f"{out}: mean {mean.shape} / count {count.shape} do not match "
                          f"{len(names)} features")
+    label_names = list(meta.get("hour_labels") or [])
+    hour_labels = None
+    if label_names:
+        if not (out / HOUR_LABELS).exists():
+            raise FileNotFoundError(f"{out / HOUR_LABELS} not found, but {out / 'features.json'} "
+                                    f"names hourly labels ({', '.join(label_names)})")
+        hour_labels = _load_array(out / HOUR_LABELS)
+        if hour_labels.shape != (mean.shape[0], len(label_names)) or hour_labels.dtype != np.int8:
+            raise ValueError(f"{out / HOUR_LABELS}: {hour_labels.dtype} {hour_labels.shape}, "
+                             f"expected int8 ({mean.shape[0]}, {len(label_names)}): "
+                             f"{len(label_names)} hourly labels of {mean.shape[0]} hours")
     return Processed(path=out, features=names, stays=stays, mean=mean, count=count,
                      norm_mean=np.asarray(meta["norm"]["mean"], np.float32),
                      norm_std=np.asarray(meta["norm"]["std"], np.float32),
-                     manifest=manifest, split_seed=int(meta["split"]["seed"]))
+                     manifest=manifest, split_seed=int(meta["split"]["seed"]),
+                     hour_labels=hour_labels, hour_label_names=label_names)
 
 
 def split_of_subjects(subject_id: np.ndarray, seed: int,
@@ -148,13 +175,31 @@ def finish_outputs(out: Path, means: np.ndarray, counts: np.ndarray) -> None:
 
 
 def write_meta(out: Path, names: list[str], norm_mean: np.ndarray, norm_std: np.ndarray,
-               seed: int, aggregations: list[str] | None = None) -> None:
+               seed: int, aggregations: list[str] | None = None,
+               hour_labels: list[str] | None = None) -> None:
     """OUT/features.json: feature names, their hourly aggregations, train-only normalisation,
-    split seed and fractions."""
+    split seed and fractions, and the names of the hourly labels (the columns of
+    hour_labels.npy) where there are any."""
     meta = {"features": names, "aggregation": aggregations or ["mean"] * len(names),
             "norm": {"mean": [float(x) for x in norm_mean], "std": [float(x) for x in norm_std]},
             "split": {"seed": int(seed), "fractions": list(FRACTIONS)}}
+    if hour_labels:
+        meta["hour_labels"] = list(hour_labels)
     (out / "features.json").write_text(json.dumps(meta, indent=1))
+
+
+def write_hour_labels(out: Path, labels: dict[str, np.ndarray], total_hours: int) -> None:
+    """OUT/hour_labels.npy: int8 [total_hours, K], column k the k-th of `labels` ({name: int8
+    [total_hours] in the stays' row order, 1 / 0 / -1 unknown}); write_meta names them."""
+    for name, v in labels.items():
+        v = np.asarray(v)
+        if v.shape != (total_hours,) or not np.isin(v, (-1, 0, 1)).all():
+            raise AssertionError(f"hourly label {name!r}: {v.dtype} {v.shape}, expected "
+                                 f"({total_hours},) of 1 / 0 / -1")
+    arr = np.empty((total_hours, len(labels)), np.int8)
+    for k, v in enumerate(labels.values()):
+        arr[:, k] = v
+    np.save(out / HOUR_LABELS, arr)
 
 
 def write_manifest(out: Path, manifest: dict) -> None:
