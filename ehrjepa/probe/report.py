@@ -8,6 +8,7 @@ embeddings coloured by outcome, e.g. "died in hospital" / "survived", jepa besid
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 import math
 import os
@@ -28,8 +29,20 @@ def _fmt(x: float) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
+def no_results_line(report: dict) -> str:
+    """In place of the results table when no task was scored: why, in one line."""
+    skipped = report.get("skipped", {})
+    if not skipped:
+        return "No task was probed."
+    n = len(skipped)
+    return (f"No results: {'the one task was' if n == 1 else f'all {n} tasks were'} skipped (why: the notes "
+            f"below).")
+
+
 def results_table(report: dict) -> str:
-    """The markdown table of every probed task and method."""
+    """The markdown table of every probed task and method; one line saying why when none was scored."""
+    if not report.get("tasks") and not report.get(PHENOTYPE_MACRO):
+        return no_results_line(report)
     lines = ["| task | method | AUROC [95% CI] | AUPRC [95% CI] | n | positives |",
              "|---|---|---|---|---|---|"]
     for task, methods in report["tasks"].items():
@@ -82,8 +95,21 @@ def _mean_sd(mean, sd) -> str:
     return _fmt(mean) if sd is None or math.isnan(sd) else f"{_fmt(mean)} ± {_fmt(sd)}"
 
 
+def no_efficiency_line(report: dict) -> str | None:
+    """Why report["label_efficiency"] has no row to show, in one line; None when it has rows."""
+    efficiency = report.get("label_efficiency", {})
+    if any(fractions for methods in efficiency.values() for fractions in methods.values()):
+        return None
+    if not report.get("tasks"):
+        return "No task was refit at the label fractions: every task was skipped on the full splits."
+    return "No task was refit at the label fractions: none of the tasks refit (--label-tasks) was scored."
+
+
 def label_efficiency_table(report: dict) -> str:
     """The markdown table of report["label_efficiency"]: mean ± sd over repeats per fraction."""
+    empty = no_efficiency_line(report)
+    if empty:
+        return empty
     lines = ["| task | method | fraction | AUROC mean ± sd | AUPRC mean ± sd | n train | positives train "
              "| n val | positives val | repeats | skipped |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -101,6 +127,9 @@ def label_efficiency_summary(report: dict) -> str:
     """The compact table of report["label_efficiency"]: one row per task and method, one column per
     fraction, the test AUROC's mean over repeats ("-" where every repeat was skipped). The full
     table (spread, AUPRC, counts) is `label_efficiency_table`, in report.md."""
+    empty = no_efficiency_line(report)
+    if empty:
+        return empty
     efficiency = report.get("label_efficiency", {})
     keys = list(dict.fromkeys(k for methods in efficiency.values() for fr in methods.values() for k in fr))
     lines = ["| task | method | " + " | ".join(f"AUROC at {k}" for k in keys) + " |",
@@ -278,8 +307,14 @@ def plot_pca(embeddings: dict[str, np.ndarray], labels: dict[str, np.ndarray], p
     plt.close(fig)
 
 
-def plot_label_efficiency(task: str, methods: dict[str, dict[str, dict]], path: Path) -> None:
-    """Test AUROC against the label fraction (log axis), one line per method, ± sd shaded."""
+def plot_label_efficiency(task: str, methods: dict[str, dict[str, dict]], path: Path) -> bool:
+    """Test AUROC against the label fraction (log axis), one line per method, ± sd shaded; False,
+    drawing nothing, when no fraction could be fit (every repeat skipped): a log axis of no points
+    cannot be drawn."""
+    drawable = any(r["auroc_mean"] is not None and not math.isnan(r["auroc_mean"])
+                   for fractions in methods.values() for r in fractions.values())
+    if not drawable:
+        return False
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     for method, fractions in methods.items():
@@ -299,6 +334,7 @@ def plot_label_efficiency(task: str, methods: dict[str, dict[str, dict]], path: 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def plot_training_curves(metrics_csv: Path, path: Path) -> bool:
@@ -342,41 +378,121 @@ def _plain(x):
     return x
 
 
+REPORT_FILES = ("report.json", "report.md")
+PLOT_PATTERNS = ("roc_*.png", "pca.png", "training_curves.png", "label_efficiency_*.png")
+
+
+def _ours(name: str) -> bool:
+    """Whether a file name is one a report of ours writes (or its temporary)."""
+    return (name in REPORT_FILES or any(fnmatch.fnmatch(name, p) for p in PLOT_PATTERNS)
+            or any(name == f".{r}.tmp" for r in REPORT_FILES))
+
+
+def _read_report(path: Path) -> dict | None:
+    """An earlier report.json of ours, or None (missing, damaged or someone else's)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return old if isinstance(old, dict) and "tasks" in old and "plots" in old else None
+
+
+def earlier_report(out_dir: Path) -> list[Path] | None:
+    """The files an earlier report of ours left in `out_dir`, to be replaced by a new one: [] for a
+    missing or empty folder; None for a folder that is not ours (files in it, but neither a
+    report.json of ours nor only files of our names), which a report never writes into.
+
+    With a report.json of ours, only its report files and the plots it lists count (a user's
+    file beside them is left alone); a folder of nothing but our file names (a report that
+    stopped before its report.json) is ours whole."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    entries = sorted(out_dir.iterdir())
+    old = _read_report(out_dir / "report.json")
+    if old is not None:
+        listed = {str(p) for p in old.get("plots", []) if isinstance(p, str)}
+        return [e for e in entries if e.is_file() and _ours(e.name)
+                and (e.name in listed or e.name in REPORT_FILES or e.name.endswith(".tmp"))]
+    if all(e.is_file() and _ours(e.name) for e in entries):
+        return entries
+    return None
+
+
+def check_report_dir(out_dir: Path) -> None:
+    """Before any work: FileExistsError, one line, for an `out_dir` a report cannot be written to
+    (a file, or a folder with files that are not an earlier report of ours)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file: the report needs a folder there")
+    if earlier_report(out_dir) is None:
+        raise FileExistsError(f"{out_dir} is not empty and holds no report of `ehrjepa probe`; choose another "
+                              f"--out (a rerun replaces only a report of ours)")
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def write_report(report: dict, out_dir: Path, curves: dict | None = None, embeddings: dict | None = None,
                  labels: dict | None = None, metrics_csv: Path | None = None) -> dict:
-    """Write the plots, then report.json and report.md, into `out_dir`; returns `report` with `plots` added."""
+    """Write report.json and report.md into `out_dir`, then the plots, then the two again listing
+    the plots; returns `report` with `plots` added.
+
+    The report comes first, so a plot that fails (or a process killed while drawing) never costs
+    it; a plot that cannot be drawn is a note in it, not an error. An earlier report of ours in
+    `out_dir` is replaced whole: its plots are removed, so none of them is left beside the new one."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = []
-    for task, task_curves in (curves or {}).items():
-        name = f"roc_{task}.png"
-        plot_roc(task, task_curves, report["tasks"][task], out_dir / name)
-        plots.append(name)
-    if embeddings and labels:
-        plot_pca(embeddings, labels, out_dir / "pca.png")
-        plots.append("pca.png")
-    for task, methods in report.get("label_efficiency", {}).items():
-        name = f"label_efficiency_{task}.png"
-        plot_label_efficiency(task, methods, out_dir / name)
-        plots.append(name)
+    stale = earlier_report(out_dir) or []
     notes = report.setdefault("notes", [])
+    report["plots"] = []
+    _write_report_files(report, out_dir)
+    for path in stale:
+        if path.name not in REPORT_FILES:
+            path.unlink(missing_ok=True)
+
+    plots = []
+
+    def draw(name: str, plot, *args, empty: str | None = None, unreadable: Path | None = None) -> None:
+        path = out_dir / name
+        try:
+            drawn = plot(*args, path)
+        except Exception as e:  # noqa: BLE001 -- any failure of a plot costs that plot only
+            path.unlink(missing_ok=True)
+            if unreadable is not None and isinstance(e, (ValueError, csv.Error)):  # a damaged metrics.csv
+                notes.append(f"{unreadable} cannot be read ({_first_line(e)}): no training curves")
+            else:
+                notes.append(f"{name} could not be drawn ({_first_line(e)})")
+            return
+        if drawn is False:
+            if empty:
+                notes.append(empty)
+            return
+        plots.append(name)
+
+    for task, task_curves in (curves or {}).items():
+        draw(f"roc_{task}.png", plot_roc, task, task_curves, report["tasks"][task])
+    if embeddings and labels:
+        draw("pca.png", plot_pca, embeddings, labels)
+    for task, methods in report.get("label_efficiency", {}).items():
+        draw(f"label_efficiency_{task}.png", plot_label_efficiency, task, methods,
+             empty=f"label_efficiency_{task}.png not drawn: no label fraction of {task} could be fit")
     if metrics_csv is not None:
         if Path(metrics_csv).is_file():
-            try:
-                drawn = plot_training_curves(Path(metrics_csv), out_dir / "training_curves.png")
-            except (ValueError, csv.Error) as e:  # a damaged metrics.csv costs the curves, not the report
-                notes.append(f"{metrics_csv} cannot be read ({str(e).strip().splitlines()[0]}): no training curves")
-            else:
-                if drawn:
-                    plots.append("training_curves.png")
-                else:
-                    notes.append(f"{metrics_csv} has no loss, val_loss or rankme values: no training curves")
+            draw("training_curves.png", plot_training_curves, Path(metrics_csv), unreadable=Path(metrics_csv),
+                 empty=f"{metrics_csv} has no loss, val_loss or rankme values: no training curves")
         else:
             notes.append(f"{metrics_csv} not found: no training curves")
     report["plots"] = plots
+    _write_report_files(report, out_dir)
+    return report
+
+
+def _write_report_files(report: dict, out_dir: Path) -> None:
     write_atomic(out_dir / "report.json", json.dumps(_plain(report), indent=2, allow_nan=False))
     write_atomic(out_dir / "report.md", markdown(report))
-    return report
 
 
 def write_atomic(path: Path, text: str) -> None:
