@@ -69,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
     from ehrjepa.probe.label_efficiency import parse_fractions
     from ehrjepa.probe.report import (comparison_lines, label_efficiency_notes, label_efficiency_summary,
                                       placement_table, report_notes, results_table)
-    from ehrjepa.probe.run import run_probe
+    from ehrjepa.probe.run import check_label_tasks, run_probe
     from ehrjepa.probe.tasks import parse_tasks
 
     if args.hours < 1:
@@ -81,13 +81,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"ehrjepa probe: --methods: {', '.join(unknown) or 'none given'}: choose from {', '.join(METHODS)}",
               file=sys.stderr)
         return 2
-    if args.repeats < 1:
-        print(f"ehrjepa probe: --repeats must be >= 1, not {args.repeats}", file=sys.stderr)
-        return 2
+    for flag, value in (("--repeats", args.repeats), ("--bootstrap", args.bootstrap), ("--batch-size", args.batch_size)):
+        if value < 1:
+            print(f"ehrjepa probe: {flag} must be >= 1, not {value}", file=sys.stderr)
+            return 2
     try:
         fractions = parse_fractions(args.label_fractions) if args.label_fractions is not None else None
         tasks = parse_tasks(args.tasks) if args.tasks is not None else None
         label_tasks = parse_tasks(args.label_tasks, "--label-tasks") if args.label_tasks is not None else None
+        check_label_tasks(label_tasks, tasks, fractions, args.labels)
     except ValueError as e:
         print(f"ehrjepa probe: {e}", file=sys.stderr)
         return 2

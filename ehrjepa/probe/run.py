@@ -9,6 +9,7 @@ fractions refits them on subsampled labels (`label_efficiency.py`), and writes R
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ from ehrjepa.data.processed import SPLITS
 from ehrjepa.probe.fit import (C_GRID, DEFAULT_METHODS, FINETUNE_METHODS, GBDT_LEAVES, GBDT_MAX_TREES,
                                GBDT_PATIENCE, METHODS, evaluate_all)
 from ehrjepa.probe.macro import phenotype_macro, phenotype_macro_efficiency
-from ehrjepa.probe.tasks import (HOURS, PHENOTYPE_MACRO, class_counts, in_tasks, is_phenotype, labels_by_split,
-                                 select_tasks)
+from ehrjepa.probe.report import check_report_dir
+from ehrjepa.probe.tasks import (HOURS, PHENOTYPE_MACRO, PHENOTYPES, class_counts, in_tasks, is_phenotype,
+                                 labels_by_split, select_tasks)
 
 
 def resolve_checkpoint(run_dir: Path, checkpoint: str | Path | None) -> Path:
@@ -85,6 +87,55 @@ def open_data(data_dir):
         raise
     except (KeyError, ValueError, OSError) as e:
         raise ValueError(one_line(data_dir, "cannot read the processed data", e)) from e
+
+
+def check_label_tasks(label_tasks, tasks, label_fractions, labels_dir) -> None:
+    """ValueError, one line naming --label-tasks, for label tasks that would be refit never: without
+    label fractions, with --labels, or not among the probed --tasks. (Whether the data has them
+    is `select_tasks`'s question, once it is read.)"""
+    if label_tasks is None:
+        return
+    if label_fractions is None:
+        raise ValueError("--label-tasks picks the tasks refit at the label fractions: give --label-fractions too")
+    if labels_dir is not None:
+        raise ValueError("--label-tasks picks built-in tasks; with --labels every label folder is refit")
+    if tasks is None:
+        return
+    not_probed = [t for t in label_tasks if not in_tasks(t, tasks)
+                  and not (t == PHENOTYPES and any(is_phenotype(p) or p == PHENOTYPES for p in tasks))]
+    if not_probed:
+        raise ValueError(f"--label-tasks: {', '.join(not_probed)} {'is' if len(not_probed) == 1 else 'are'} not "
+                         f"among the probed tasks (--tasks {','.join(tasks)})")
+
+
+def check_against_checkpoint(ckpt: dict, ckpt_path, processed, data_dir, command: str) -> list[str]:
+    """`models.checkpoint.check_data` of the processed data against the checkpoint: ValueError, one
+    line naming the checkpoint, the data folder and the first differing feature, when the features
+    differ; its warnings (e.g. another split seed than pretraining's) printed on stderr and returned."""
+    from ehrjepa.models.checkpoint import check_data
+
+    try:
+        warnings = check_data(ckpt, list(processed.features), processed.split_seed, str(data_dir))
+    except ValueError as e:
+        raise ValueError(f"checkpoint {ckpt_path}: {e}") from e
+    for warning in warnings:
+        print(f"ehrjepa {command}: warning: {warning}", file=sys.stderr)
+    return warnings
+
+
+def longest_stay(processed) -> int:
+    """The most hours of any stay of the processed data (0 without stays)."""
+    n_hours = processed.stays.column("n_hours").to_numpy()
+    return int(n_hours.max()) if len(n_hours) else 0
+
+
+def check_hours(processed, hours: int, data_dir, option: str = "--hours") -> None:
+    """ValueError, one line, when no stay of the data has `hours` hours: every split would be empty
+    and every task say "0 positives" (or a file of 0 rows be written) for a cause that is not there."""
+    longest = longest_stay(processed)
+    if longest < hours:
+        raise ValueError(f"no stay in {data_dir} has {hours} hours (the longest has {longest}); "
+                         f"choose a smaller {option}")
 
 
 def unseen_positions_note(config, hours: int) -> str | None:
@@ -175,15 +226,17 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
         check_label_methods(methods)
         if tasks is not None:
             raise ValueError("--tasks picks built-in tasks; with --labels the tasks are the label folders")
+    check_label_tasks(label_tasks, tasks, label_fractions, labels_dir)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    check_report_dir(out_dir)  # before the work, not after it
     ckpt_path = resolve_checkpoint(run_dir, checkpoint)
     device = resolve_device(device)
     processed = open_data(data_dir)
+    if labels_dir is None:  # with --labels, hours is only the most a label's prefix may have
+        check_hours(processed, hours, data_dir)
     model, config, ckpt = load_trained(ckpt_path)
-    step, n_features, max_hours = ckpt.get("step"), int(ckpt["n_features"]), config.data.max_hours
-    if n_features != len(processed.features):
-        raise ValueError(f"checkpoint {ckpt_path} was trained on {n_features} features, but {data_dir} "
-                         f"has {len(processed.features)}")
+    warnings = check_against_checkpoint(ckpt, ckpt_path, processed, data_dir, "probe")
+    step, n_features, max_hours = ckpt.get("step"), len(processed.features), config.data.max_hours
     if hours > max_hours:
         raise ValueError(f"--hours {hours} is longer than the model's max_hours {max_hours} ({ckpt_path})")
     untrained = random_init_like(config, n_features, seed)
@@ -192,7 +245,8 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
                                hours, device, batch_size, n_bootstrap, seed, progress, label_fractions, repeats,
                                out_dir=out_dir, header={"checkpoint": str(ckpt_path), "step": step,
                                                         "run": str(run_dir), "data": str(Path(data_dir))},
-                               unseen=unseen_positions_note(config, hours), metrics_csv=run_dir / "metrics.csv")
+                               unseen=unseen_positions_note(config, hours), metrics_csv=run_dir / "metrics.csv",
+                               warnings=warnings)
 
     datasets = {split: WindowDataset.for_hours(processed, split, hours) for split in SPLITS}
     rows = {split: datasets[split].window_index[:, 0].astype(np.int64) for split in SPLITS}
@@ -201,8 +255,8 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
     except ValueError as e:
         raise ValueError(one_line(Path(data_dir) / "stays.parquet", "cannot label the tasks", e)) from e
     labels, unavailable = select_tasks(labels, unavailable, tasks, where=str(Path(data_dir) / "stays.parquet"))
-    if out_dir.exists() and not out_dir.is_dir():  # fail before the embedding, not after it
-        raise FileExistsError(f"{out_dir} is a file: the report needs a folder there")
+    if label_tasks is not None:  # a label task this data does not have: before the embedding, not after it
+        select_tasks(labels, unavailable, label_tasks, where=f"--label-tasks: {Path(data_dir) / 'stays.parquet'}")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     x = {method: {} for method in methods}
@@ -282,13 +336,11 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
     shown = [t for t in labels if not is_phenotype(t)] or list(labels)
     all_labels = {task: np.concatenate([labels[task][s] for s in nonempty]) for task in shown} if nonempty and shown else None
     unseen = unseen_positions_note(config, hours)
-    notes = [unseen] if unseen else []
+    notes = list(warnings) + ([unseen] if unseen else [])
     if "aki_24_72h" in scored:
         from ehrjepa.probe.aki import describe
 
         notes.append(f"aki_24_72h: {describe()}")
-    if not nonempty:
-        notes.append(f"no stay has {hours} hours or more: nothing to probe")
     report["notes"] = notes
     write_report(report, out_dir, curves=curves, embeddings=embeddings, labels=all_labels,
                  metrics_csv=run_dir / "metrics.csv")
@@ -297,14 +349,12 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
 
 def run_label_probe(labels_dir, processed, models, methods, encoder, hours, device, batch_size, n_bootstrap, seed,
                     progress, label_fractions, repeats, out_dir: Path, header: dict, unseen: str | None,
-                    metrics_csv: Path) -> dict:
+                    metrics_csv: Path, warnings=()) -> dict:
     """run_probe with --labels: the tasks of the label files (`label_probe.py`), the same report with
     report["label_files"] (the labels placed and not placed) and no PCA plot (labels have no one cohort)."""
     from ehrjepa.probe.label_probe import probe_label_files
     from ehrjepa.probe.report import write_report
 
-    if out_dir.exists() and not out_dir.is_dir():  # fail before the embedding, not after it
-        raise FileExistsError(f"{out_dir} is a file: the report needs a folder there")
     found, curves = probe_label_files(labels_dir, processed, models, methods, encoder, hours, device, batch_size,
                                       n_bootstrap, seed, progress, label_fractions, repeats)
     span = "hours [0, h) of the label's stay before its prediction_time"
@@ -326,7 +376,7 @@ def run_label_probe(labels_dir, processed, models, methods, encoder, hours, devi
         "c_grid": list(C_GRID),
         **found,  # label_efficiency(_setup) on request
     }
-    report["notes"] = [unseen] if unseen else []
+    report["notes"] = list(warnings) + ([unseen] if unseen else [])
     out_dir.mkdir(parents=True, exist_ok=True)
     write_report(report, out_dir, curves=curves, metrics_csv=metrics_csv)
     return report
