@@ -11,9 +11,10 @@ were used) and embedding, a fixed-size list<float32> of the encoder's width. Row
 hour, stays in the processed data's order within each hour. The file is written beside FILE and
 renamed when complete, so FILE is never half-written. Any fault is one line.
 
-    import pyarrow.parquet as pq, numpy as np
+    import pyarrow.parquet as pq
     table = pq.read_table("emb.parquet")
-    x = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))   # [rows, width]
+    width = table.schema.field("embedding").type.list_size
+    x = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, width)  # [rows, width]
 """
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def run_embed(run_dir, data_dir, out, hours: int = HOURS, every: int | None = No
     import numpy as np
 
     from ehrjepa.device import resolve_device
-    from ehrjepa.probe.run import load_trained, open_data, resolve_checkpoint
+    from ehrjepa.probe.run import check_against_checkpoint, check_hours, load_trained, open_data, resolve_checkpoint
 
     grid = hours_grid(hours, every)
     out = Path(out)
@@ -119,10 +120,10 @@ def run_embed(run_dir, data_dir, out, hours: int = HOURS, every: int | None = No
     ckpt_path = resolve_checkpoint(Path(run_dir), checkpoint)
     device = resolve_device(device)
     processed = open_data(data_dir)
+    # the first hour of the grid is the fewest a stay needs for a row
+    check_hours(processed, grid[0], data_dir, option="--every" if every is not None else "--hours")
     model, config, ckpt = load_trained(ckpt_path)
-    if int(ckpt["n_features"]) != len(processed.features):
-        raise ValueError(f"checkpoint {ckpt_path} was trained on {ckpt['n_features']} features, but {data_dir} "
-                         f"has {len(processed.features)}")
+    check_against_checkpoint(ckpt, ckpt_path, processed, data_dir, "embed")
     if grid[-1] > config.data.max_hours:
         raise ValueError(f"--hours {grid[-1]} is longer than the model's max_hours {config.data.max_hours} ({ckpt_path})")
     width = config.model.resolved().width
@@ -141,6 +142,8 @@ def run_embed(run_dir, data_dir, out, hours: int = HOURS, every: int | None = No
 def main(args: argparse.Namespace) -> int:
     try:
         hours_grid(args.hours, args.every)
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, not {args.batch_size}")
     except ValueError as e:
         print(f"ehrjepa embed: {e}", file=sys.stderr)
         return 2

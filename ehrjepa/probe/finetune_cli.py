@@ -13,6 +13,7 @@ back), each atomically. Any fault is one line.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from ehrjepa.probe.finetune import HEADS, Settings
@@ -63,14 +64,19 @@ def main(args: argparse.Namespace) -> int:
     from ehrjepa.probe.finetune_run import run_finetune
 
     try:
+        for flag, value in (("--steps", args.steps), ("--min-steps", args.min_steps), ("--batch-size", args.batch_size),
+                            ("--eval-every", args.eval_every), ("--patience", args.patience), ("--hours", args.hours)):
+            if value < 1:
+                raise ValueError(f"{flag} must be >= 1, not {value}")
+        for flag, value in (("--epochs", args.epochs), ("--lr", args.lr)):
+            if not (math.isfinite(value) and value > 0):  # not NaN or inf either
+                raise ValueError(f"{flag} must be a number > 0, not {value}")
         settings = Settings(max_epochs=args.epochs, min_steps=min(args.min_steps, args.steps), max_steps=args.steps,
                             batch_size=args.batch_size, lr=args.lr,
                             min_lr=min(_DEFAULTS.min_lr, args.lr), warmup_steps=min(_DEFAULTS.warmup_steps, args.steps),
                             eval_every=args.eval_every, patience=args.patience, head=args.head)
         if not 0.0 < args.fraction <= 1.0:
             raise ValueError(f"--fraction must lie in (0, 1], not {args.fraction}")
-        if args.hours < 1:
-            raise ValueError(f"--hours must be >= 1, not {args.hours}")
     except ValueError as e:
         print(f"ehrjepa finetune: {e}", file=sys.stderr)
         return 2

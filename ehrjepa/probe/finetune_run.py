@@ -28,7 +28,8 @@ def run_finetune(run_dir, data_dir, task: str, out_dir, start: str = "pretrained
     from ehrjepa.probe.label_efficiency import subsample_masks
     from ehrjepa.probe.metrics import ranked_metrics
     from ehrjepa.probe.report import _plain, write_atomic
-    from ehrjepa.probe.run import load_trained, open_data, random_init_like, resolve_checkpoint
+    from ehrjepa.probe.run import (check_against_checkpoint, check_hours, load_trained, open_data, random_init_like,
+                                   resolve_checkpoint)
     from ehrjepa.probe.tasks import (PHENOTYPE_PREFIX, TASKS, class_counts, is_phenotype, labels_by_split,
                                      select_tasks, skip_reason)
 
@@ -45,11 +46,10 @@ def run_finetune(run_dir, data_dir, task: str, out_dir, start: str = "pretrained
     ckpt_path = resolve_checkpoint(Path(run_dir), checkpoint)
     device = resolve_device(device)
     processed = open_data(data_dir)
+    check_hours(processed, hours, data_dir)
     model, config, ckpt = load_trained(ckpt_path)
-    n_features = int(ckpt["n_features"])
-    if n_features != len(processed.features):
-        raise ValueError(f"checkpoint {ckpt_path} was trained on {n_features} features, but {data_dir} "
-                         f"has {len(processed.features)}")
+    warnings = check_against_checkpoint(ckpt, ckpt_path, processed, data_dir, "finetune")
+    n_features = len(processed.features)
     if hours > config.data.max_hours:
         raise ValueError(f"--hours {hours} is longer than the model's max_hours {config.data.max_hours} ({ckpt_path})")
 
@@ -91,6 +91,7 @@ def run_finetune(run_dir, data_dir, task: str, out_dir, start: str = "pretrained
         "fraction": fraction, "seed": seed, "hours": hours, "settings": settings.as_dict(),
         "checkpoint": str(ckpt_path), "checkpoint_step": ckpt.get("step"), "data": str(Path(data_dir)),
         "device": str(device),
+        "warnings": warnings,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in fitted.model.state_dict().items()}
