@@ -79,12 +79,62 @@ def prepare_out(out: Path) -> str | None:
     return None
 
 
+# Below this many patients, the demo's probe usually has too few stays with 24 hours in the
+# validation and test splits to score any task (50 patients: none; 300: most of them).
+FEW_PATIENTS = 300
+
+
+def check_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """(what is wrong with the options in one line, or None; the `--set` overrides the demo passes
+    to `ehrjepa train`), found before any stage runs: a bad --config would otherwise surface at
+    stage 3, after synth and preprocess."""
+    from ehrjepa.config import load_config
+
+    if args.patients < 1:
+        return f"--patients must be >= 1, not {args.patients}", []
+    if args.steps is not None and args.steps < 1:
+        return f"--steps must be >= 1, not {args.steps}", []
+    overrides = ["train.device=cpu", f"train.seed={args.seed}"]
+    try:
+        if args.steps is not None:
+            # a short demo warms up over its whole run rather than fail the config's warmup check:
+            # the config's warmup, read with a max_steps no warmup exceeds
+            warmup = load_config(args.config, overrides + [f"train.max_steps={2 ** 62}"]).train.warmup_steps
+            overrides.append(f"train.max_steps={args.steps}")
+            if warmup > args.steps:
+                overrides.append(f"train.warmup_steps={args.steps}")
+        load_config(args.config, overrides)
+    except (ValueError, OSError) as e:  # ConfigError is a ValueError
+        text = str(e).strip()
+        first = text.splitlines()[0] if text else type(e).__name__
+        return (first if str(args.config) in first else f"--config {args.config}: {first}"), []
+    return None, overrides
+
+
+def few_stays_hint(report_json: Path, patients: int) -> str | None:
+    """What to do when the probe could score no task (too few patients), or None."""
+    import json
+
+    try:
+        report = json.loads(report_json.read_text())
+    except (OSError, ValueError):
+        return None
+    if report.get("tasks"):
+        return None
+    more = max(FEW_PATIENTS, 2 * patients)
+    return (f"every task of the probe was skipped: {patients} synthetic patients give too few stays with "
+            f"{report.get('hours')} hours in the validation and test splits (reasons above). "
+            f"Run the demo with --patients {more} or more.")
+
+
 def main(args: argparse.Namespace) -> int:
     from ehrjepa.cli import main as cli
 
     out: Path = args.out
     mimic, data, run, report = out / "mimic", out / "processed", out / "run", out / "probe"
-    error = prepare_out(out)
+    error, overrides = check_args(args)
+    if error is None:
+        error = prepare_out(out)
     if error:
         print(f"ehrjepa demo: {error}", file=sys.stderr)
         return 2
@@ -106,10 +156,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"({time.perf_counter() - t:.1f} s)")
 
     t = _stage(f"3/4 train: micro JEPA pretraining on CPU -> {run}")
-    train_args = ["train", "--config", str(args.config), "--data", str(data), "--run-dir", str(run),
-                  "--set", "train.device=cpu", "--set", f"train.seed={args.seed}"]
-    if args.steps is not None:
-        train_args += ["--set", f"train.max_steps={args.steps}"]
+    train_args = ["train", "--config", str(args.config), "--data", str(data), "--run-dir", str(run)]
+    for override in overrides:
+        train_args += ["--set", override]
     rc = cli(train_args)
     if rc:
         return rc
@@ -124,6 +173,9 @@ def main(args: argparse.Namespace) -> int:
         if rc:
             return rc
         print(f"({time.perf_counter() - t:.1f} s)")
+        hint = few_stays_hint(report / "report.json", args.patients)
+        if hint:
+            print(f"\n{hint}")
 
     print(f"\ndemo done in {time.perf_counter() - t_all:.0f} s. Everything is under {out}/:")
     listing = [(mimic, "synthetic MIMIC-IV tables (hosp/, icu/)"),
