@@ -188,7 +188,32 @@ def test_raw_features_match_a_loop(planted):
             z = (v[seen] - processed.norm_mean[f]) / processed.norm_std[f]
             want = [z[-1], z.mean(), z.min(), z.max()] if seen.any() else [0, 0, 0, 0]
             want.append((counts[:, f] > 0).mean())
+            want.append(z[0] if seen.any() else 0)
+            want.append(np.log1p(counts[:, f].sum()))
             np.testing.assert_allclose(x[i, f::n_f], want, rtol=1e-5, atol=1e-5)
+
+
+def test_raw_features_of_a_summed_feature_use_the_window_total(planted):
+    """A feature aggregated by sum (urine output) has as its mean the window's total per hour,
+    unobserved hours counting 0, normalised like the hourly values."""
+    import copy
+
+    processed, _ = planted
+    rows = cohort_rows(processed, "val")[:10]
+    summed = copy.copy(processed)
+    summed.aggregation = ["sum"] + ["mean"] * (len(FEATURES) - 1)
+    x = raw_features(summed, rows, 24)
+    y = raw_features(processed, rows, 24)
+    offsets = processed.stays.column("offset").to_numpy()
+    n_f = len(FEATURES)
+    for i, row in enumerate(rows):
+        v = np.asarray(processed.mean[offsets[row]:offsets[row] + 24, 0])
+        if np.isnan(v).all():
+            continue
+        want = (np.nansum(v) / 24 - processed.norm_mean[0]) / processed.norm_std[0]
+        assert x[i, n_f] == pytest.approx(want, rel=1e-5, abs=1e-5)
+    # the other statistics and features are the mean-aggregated ones
+    np.testing.assert_array_equal(np.delete(x, n_f, axis=1), np.delete(y, n_f, axis=1))
 
 
 def test_raw_features_rejects_short_stays(planted):

@@ -49,6 +49,7 @@ class Processed:
     norm_std: np.ndarray  # float32 [F]
     manifest: dict
     split_seed: int = 0
+    aggregation: list[str] | None = None  # per feature: mean, sum or last (older folders: None)
     # hourly labels (docs/DESIGN.md, "Hourly labels"): int8 [total_hours, K] memory-mapped, 1 /
     # 0 / -1 unknown, column k named hour_label_names[k]; None (and no names) where the folder
     # has none
@@ -135,7 +136,8 @@ def open_processed(out: str | Path) -> Processed:
                      norm_mean=np.asarray(meta["norm"]["mean"], np.float32),
                      norm_std=np.asarray(meta["norm"]["std"], np.float32),
                      manifest=manifest, split_seed=int(meta["split"]["seed"]),
-                     hour_labels=hour_labels, hour_label_names=label_names)
+                     hour_labels=hour_labels, hour_label_names=label_names,
+                     aggregation=meta.get("aggregation"))
 
 
 def split_of_subjects(subject_id: np.ndarray, seed: int,

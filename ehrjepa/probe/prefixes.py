@@ -49,7 +49,7 @@ def embed_prefixes(model, processed, stay: np.ndarray, hours: np.ndarray, encode
 
 
 def raw_prefix_features(processed, stay: np.ndarray, hours: np.ndarray) -> np.ndarray:
-    """float32 [N, 5 * F]: `baselines.raw_features` of stay row stay[i] over hours [0, hours[i])."""
+    """float32 [N, len(STATS) * F]: `baselines.raw_features` of stay row stay[i] over hours [0, hours[i])."""
     from ehrjepa.probe.baselines import STATS, raw_features
 
     stay, hours = np.asarray(stay, dtype=np.int64), np.asarray(hours, dtype=np.int64)
