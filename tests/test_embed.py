@@ -91,3 +91,31 @@ def test_hours_grid_and_cli_errors(setup, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "y.parquet").exists()
+
+
+def documented_reading() -> str:
+    """The reading snippet of `ehrjepa.embed`'s docstring (docs/usage.md shows the same)."""
+    import textwrap
+
+    import ehrjepa.embed
+
+    doc = ehrjepa.embed.__doc__
+    start = doc.index("    import pyarrow.parquet as pq")
+    block = doc[start:].split("\n\n")[0]
+    return textwrap.dedent(block)
+
+
+def test_the_documented_reading_works_on_a_file_of_0_rows(setup, tmp_path, monkeypatch):
+    from ehrjepa.embed import write_embeddings
+
+    processed = open_processed(setup / "data")
+    monkeypatch.chdir(tmp_path)
+    assert write_embeddings(tmp_path / "emb.parquet", processed, iter([]), 64) == 0  # a valid file of 0 rows
+    found = {}
+    exec(documented_reading(), found)
+    assert found["x"].shape == (0, 64) and found["x"].dtype == np.float32
+    run_embed(setup / "run", setup / "data", tmp_path / "emb.parquet", hours=24, progress=False)
+    exec(documented_reading(), found)
+    table = pq.read_table(tmp_path / "emb.parquet")
+    assert found["x"].shape == (table.num_rows, 64) and table.num_rows > 0
+    np.testing.assert_array_equal(found["x"], embedding_matrix(table))
