@@ -68,7 +68,10 @@ def physionet2012_splits(root: Path, protocol: str, seed: int) -> tuple[np.ndarr
 def physionet2019_splits(paths: list[Path], protocol: str, seed: int
                          ) -> tuple[np.ndarray, np.ndarray]:
     """(stay_id, split code) for the stays of the 2019 challenge's set(s)."""
-    from .physionet2019 import stay_ids
+    from .physionet2019 import read_group
+
+    def stay_ids(path: Path) -> np.ndarray:
+        return read_group(Path(os.path.abspath(path))).stay
 
     if protocol == "hospital":
         if len(paths) != 2:
