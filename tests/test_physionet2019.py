@@ -266,8 +266,12 @@ def random_files(rng, n_stays: int) -> dict:
     return files
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_against_reference(tmp_path, seed):
+@pytest.mark.parametrize("seed,chunked", [(0, False), (1, True)])
+def test_against_reference(tmp_path, seed, chunked, monkeypatch):
+    """chunked: the files parsed and folded in two chunks side by side (as for real sets)."""
+    import ehrjepa.data.physionet2019 as source
+
+    monkeypatch.setattr(source, "CHUNK_MIN_FILES", 2 if chunked else 10**9)
     rng = np.random.default_rng(seed)
     files = random_files(rng, 60)
     catalog = load_catalog().for_source("physionet2019")
@@ -322,6 +326,19 @@ BAD_ROWS = {
     "label_nan": (lambda: psv([row(1, label=None)]),
                   "p000007.psv: line 2: SepsisLabel 'NaN' is not 0 or 1"),
 }
+
+
+def test_first_error_of_two_chunks(tmp_path, monkeypatch):
+    """Bad files in both chunks: the error of the first (in stay order) is the one raised."""
+    import ehrjepa.data.physionet2019 as source
+
+    monkeypatch.setattr(source, "CHUNK_MIN_FILES", 2)
+    files = {k: MINI[1] for k in range(1, 9)}
+    files[3] = psv([row(1), row(2, label=5)])
+    files[7] = psv([row(1, HR="x")])
+    root = bad_case(tmp_path, files)
+    with pytest.raises(ValueError, match=r"p000003.psv: line 3: SepsisLabel '5'"):
+        run([root], tmp_path / "out")
 
 
 @pytest.mark.parametrize("case", sorted(BAD_ROWS))
