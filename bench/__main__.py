@@ -3,7 +3,8 @@ import importlib
 import sys
 
 BENCHMARKS = {
-    "preprocess": "ehrjepa preprocess against DuckDB, polars and pandas (wall time, peak RSS)",
+    "preprocess": "ehrjepa preprocess against DuckDB, polars and pandas (wall time, peak RSS; "
+                  "--format physionet2019: on the challenge's archive)",
     "kernels": "Triton kernels against their torch references",
     "train_step": "JEPA train step throughput",
     "render": "rebuild the tables of bench/RESULTS.md from bench/results.csv",

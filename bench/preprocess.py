@@ -23,6 +23,10 @@ Format `meds` (`--format meds`) is the same cohort as a MEDS dataset, `rows` cou
 MEDS event, timed for `ehrjepa preprocess --meds` against DuckDB and polars (no pandas):
 bench/preprocess_meds.py holds its input and baselines.
 
+Format `physionet2019` (`--format physionet2019 [--input ARCHIVE]`) times `ehrjepa preprocess
+--physionet2019` on the challenge's real archive against polars and pandas doing the same from
+it: bench/preprocess_physionet.py holds its baselines and checks.
+
 Prints a markdown table (rows, format, tool, wall s, cpu s (user + system, steadier than wall
 time on a shared machine), peak RSS, wall-time speedup against DuckDB measured in the same run)
 and writes JSON. On the smallest size (up to 10 M rows) it also checks that ehrjepa's output
@@ -49,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOOLS = ("ehrjepa", "duckdb", "polars", "pandas")
 FORMATS = tuple(ext[1:] for ext in TABLE_FORMATS)  # csv.gz, csv, parquet
 ALL_FORMATS = FORMATS + ("meds",)  # meds: bench/preprocess_meds.py
+CHALLENGE_FORMATS = ("physionet2012", "physionet2019")  # bench/preprocess_physionet.py
 CHECKED = ("duckdb", "polars")  # the baselines ehrjepa's output is compared with
 LOOKBACK_S = 6 * 3600
 CHECK_MAX_ROWS = 10_000_000  # the agreement check runs on the smallest size, if at most this
@@ -418,7 +423,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", default=None,
                         help="chartevents row counts, comma separated (default 5000000,50000000)")
     parser.add_argument("--formats", "--format", dest="formats", default=None,
-                        help="csv,csv.gz,parquet,meds (default: the MIMIC formats csv.gz,csv,parquet)")
+                        help="csv,csv.gz,parquet,meds (default: the MIMIC formats csv.gz,csv,parquet),"
+                             " or physionet2019 alone (the challenge's archive, --input)")
+    parser.add_argument("--input", default=None, metavar="PATH",
+                        help="physionet2019: the challenge's archive (default "
+                             "../shared/physionet2019/training_setA.tar.gz)")
     parser.add_argument("--tools", default=",".join(TOOLS), help="ehrjepa,duckdb,polars,pandas")
     parser.add_argument("--workdir", default="/tmp/ehrjepa-bench",
                         help="generated input and outputs (outside the repo; reused between runs)")
@@ -447,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
                          args.child_format)
     from bench.common import fmt_bytes, machine_info, markdown_table, run_measured, write_json
 
+    if args.formats and any(f.strip() in CHALLENGE_FORMATS for f in args.formats.split(",")):
+        from bench import preprocess_physionet
+        return preprocess_physionet.main(args, parser)
     if args.quick:
         args.rows = args.rows or "200000"
         args.formats = args.formats or "csv,parquet"
