@@ -117,7 +117,7 @@ def check_against_checkpoint(ckpt: dict, ckpt_path, processed, data_dir, command
     try:
         warnings = check_data(ckpt, list(processed.features), processed.split_seed, str(data_dir))
     except ValueError as e:
-        raise ValueError(f"checkpoint {ckpt_path}: {e}") from e
+        raise ValueError(f"{ckpt_path}: {e}") from e
     for warning in warnings:
         print(f"ehrjepa {command}: warning: {warning}", file=sys.stderr)
     return warnings
