@@ -255,8 +255,15 @@ def main(args, parser: argparse.ArgumentParser) -> int:
     if not path.exists():
         parser.error(f"--input {path}: not found (the challenge's archive; see "
                      f"{DEFAULT_INPUT[fmt].parent}/NOTE.md)")
-    tools = [t.strip() for t in args.tools.split(",") if t.strip() in TOOLS or
-             parser.error(f"unknown tool {t!r} for {fmt}; choose from {TOOLS}")]
+    from bench.preprocess import TOOLS as MIMIC_TOOLS
+
+    asked = [t.strip() for t in args.tools.split(",")]
+    if asked == list(MIMIC_TOOLS):  # the option's default: this format's tools
+        asked = list(TOOLS)
+    for t in asked:
+        if t not in TOOLS:
+            parser.error(f"unknown tool {t!r} for {fmt}; choose from {', '.join(TOOLS)}")
+    tools = asked
     workdir = Path(args.workdir).resolve()
     if REPO in workdir.parents or workdir == REPO:
         parser.error(f"--workdir {workdir} is inside the repository; keep outputs outside")

@@ -71,3 +71,27 @@ def test_challenge_format_cli(tmp_path):
     assert r.returncode == 2 and "runs on its own" in r.stderr
     r = bench("--format", "physionet2019", "--input", str(tmp_path / "nope.tar.gz"))
     assert r.returncode == 2 and "nope.tar.gz: not found" in r.stderr
+    archive = random_archive(tmp_path / "a.tar.gz")
+    r = bench("--format", "physionet2019", "--input", str(archive), "--tools", "ehrjepa,duckdb")
+    assert r.returncode == 2 and "unknown tool 'duckdb' for physionet2019" in r.stderr
+
+
+def test_benchmark_end_to_end(tmp_path):
+    """The whole benchmark on a small archive: three timed processes, agreement, rows recorded
+    in the results file it is given (never bench/results.csv)."""
+    import csv
+    import os
+
+    pytest.importorskip("polars")
+    pytest.importorskip("pandas")
+    archive = random_archive(tmp_path / "a.tar.gz", seed=3)
+    results = tmp_path / "results.csv"
+    r = subprocess.run([sys.executable, "-m", "bench", "preprocess", "--format", "physionet2019",
+                        "--input", str(archive), "--workdir", str(tmp_path / "work")],
+                       capture_output=True, text=True, cwd=REPO, timeout=300,
+                       env={**os.environ, "EHRJEPA_RESULTS": str(results)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("agree:") == 2 and "DISAGREE" not in r.stdout
+    rows = list(csv.DictReader(results.open()))
+    assert sorted(row["tool"] for row in rows) == ["ehrjepa", "pandas", "polars"]
+    assert all(row["case"] == "physionet2019" and row["status"] == "ok" for row in rows)
