@@ -245,7 +245,6 @@ def reference(files: dict, catalog) -> dict:
 
 
 def random_files(rng, n_stays: int) -> dict:
-    params = load_catalog().for_source("physionet2019").params("physionet2019")
     files = {}
     for sid in rng.choice(10**6, n_stays, replace=False).tolist():
         n = int(rng.integers(1, 30))
