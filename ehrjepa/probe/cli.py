@@ -62,6 +62,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "*.parquet (subject_id, prediction_time, boolean_value, as ACES writes them), each "
                              "label's stay embedded over its whole hours before prediction_time, at most --hours "
                              "(default: none)")
+    parser.add_argument("--static", action="store_true",
+                        help="append the stays' static descriptors (age, sex, height, weight, ICU type "
+                             "one-hot, with unknown indicators) to the inputs of jepa, random_init, "
+                             "raw_features and raw_gbdt alike (default: off)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (default: show them)")
 
 
@@ -98,7 +102,8 @@ def main(args: argparse.Namespace) -> int:
                            hours=args.hours, device=args.device, batch_size=args.batch_size,
                            n_bootstrap=args.bootstrap, seed=args.seed, progress=not args.no_progress,
                            methods=methods, label_fractions=fractions, repeats=args.repeats,
-                           labels_dir=args.labels, tasks=tasks, label_tasks=label_tasks)
+                           labels_dir=args.labels, tasks=tasks, label_tasks=label_tasks,
+                           static=args.static)
     except (OSError, ValueError, RuntimeError) as e:  # each names its file on its first line
         text = str(e).strip()
         print(f"ehrjepa probe: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)

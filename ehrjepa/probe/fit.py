@@ -27,10 +27,15 @@ COMPARISONS = (("jepa", "random_init"), ("jepa", "raw_features"), ("jepa", "raw_
 # raw_features. Methods in GBDT_METHODS are fit by fit_gbdt, those in FINETUNE_METHODS by the
 # finetuner given for them (their "features" are rows of a finetune.StayWindows), every other one
 # by fit_probe. The fine-tuned ones take minutes on CPU: not among the DEFAULT_METHODS.
-METHODS = ("jepa", "random_init", "raw_features", "raw_gbdt", "jepa_finetune", "scratch")
+# clinical_score ranks the stays by a clinical score of the data itself (SCORE_COLUMN: the 2012
+# challenge's SAPS-I), with no fitting: the challenge's own baseline.
+METHODS = ("jepa", "random_init", "raw_features", "raw_gbdt", "jepa_finetune", "scratch",
+           "clinical_score")
 DEFAULT_METHODS = ("jepa", "random_init", "raw_features", "raw_gbdt")
 GBDT_METHODS = frozenset({"raw_gbdt"})
 FINETUNE_METHODS = frozenset({"jepa_finetune", "scratch"})
+SCORE_METHODS = frozenset({"clinical_score"})
+SCORE_COLUMN = "saps1"
 
 # raw_gbdt: up to GBDT_MAX_TREES trees of at most GBDT_LEAVES leaves at learning rate 0.1, early-
 # stopped when the validation log-loss has not improved for GBDT_PATIENCE trees; the leaves are chosen
@@ -99,9 +104,33 @@ def fit_gbdt(x_train, y_train, x_val, y_val, leaves=GBDT_LEAVES, seed: int = 0):
     return model, {"max_leaf_nodes": n_leaves, "n_trees": int(model.n_iter_)}, val_auroc, True
 
 
+class ScoreRanker:
+    """A clinical score as the prediction, no fitting: the score itself, with an unknown score
+    (NaN) replaced by the train split's median score."""
+
+    def __init__(self, fill: float):
+        self.fill = fill
+
+    def decision_function(self, x) -> np.ndarray:
+        v = np.asarray(x, np.float64)[:, 0]
+        return np.where(np.isnan(v), self.fill, v)
+
+
+def fit_score(x_train, y_train, x_val, y_val):
+    """(ScoreRanker, {"unknown_as": the train median}, val AUROC, True) for one score column."""
+    known = x_train[:, 0][~np.isnan(x_train[:, 0])]
+    ranker = ScoreRanker(float(np.median(known)) if len(known) else 0.0)
+    val_auroc = float(ranked_metrics(y_val, ranker.decision_function(x_val))[0][0]) \
+        if len(np.unique(y_val)) == 2 else float("nan")
+    return ranker, {"unknown_as": ranker.fill}, val_auroc, True
+
+
 def fit_method(method: str, x_train, y_train, x_val, y_val, c_grid=C_GRID, seed: int = 0, finetuners=None):
-    """fit_gbdt for GBDT_METHODS, finetuners[method] for FINETUNE_METHODS, else fit_probe. Returns
-    (model, {hyperparameter: value}, val AUROC, converged); logistic probes report {"C": C}."""
+    """fit_gbdt for GBDT_METHODS, finetuners[method] for FINETUNE_METHODS, fit_score for
+    SCORE_METHODS, else fit_probe. Returns (model, {hyperparameter: value}, val AUROC, converged);
+    logistic probes report {"C": C}."""
+    if method in SCORE_METHODS:
+        return fit_score(x_train, y_train, x_val, y_val)
     if method in FINETUNE_METHODS:
         if not finetuners or method not in finetuners:
             raise ValueError(f"method {method} needs a finetuner (finetune.Finetuner) to fit")

@@ -171,7 +171,8 @@ def method_descriptions(encoder: str, hours: int, seed: int, settings=None, span
 
     s = settings or Settings()
     span = span or f"hours [0, {hours})"
-    summary = f"per-feature last, mean, min, max, observed fraction over {span}"
+    summary = (f"per-feature last, mean (a summed feature's total per hour), min, max, observed "
+               f"fraction, first and log event count over {span}")
     budget = (f"a {s.head} head on the mean over hours [0, {hours}), trained end to end with binary cross-entropy, "
               f"AdamW (lr {s.lr:g}, warmup {s.warmup_steps} then cosine to {s.min_lr:g}, batch {s.batch_size}) for up to "
               f"{s.max_epochs:g} epochs of the training stays ({min(s.min_steps, s.max_steps)} to {s.max_steps} steps), early-stopped on "
@@ -184,13 +185,16 @@ def method_descriptions(encoder: str, hours: int, seed: int, settings=None, span
                         f"{' or '.join(map(str, GBDT_LEAVES))} leaves per tree by validation AUROC, up to {GBDT_MAX_TREES} trees early-stopped on the validation "
                         f"log-loss after {GBDT_PATIENCE} without improvement) on {summary}",
             "jepa_finetune": f"the {encoder} encoder of the checkpoint fine-tuned with {budget}",
-            "scratch": f"the untrained encoder of random_init (seed {seed}) trained with the same budget: {budget}"}
+            "scratch": f"the untrained encoder of random_init (seed {seed}) trained with the same budget: {budget}",
+            "clinical_score": "the data's clinical score (the 2012 challenge's SAPS-I) as the prediction, no "
+                              "fitting; an unknown score counts as the train split's median"}
 
 
 def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "target", hours: int = HOURS,
               device: str = "cpu", batch_size: int = 256, n_bootstrap: int = 1000, seed: int = 0,
               progress: bool = True, methods=DEFAULT_METHODS, label_fractions=None, repeats: int = 5,
-              finetune_settings=None, labels_dir=None, tasks=None, label_tasks=None) -> dict:
+              finetune_settings=None, labels_dir=None, tasks=None, label_tasks=None,
+              static: bool = False) -> dict:
     """Probe a pretrained run against the baselines; write REPORT and return its dict.
 
     methods: which of METHODS to fit (in METHODS order whatever the order given); label_fractions:
@@ -199,7 +203,9 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
     jepa_finetune and scratch (finetune.Settings; default Settings()). labels_dir: probe the tasks of
     these MEDS label files (`label_probe.py`) instead of the built-in tasks. tasks: the built-in
     tasks to probe (names of tasks.py, "phenotypes" for every phenotype task; None: every task);
-    label_tasks: those of them refit at the label fractions (same names; None: every task scored)."""
+    label_tasks: those of them refit at the label fractions (same names; None: every task scored).
+    static: append the stays' static descriptors (static.py) to the inputs of every frozen and
+    tabular method (jepa, random_init, raw_features, raw_gbdt)."""
     from ehrjepa.data import WindowDataset
     from ehrjepa.device import resolve_device
     from ehrjepa.probe.baselines import raw_features
@@ -223,6 +229,8 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
     if labels_dir is not None:
         from ehrjepa.probe.label_probe import check_label_methods
 
+        if static:
+            raise ValueError("--static works with the built-in tasks, not with --labels")
         check_label_methods(methods)
         if tasks is not None:
             raise ValueError("--tasks picks built-in tasks; with --labels the tasks are the label folders")
@@ -274,6 +282,13 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
             for method in ("raw_features", "raw_gbdt"):
                 if method in x:
                     x[method][split] = raw
+        if "clinical_score" in x:
+            x["clinical_score"][split] = clinical_scores(processed, data_dir)[rows[split]][:, None]
+    if static:
+        from ehrjepa.probe.static import static_features, with_static
+
+        static_x, static_names = static_features(processed, rows)
+        with_static(x, static_x, STATIC_METHODS)
     finetuners = None
     if any(m in FINETUNE_METHODS for m in methods):
         from ehrjepa.probe.finetune import Finetuner, Settings, StayWindows, encoder_of
@@ -304,8 +319,10 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
         "encoder": encoder,
         "pooling": pooling_description(encoder, hours),
         "hours": hours,
-        "methods": {m: d for m, d in method_descriptions(encoder, hours, seed, finetune_settings).items()
+        "methods": {m: d + (" (+ the static descriptors)" if static and m in STATIC_METHODS else "")
+                    for m, d in method_descriptions(encoder, hours, seed, finetune_settings).items()
                     if m in x},
+        **({"static": static_names} if static else {}),
         "checkpoint": str(ckpt_path),
         "step": step,
         "run": str(run_dir),
@@ -345,6 +362,22 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
     write_report(report, out_dir, curves=curves, embeddings=embeddings, labels=all_labels,
                  metrics_csv=run_dir / "metrics.csv")
     return report
+
+
+# the methods `--static` extends: the frozen embeddings and the tabular summaries (the fine-tuned
+# models read windows, not feature vectors; clinical_score is the score alone)
+STATIC_METHODS = ("jepa", "random_init", "raw_features", "raw_gbdt")
+
+
+def clinical_scores(processed, data_dir) -> np.ndarray:
+    """float64 per stay: the data's clinical score (fit.SCORE_COLUMN), NaN where unknown; an error
+    naming stays.parquet where the data has none."""
+    from ehrjepa.probe.fit import SCORE_COLUMN
+
+    if SCORE_COLUMN not in processed.stays.column_names:
+        raise ValueError(f"clinical_score: {Path(data_dir) / 'stays.parquet'} has no clinical score "
+                         f"column ({SCORE_COLUMN}, the 2012 challenge's SAPS-I)")
+    return processed.stays.column(SCORE_COLUMN).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def run_label_probe(labels_dir, processed, models, methods, encoder, hours, device, batch_size, n_bootstrap, seed,
