@@ -23,8 +23,10 @@ values and counts, bench/preprocess.py's compare_aggregations) and hour by hour 
 A baseline's JSON line also says how long it spent getting the members' bytes (`read_s`): the
 tarfile listing is a large part of it, and it is what these libraries offer for a tar archive.
 
-`--format physionet2012` is the hook for the 2012 challenge's sets: RUNNERS and DEFAULT_INPUT
-take its entries; until then it stops with a clear error.
+`--format physionet2012`: the same for the 2012 challenge's set tarballs (default
+../shared/physionet2012, both sets; `--input` a folder of set-X.tar.gz or one tarball): each
+tool inflates the tarballs and produces the hourly aggregation by the rules of
+ehrjepa/data/physionet2012.py (run_polars_2012), compared group by group with ehrjepa's.
 """
 from __future__ import annotations
 
@@ -181,7 +183,124 @@ def run_pandas(path: Path, out: Path, config: str | None) -> dict:
     return {"groups": len(agg), "rows": int(rows.sum()), "read_s": round(read_s, 3)}
 
 
-RUNNERS = {"physionet2019": {"polars": run_polars, "pandas": run_pandas}}
+# ----------------------------------------------------------------------------------------------
+# the 2012 challenge: the same hourly aggregation from the same set tarballs
+
+DESCRIPTORS_2012 = ("RecordID", "Age", "Gender", "Height", "ICUType")
+RECORD_FILE = re.compile(r"(?:.*/)?(\d+)\.txt")
+
+
+def spec_2012(config: str | None) -> dict[str, list]:
+    """Per 2012 parameter: its feature, add, mul, lo, hi and hourly aggregation (the catalog's)."""
+    from ehrjepa.data.catalog import load_catalog
+
+    catalog = load_catalog(config).for_source("physionet2012")
+    low, high = catalog.valid_ranges()
+    cols = {k: [] for k in ("param", "feature", "add", "mul", "lo", "hi", "agg")}
+    for name, (k, add, mul) in catalog.params("physionet2012").items():
+        for key, v in zip(cols, (name, catalog.names[k], add, mul, float(low[k]), float(high[k]),
+                                 catalog.features[k].aggregation)):
+            cols[key].append(v)
+    return cols
+
+
+def read_sets_2012(path: Path) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """(every RecordID.txt body of the set tarballs under `path` joined, without its header
+    line; RecordID per file; lines per file), the tarballs inflated in memory and listed by the
+    standard library's tarfile."""
+    import tarfile
+
+    from isal import igzip
+
+    tarballs = sorted(path.glob("set-*.tar.gz")) if path.is_dir() else [path]
+    bodies, ids, lines = [], [], []
+    for tb in tarballs:
+        raw = igzip.decompress(tb.read_bytes())
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+            for m in tar:
+                found = RECORD_FILE.fullmatch(m.name) if m.isfile() else None
+                if found is None:
+                    continue
+                data = raw[m.offset_data:m.offset_data + m.size]
+                body = data[data.find(b"\n") + 1:]
+                if body and not body.endswith(b"\n"):
+                    body += b"\n"
+                bodies.append(body)
+                ids.append(int(found.group(1)))
+                lines.append(body.count(b"\n"))
+    return b"".join(bodies), np.array(ids, np.int64), np.array(lines, np.int64)
+
+
+def run_polars_2012(path: Path, out: Path, config: str | None) -> dict:
+    """The rules of ehrjepa/data/physionet2012.py in polars: hour = minutes // 60 with 48:00 in
+    hour 47; the descriptors (RecordID, Age, Gender, Height, ICUType, and each file's first
+    Weight at 00:00) are not events; values converted and kept inside the valid range; per
+    (stay, hour, feature) the mean, sum or last value (by the feature's aggregation) and count."""
+    import polars as pl
+
+    t0 = time.perf_counter()
+    body, ids, lines = read_sets_2012(path)
+    read_s = time.perf_counter() - t0
+    df = pl.read_csv(io.BytesIO(body), has_header=False, new_columns=["time", "param", "value"],
+                     schema={"time": pl.Utf8, "param": pl.Utf8, "value": pl.Float64})
+    stay, line = stay_hour(ids, lines)
+    hhmm = pl.col("time").str.split_exact(":", 1)
+    df = (df.with_columns(pl.Series("stay_id", stay), pl.Series("line", line))
+          .with_columns((hhmm.struct.field("field_0").cast(pl.Int64) * 60
+                         + hhmm.struct.field("field_1").cast(pl.Int64)).alias("minute"))
+          .filter(~pl.col("param").is_in(DESCRIPTORS_2012)))
+    first_weight = ((pl.col("param") == "Weight") & (pl.col("minute") == 0)
+                    & (pl.col("line") == pl.col("line").filter(
+                        (pl.col("param") == "Weight") & (pl.col("minute") == 0)).min()
+                       .over("stay_id")))
+    spec = pl.DataFrame(spec_2012(config))
+    ev = (df.filter(~first_weight.fill_null(False)).join(spec, on="param")
+          .with_columns(((pl.col("value") + pl.col("add")) * pl.col("mul")).alias("v"),
+                        pl.min_horizontal(pl.col("minute") // 60, pl.lit(47)).alias("hour"))
+          .filter(pl.col("v").is_between(pl.col("lo"), pl.col("hi"))))
+    agg = (ev.sort("stay_id", "line")
+           .group_by("stay_id", "hour", "feature")
+           .agg(pl.col("agg").first(), pl.col("v").mean().alias("m"), pl.col("v").sum().alias("s"),
+                pl.col("v").last().alias("l"), pl.len().alias("n"))
+           .select("stay_id", "hour", "feature",
+                   pl.when(pl.col("agg") == "sum").then(pl.col("s"))
+                   .when(pl.col("agg") == "last").then(pl.col("l")).otherwise(pl.col("m"))
+                   .alias("mean"), pl.col("n").cast(pl.Int64)))
+    agg.write_parquet(out / "agg.parquet")
+    return {"groups": agg.height, "rows": int(lines.sum()), "read_s": round(read_s, 3)}
+
+
+def run_pandas_2012(path: Path, out: Path, config: str | None) -> dict:
+    """run_polars_2012's rules in pandas."""
+    import pandas as pd
+
+    t0 = time.perf_counter()
+    body, ids, lines = read_sets_2012(path)
+    read_s = time.perf_counter() - t0
+    df = pd.read_csv(io.BytesIO(body), header=None, names=["time", "param", "value"],
+                     dtype={"time": str, "param": str, "value": "float64"})
+    df["stay_id"], df["line"] = stay_hour(ids, lines)
+    hh, mm = df["time"].str.split(":", n=1, expand=True).astype("int64").T.values
+    df["minute"] = hh * 60 + mm
+    df = df[~df["param"].isin(DESCRIPTORS_2012)]
+    w0 = df[(df["param"] == "Weight") & (df["minute"] == 0)]
+    first = w0.groupby("stay_id")["line"].idxmin()
+    df = df.drop(index=first.values)
+    ev = df.merge(pd.DataFrame(spec_2012(config)), on="param")
+    ev["v"] = (ev["value"] + ev["add"]) * ev["mul"]
+    ev["hour"] = np.minimum(ev["minute"] // 60, 47)
+    ev = ev[(ev["v"] >= ev["lo"]) & (ev["v"] <= ev["hi"])].sort_values(["stay_id", "line"])
+    g = ev.groupby(["stay_id", "hour", "feature"], sort=False)
+    agg = g.agg(agg=("agg", "first"), m=("v", "mean"), s=("v", "sum"), l=("v", "last"),
+                n=("v", "size")).reset_index()
+    agg["mean"] = np.where(agg["agg"] == "sum", agg["s"], np.where(agg["agg"] == "last", agg["l"],
+                                                                   agg["m"]))
+    agg[["stay_id", "hour", "feature", "mean", "n"]].to_parquet(out / "agg.parquet", index=False)
+    return {"groups": len(agg), "rows": int(lines.sum()), "read_s": round(read_s, 3)}
+
+
+RUNNERS = {"physionet2019": {"polars": run_polars, "pandas": run_pandas},
+           "physionet2012": {"polars": run_polars_2012, "pandas": run_pandas_2012}}
 
 
 def tool_command(fmt: str, tool: str, path: Path, out: Path, config: str | None) -> list[str]:
@@ -301,13 +420,15 @@ def main(args, parser: argparse.ArgumentParser) -> int:
             if not (theirs / "agg.parquet").exists():
                 continue
             check = {"format": fmt, "baseline": tool,
-                     **compare_aggregations(ours, theirs / "agg.parquet"),
-                     "labels": compare_labels(ours, theirs / "labels.parquet")}
-            check["agree"] = check["agree"] and check["labels"]["agree"]
+                     **compare_aggregations(ours, theirs / "agg.parquet")}
+            if (theirs / "labels.parquet").exists():  # the 2019 challenge's hourly labels
+                check["labels"] = compare_labels(ours, theirs / "labels.parquet")
+                check["agree"] = check["agree"] and check["labels"]["agree"]
             results["checks"].append(check)
+            labels = (f", labels {check['labels']['label_mismatches']} mismatches"
+                      if "labels" in check else "")
             log(f"check ehrjepa vs {tool}: {'agree' if check['agree'] else 'DISAGREE'} "
-                f"({check['groups_ehrjepa']:,} vs {check['groups_baseline']:,} groups, labels "
-                f"{check['labels']['label_mismatches']} mismatches)")
+                f"({check['groups_ehrjepa']:,} vs {check['groups_baseline']:,} groups{labels})")
     best = {}
     for r in results["runs"]:
         if "error" not in r and (r["tool"] not in best or r["wall_s"] < best[r["tool"]]["wall_s"]):
@@ -345,10 +466,12 @@ def main(args, parser: argparse.ArgumentParser) -> int:
           f"best of {args.repeat}; wall time of the whole process; input {path}\n")
     print(results["table"])
     for c in results["checks"]:
+        labels = (f", {c['labels']['hours_ehrjepa']:,} / {c['labels']['hours_baseline']:,} "
+                  "labelled hours" if "labels" in c else "")
         print(f"\nehrjepa vs {c['baseline']}: {'agree' if c['agree'] else 'DISAGREE'}: "
-              f"{c['groups_ehrjepa']:,} / {c['groups_baseline']:,} groups, "
-              f"{c['labels']['hours_ehrjepa']:,} / {c['labels']['hours_baseline']:,} labelled "
-              "hours")
+              f"{c['groups_ehrjepa']:,} / {c['groups_baseline']:,} groups{labels}")
+        if not c["agree"]:
+            print("  " + "; ".join(c["examples"][:6]))
     print(f"\nJSON: {json_path}")
     if record:
         print(f"rows appended to {record}")
