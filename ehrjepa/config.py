@@ -68,8 +68,20 @@ class TrainConfig:
     val_every: int = 100  # validation loss, RankMe and target std every that many steps
     log_every: int = 10  # metrics.csv, TensorBoard and progress bar every that many steps
     seed: int = 0
-    collapse_rankme: float = 0.05  # warn when RankMe < this fraction of min(width, rows)
-    collapse_std: float = 1e-3  # warn when the mean per-dimension std of the targets is below
+    # best.pt keeps the validation step with the best of: "loss" (lowest JEPA validation loss),
+    # "rankme" (highest RankMe of the target encoder's embeddings of the validation batches) or
+    # "probe" (highest validation AUROC of a logistic probe, the sweep's probe objective, on the
+    # stay label select_task over the first select_hours hours; data without that label falls
+    # back to rankme, said once). The JEPA loss is lowest where the encoder is most collapsed
+    # (issue 23), so it is not the default.
+    select: str = "probe"
+    select_task: str = "mortality_hosp"  # select=probe: the stay label (a task of ehrjepa probe)
+    select_hours: int = 0  # select=probe: hours embedded per stay; 0 = data.length
+    # the collapse guard: one line on stderr when RankMe falls below collapse_rankme x
+    # min(width, validation rows) -- a fraction of the width, e.g. 0.15 x 64 = 9.6 for micro --
+    # or the target std below collapse_std; once per drop (again only after a recovery)
+    collapse_rankme: float = 0.15
+    collapse_std: float = 1e-3  # the mean per-dimension std of the target embeddings
 
 
 @dataclass
@@ -81,6 +93,7 @@ class Config:
 
 
 SECTIONS = ("data", "model", "mask", "train")
+SELECT = ("loss", "rankme", "probe")  # train.select
 
 
 class ConfigError(ValueError):
@@ -268,6 +281,12 @@ def check_config(cfg: Config) -> None:
     if not 0.0 <= t.momentum <= t.momentum_end <= 1.0:
         raise ConfigError(f"need 0 <= train.momentum ({t.momentum}) <= train.momentum_end "
                           f"({t.momentum_end}) <= 1")
+    if t.select not in SELECT:
+        raise ConfigError(f"train.select: unknown {t.select!r}; choose one of {', '.join(SELECT)}")
+    if t.select_hours < 0 or t.select_hours > d.max_hours:
+        raise ConfigError(f"train.select_hours must be in [0, data.max_hours={d.max_hours}], got {t.select_hours}")
+    if not 0.0 <= t.collapse_rankme < 1.0:
+        raise ConfigError(f"train.collapse_rankme is a fraction of the width, in [0, 1), got {t.collapse_rankme}")
     if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
         raise ConfigError(f"train.device must be auto, cpu or cuda, got {t.device!r}")
     try:  # the model's and the masks' own checks: shapes, and masks that fit the window

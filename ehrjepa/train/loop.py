@@ -24,6 +24,7 @@ import itertools
 import math
 import os
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -75,9 +76,11 @@ class RunState:
     epoch: int = 0  # the data position: epoch ...
     consumed: int = 0  # ... and batches of it already drawn (this rank)
     best_val: float = math.inf  # lowest validation loss so far
+    best_score: float = -math.inf  # best.pt's value of train.select (higher is better)
     saved_step: int | None = None  # step of the newest checkpoint on disk ...
     saved_path: Path | None = None  # ... and its file
     last_loss: float | None = None  # the newest loss read back
+    collapsed: bool = False  # the last validation was below the collapse guard's threshold
     warnings: list[str] = field(default_factory=list)
 
 
@@ -288,6 +291,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
 
         # ---- the fixed validation batches and the logs (rank 0) -----------------------------
         val_batches = validation_batches(cfg, val_set, device, say) if master else []
+        scorer, select = selection_scorer(cfg, say) if master and val_batches else (None, t.select)
         if master:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
@@ -336,11 +340,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
             if do_val and master:
                 v = validate(model, val_batches, autocast, device)
                 row.update({k: v[k] for k in ("val_loss", "rankme", "target_std")})
-                warning = collapse_warning(v["rankme"], v["target_std"], v["_width"], v["_rows"],
-                                           t.collapse_rankme, t.collapse_std)
-                if warning:
-                    state.warnings.append(f"step {step}: {warning}")
-                    say(f"warning: step {step}: {warning}")
+                if scorer is not None:
+                    row["val_probe"] = scorer.score(model)
+                collapse_guard(state, step, v, t)
             if ddp and step % t.val_every == 0:
                 check_replicas(model, world, step)
             if metrics is not None:
@@ -350,9 +352,14 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
             # -- checkpoints (rank 0): step_N.pt, best.pt, last.pt, each its own file
             if master:
                 paths = [ckpt_dir / f"step_{step:07d}.pt"] if step % t.ckpt_every == 0 else []
-                if "val_loss" in row and row["val_loss"] < state.best_val:
-                    state.best_val = row["val_loss"]
-                    paths.append(ckpt_dir / "best.pt")
+                if "val_loss" in row:
+                    state.best_val = min(state.best_val, row["val_loss"])
+                    score = selection_score(row, select)
+                    best = score > state.best_score
+                    if best:
+                        state.best_score = score
+                        paths.append(ckpt_dir / "best.pt")
+                    metrics.write_validation(row, best)
                 if paths or do_ckpt:
                     paths.append(ckpt_dir / "last.pt")
                     save_checkpoints(checkpoint_state(model, optimizer, cfg, state, n_features, world,
@@ -379,6 +386,48 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
 
 # ---------------------------------------------------------------------------------------------
 # the named steps of train(), in the order it calls them
+
+
+def selection_scorer(cfg: Config, say):
+    """(scorer, measure) of best.pt: for train.select=probe the sweep's ProbeScorer on the train
+    and val splits (never test) of the run's data; (None, train.select) for the other measures,
+    and (None, "rankme"), said once, where the data cannot make that probe (no such label, too
+    few positives)."""
+    t = cfg.train
+    if t.select != "probe":
+        return None, t.select
+    from ehrjepa.sweep.objective import ProbeScorer
+
+    hours = t.select_hours or cfg.data.length
+    try:
+        return ProbeScorer(cfg.data.path, t.select_task, hours), "probe"
+    except (ValueError, KeyError, OSError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        say(f"train.select=probe: no probe on {t.select_task} over {hours} h ({reason}); "
+            "best.pt is chosen by RankMe instead")
+        return None, "rankme"
+
+
+def selection_score(row: dict, select: str) -> float:
+    """The value best.pt maximises at a validation row: -val_loss, RankMe or the val probe's
+    AUROC (train.select; probe falls back to RankMe in a row without val_probe)."""
+    if select == "loss":
+        return -row["val_loss"]
+    if select == "probe" and row.get("val_probe") is not None:
+        return row["val_probe"]
+    return row["rankme"]
+
+
+def collapse_guard(state: RunState, step: int, v: dict, t) -> None:
+    """Say on stderr, once per drop, when the validation RankMe (or target std) falls below the
+    threshold (train.collapse_rankme x min(width, rows), train.collapse_std); a later validation
+    above it re-arms the guard. The message also goes to the run's summary warnings."""
+    warning = collapse_warning(v["rankme"], v["target_std"], v["_width"], v["_rows"],
+                               t.collapse_rankme, t.collapse_std)
+    if warning and not state.collapsed:
+        state.warnings.append(f"step {step}: {warning}")
+        tqdm.write(f"warning: step {step}: {warning}", file=sys.stderr)
+    state.collapsed = warning is not None
 
 
 def check_run_folder(run_dir: Path, resume: bool) -> None:
@@ -429,6 +478,14 @@ def restore(run_dir: Path, model, optimizer, cfg: Config, n_features: int,
                      consumed=int(ckpt["data_position"]["batches"]),
                      best_val=math.inf if best is None else float(best),
                      saved_step=int(ckpt["step"]), saved_path=path)
+    chosen = ckpt.get("best_select") or {}  # best.pt's measure and value (older: the loss)
+    if chosen.get("by") == cfg.train.select and chosen.get("value") is not None:
+        state.best_score = float(chosen["value"])
+    elif cfg.train.select == "loss" and best is not None:
+        state.best_score = -float(best)
+    elif best is not None or chosen:
+        say(f"best.pt was chosen by {chosen.get('by', 'loss')}, this run chooses by "
+            f"{cfg.train.select}: the next validation replaces it")
     set_rng_state(ckpt["rng"])
     say(f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.consumed})")
     return state
@@ -635,6 +692,8 @@ def checkpoint_state(model, optimizer, cfg: Config, state: RunState, n_features:
         "rng": rng_state(),
         "data_position": {"epoch": state.epoch, "batches": state.consumed},
         "best_val_loss": state.best_val if math.isfinite(state.best_val) else None,
+        "best_select": {"by": cfg.train.select,
+                        "value": state.best_score if math.isfinite(state.best_score) else None},
         "n_features": n_features,
         **data,
         "world_size": world,
@@ -681,6 +740,8 @@ def _summary(cfg: Config, run_dir: Path, state: RunState, start_step: int, count
         "already_finished": start_step >= t.max_steps,
         "final_loss": state.last_loss,
         "best_val_loss": state.best_val if math.isfinite(state.best_val) else None,
+        "best_select": {"by": t.select,
+                        "value": state.best_score if math.isfinite(state.best_score) else None},
         "last": str(ckpt_dir / "last.pt") if (ckpt_dir / "last.pt").exists() else None,
         "best": str(ckpt_dir / "best.pt") if (ckpt_dir / "best.pt").exists() else None,
         "warnings": state.warnings,

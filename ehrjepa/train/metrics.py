@@ -1,7 +1,9 @@
 """Training logs: RUN/metrics.csv, TensorBoard (optional), RankMe and the collapse check.
 
 metrics.csv has one row per step. Validation columns (val_loss, rankme, target_std) are filled
-on validation steps and empty elsewhere.
+on validation steps and empty elsewhere. validation.csv has one row per validation step: those
+columns, the validation probe's AUROC (train.select=probe; empty otherwise) and whether best.pt
+was written there (1/0), so the measures that could choose best.pt can be compared afterwards.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 
 from ehrjepa.metrics_csv import COLUMNS
 
+VALIDATION_COLUMNS = ["step", "val_loss", "rankme", "target_std", "val_probe", "best"]
 
 
 def rankme(embeddings: torch.Tensor, eps: float = 1e-7) -> float:
@@ -55,8 +58,11 @@ class MetricsLog:
                  tensorboard: bool = True):
         self.run_dir = Path(run_dir)
         self.csv_path = self.run_dir / "metrics.csv"
-        if resume_step is not None and self.csv_path.exists():
-            self._truncate(resume_step)
+        self.val_path = self.run_dir / "validation.csv"
+        if resume_step is not None:
+            for path, columns in ((self.csv_path, COLUMNS), (self.val_path, VALIDATION_COLUMNS)):
+                if path.exists():
+                    _truncate(path, columns, resume_step)
         new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
         self._file = open(self.csv_path, "a", newline="", encoding="utf-8")
         self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS)
@@ -73,17 +79,6 @@ class MetricsLog:
                 purge = None if resume_step is None else resume_step + 1
                 self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
 
-    def _truncate(self, resume_step: int) -> None:
-        """Drop rows past the step a resumed run restarts from (they will be logged again)."""
-        with open(self.csv_path, newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= resume_step]
-        tmp = self.csv_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, self.csv_path)
-
     def write(self, row: dict) -> None:
         """One step's row; keys not in COLUMNS go to TensorBoard only."""
         self._csv.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
@@ -91,8 +86,17 @@ class MetricsLog:
             step = int(row["step"])
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    group = "val" if k in ("val_loss", "rankme", "target_std") else "train"
+                    group = "val" if k in ("val_loss", "rankme", "target_std", "val_probe") else "train"
                     self.tb.add_scalar(f"{group}/{k}", v, step)
+
+    def write_validation(self, row: dict, best: bool) -> None:
+        """One validation step's row of validation.csv (opened, appended and closed: rare)."""
+        new = not self.val_path.exists() or self.val_path.stat().st_size == 0
+        with open(self.val_path, "a", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=VALIDATION_COLUMNS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: _fmt(row.get(k)) for k in VALIDATION_COLUMNS} | {"best": int(best)})
 
     def flush(self) -> None:
         self._file.flush()
@@ -103,6 +107,18 @@ class MetricsLog:
         self._file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _truncate(path: Path, columns: list[str], resume_step: int) -> None:
+    """Drop rows past the step a resumed run restarts from (they will be logged again)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= resume_step]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
 
 
 def _fmt(v) -> str:
