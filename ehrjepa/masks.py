@@ -20,6 +20,13 @@ Kinds:
   when no such block leaves min(min_context, L - 1) hours.
 A 1-hour sample has its hour as context and no target (the loss skips it).
 
+Masks over variables (`hide_features` = f > 0, off by default, either kind): each sample also
+hides round(f x F) of its F features (at least 1, at most F - 1, drawn per sample) from the
+context encoder: `feature_mask` float [B, F], 1 where seen. Its targets then also include every
+context hour in which a hidden feature was observed: from the hour's seen features the predictor
+predicts the hour's whole latent, hidden measurements included. Only then may a target hour also
+be a context hour (the hour is seen without the hidden features).
+
 Seeding: the masks of a batch are drawn from numpy's generator seeded by
 (seed, epoch, stay, start of the batch's first window), which identifies the batch's first window.
 So the masks depend only on the seed, the epoch and the batch's content, never on which worker
@@ -51,6 +58,9 @@ class MaskConfig:
     target_block_hours: tuple[int, int] | None = None  # set: block lengths in hours, counts scale
     min_context: int = 1
     pad_multiple: int = 8  # multiblock: pad index tensors to a multiple of this (fewer shapes to compile)
+    # masks over variables: the fraction of features hidden from the context encoder per sample
+    # (0: off); context hours where a hidden feature was observed become targets as well
+    hide_features: float = 0.0
 
     def __post_init__(self):
         self.target_scale = tuple(float(x) for x in self.target_scale)
@@ -64,6 +74,8 @@ class MaskConfig:
         for name in ("context_hours", "target_hours", "n_targets", "min_context", "pad_multiple"):
             if getattr(self, name) < 1:
                 raise ValueError(f"mask.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.hide_features < 1.0:
+            raise ValueError(f"mask.hide_features must be in [0, 1), got {self.hide_features}")
         if self.context_fraction is not None and not 0.0 < self.context_fraction < 1.0:
             raise ValueError(f"mask.context_fraction must be in (0, 1), got {self.context_fraction}")
         if self.target_block_hours is not None:
@@ -99,6 +111,15 @@ def _to_index(keep: np.ndarray, pad_multiple: int = 1) -> tuple[torch.Tensor, to
     order = np.argsort(~keep, axis=1, kind="stable")[:, :width]  # True hours first, in order
     order = np.where(np.arange(width)[None, :] < lengths[:, None], order, 0)
     return torch.from_numpy(order.astype(np.int64)), torch.from_numpy(lengths.astype(np.int64))
+
+
+def _to_bool(index: torch.Tensor, lengths: torch.Tensor, T: int) -> np.ndarray:
+    """The inverse of _to_index: (int64 [B, L] padded hours, counts [B]) -> boolean [B, T]."""
+    index, lengths = index.numpy(), lengths.numpy()
+    real = np.arange(index.shape[1])[None, :] < lengths[:, None]
+    out = np.zeros((index.shape[0], T), bool)
+    out[np.nonzero(real)[0], index[real]] = True
+    return out
 
 
 def _blocks(rng: np.random.Generator, B: int, K: int, T: int, lengths: np.ndarray,
@@ -191,6 +212,25 @@ def sample_masks(cfg: MaskConfig, length: int, batch_size: int,
             "target_index": target_index, "target_lengths": target_lengths}
 
 
+def hide_features(cfg: MaskConfig, rng: np.random.Generator, observed: np.ndarray,
+                  masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Masks over variables (cfg.hide_features > 0): `feature_mask` float [B, F] (1 = seen by the
+    context encoder) and the targets widened by the context hours in which a hidden feature was
+    observed. observed: [B, T, F] (0/1); masks: sample_masks' output, whose targets it replaces."""
+    B, T, F = observed.shape
+    n_hidden = min(max(1, round(cfg.hide_features * F)), F - 1) if F > 1 else 0
+    ranks = rng.random((B, F)).argsort(1).argsort(1)
+    hidden = ranks < n_hidden  # [B, F], n_hidden True per row
+    context = _to_bool(masks["context_index"], masks["context_lengths"], T)
+    target = _to_bool(masks["target_index"], masks["target_lengths"], T)
+    hidden_seen = ((observed > 0) & hidden[:, None, :]).any(-1)  # [B, T]
+    target |= context & hidden_seen
+    pad = cfg.pad_multiple if cfg.kind == "multiblock" else 1
+    target_index, target_lengths = _to_index(target, pad)
+    return {**masks, "target_index": target_index, "target_lengths": target_lengths,
+            "feature_mask": torch.from_numpy((~hidden).astype(np.float32))}
+
+
 class MaskCollator:
     """DataLoader collate_fn: stacks WindowDataset items (dicts of tensors) and adds the masks.
 
@@ -235,6 +275,9 @@ class MaskCollator:
             else:
                 batch[key] = torch.stack([item[key] for item in items])
         batch["lengths"] = torch.tensor(lengths, dtype=torch.int64)
-        batch.update(sample_masks(self.cfg, self.length, len(items), self.generator(items[0]),
-                                  lengths=np.asarray(lengths)))
+        rng = self.generator(items[0])
+        masks = sample_masks(self.cfg, self.length, len(items), rng, lengths=np.asarray(lengths))
+        if self.cfg.hide_features > 0:
+            masks = hide_features(self.cfg, rng, batch["observed"].numpy(), masks)
+        batch.update(masks)
         return batch

@@ -21,12 +21,29 @@ PREDICTOR_SIZES: dict[str, tuple[int, int, int]] = {
 }
 ATTENTION_BACKENDS = ("sdpa", "triton")
 LOSSES = ("smooth_l1", "l1")
+TARGET_INPUTS = ("filled", "observed")
+REGULARISED = ("encoder", "predictor")
 
 
 @dataclass
 class ModelConfig:
-    """Encoder and predictor shapes. `width`/`depth`/`heads` (and the `predictor_*` fields) left
-    as None take the values of `size`; set explicitly they override it."""
+    """Encoder and predictor shapes, and the options of the JEPA loss.
+
+    `width`/`depth`/`heads` (and the `predictor_*` fields) left as None take the values of `size`;
+    set explicitly they override it.
+
+    Options against the copy-the-present shortcut (with forward-filled inputs the hours after the
+    context mostly repeat its last values, so their latents can be copied), each off by default:
+    - `target_min_observed` = k > 0: the loss counts only target hours in which at least k
+      features were observed (measured that hour, not forward-filled); 0 counts every target hour.
+    - `target_inputs` = "observed": the target encoder is fed each hour's own measurements only
+      (values x observed: 0, the train mean, where nothing was measured that hour) instead of the
+      forward-filled values ("filled", the default); the context encoder keeps the filled values.
+    - `mask.hide_features` (in MaskConfig): hide features from the context encoder's input.
+    Against collapse (off by default): `vicreg_var` and `vicreg_cov` add VICReg-style terms
+    (Bardes et al. 2022) on the tokens of `vicreg_on` ("encoder": the context encoder's output
+    tokens; "predictor": the predictions): vicreg_var x mean_d relu(1 - std_d) and vicreg_cov x
+    sum of the squared off-diagonal covariances / D, over the batch's valid tokens."""
 
     size: str = "small"  # micro | tiny | small | base | large
     width: int | None = None
@@ -42,6 +59,11 @@ class ModelConfig:
     # Targets: 1 = the target encoder's output, layer-normed (I-JEPA); k > 1 = the average of the
     # last k blocks' outputs, each layer-normed, layer-normed again (as data2vec builds targets).
     target_layers: int = 1
+    target_min_observed: int = 0  # >0: loss on target hours with >= this many observed features
+    target_inputs: str = "filled"  # filled | observed: what the target encoder is fed
+    vicreg_var: float = 0.0  # weight of the variance term (0: off)
+    vicreg_cov: float = 0.0  # weight of the covariance term (0: off)
+    vicreg_on: str = "encoder"  # encoder | predictor: whose output tokens the terms see
 
     def __post_init__(self):
         if self.size not in SIZES:
@@ -53,6 +75,16 @@ class ModelConfig:
             raise ValueError(f"model.loss: unknown loss {self.loss!r}; choose one of {list(LOSSES)}")
         if self.target_layers < 1:
             raise ValueError(f"model.target_layers must be >= 1, got {self.target_layers}")
+        if self.target_min_observed < 0:
+            raise ValueError(f"model.target_min_observed must be >= 0, got {self.target_min_observed}")
+        if self.target_inputs not in TARGET_INPUTS:
+            raise ValueError(f"model.target_inputs: unknown {self.target_inputs!r}; "
+                             f"choose one of {list(TARGET_INPUTS)}")
+        if self.vicreg_on not in REGULARISED:
+            raise ValueError(f"model.vicreg_on: unknown {self.vicreg_on!r}; choose one of {list(REGULARISED)}")
+        if self.vicreg_var < 0 or self.vicreg_cov < 0:
+            raise ValueError(f"model.vicreg_var and model.vicreg_cov must be >= 0, got "
+                             f"{self.vicreg_var} and {self.vicreg_cov}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
 

@@ -36,7 +36,11 @@ class JEPA(nn.Module):
     predicts, for every target hour, the target encoder's layer-normed feature of that hour,
     where the target encoder (an EMA copy of the context encoder, no gradients) sees all hours.
     The context encoder is the attribute `encoder` (a name kept so checkpoints load unchanged).
-    The loss is averaged over the valid target tokens only (padding excluded).
+    The loss is averaged over the valid target tokens only (padding excluded; with
+    model.target_min_observed also the target hours with too few measurements).
+    `batch["feature_mask"]` (float [B, F], optional; mask.hide_features draws it) hides features
+    from the context encoder: a hidden feature reads as value 0, observed 0, delta 0 in every hour.
+    The options against the copy-the-present shortcut and the VICReg terms: ModelConfig.
     Samples may differ in length: `batch["lengths"]` (int64 [B], optional; all T without it)
     gives each sample's hours, and the target encoder attends within [0, lengths[b]) only, so a
     sample's loss does not depend on the padding its batch adds.
@@ -77,22 +81,43 @@ class JEPA(nn.Module):
         context_index, context_lengths = batch["context_index"], batch["context_lengths"]
         target_index, target_lengths = batch["target_index"], batch["target_lengths"]
         lengths = batch.get("lengths")
+        cfg = self.cfg
 
+        # targets: the target encoder sees every hour (filled values, or each hour's own
+        # measurements only with target_inputs=observed)
         with torch.no_grad():
-            h = self.targets(values, observed, delta, lengths)  # [B, T, D], every hour
+            target_values = values * observed if cfg.target_inputs == "observed" else values
+            h = self.targets(target_values, observed, delta, lengths)  # [B, T, D], every hour
             target = gather_hours(h, target_index)  # [B, Lt, D]
 
+        # context: the context hours, less the features mask.hide_features hid from this sample
+        visible = batch.get("feature_mask")  # float [B, F], 1 = seen; absent: every feature
+        if visible is not None:
+            values, observed, delta = (x * visible[:, None, :] for x in (values, observed, delta))
         z = self.encoder(values, observed, delta, context_index, context_lengths)
         pred = self.predictor(z, context_index, context_lengths, target_index, target_lengths)
 
-        if self.cfg.loss == "smooth_l1":
+        if cfg.loss == "smooth_l1":
             err = F.smooth_l1_loss(pred.float(), target, reduction="none")
         else:
             err = F.l1_loss(pred.float(), target, reduction="none")
-        valid = torch.arange(target_index.shape[1], device=err.device)[None, :] < target_lengths[:, None]
+        valid = _valid(target_index, target_lengths)
+        if cfg.target_min_observed:  # only the target hours with enough real measurements
+            measured = gather_hours(batch["observed"], target_index).sum(-1)  # [B, Lt]
+            valid = valid & (measured >= cfg.target_min_observed)
         n_targets = valid.sum()
         loss = (err.mean(-1) * valid).sum() / n_targets.clamp(min=1)
-        stats = {"n_targets": n_targets.detach(), "n_context": context_lengths.sum().detach()}
+        stats = {"n_targets": n_targets.detach(), "n_context": context_lengths.sum().detach(),
+                 "jepa_loss": loss.detach()}
+
+        if cfg.vicreg_var or cfg.vicreg_cov:  # keep the tokens spread (against collapse)
+            if cfg.vicreg_on == "encoder":
+                tokens, mask = z, _valid(context_index, context_lengths)
+            else:
+                tokens, mask = pred, valid
+            var, cov = vicreg_terms(tokens.float(), mask)
+            loss = loss + cfg.vicreg_var * var + cfg.vicreg_cov * cov
+            stats.update(vicreg_var=var.detach(), vicreg_cov=cov.detach())
         return loss, stats
 
     def targets(self, values: Tensor, observed: Tensor, delta: Tensor,
@@ -110,13 +135,14 @@ class JEPA(nn.Module):
         return F.layer_norm(h, h.shape[-1:])
 
     def embed(self, values: Tensor, observed: Tensor, delta: Tensor, encoder: str = "target",
-              lengths: Tensor | None = None) -> Tensor:
+              lengths: Tensor | None = None, causal: bool = False) -> Tensor:
         """Features of every hour, all hours as context: [B, T, D]. For probes and validation.
-        With `lengths` (int64 [B]) sample b's hours past lengths[b] are padding."""
+        With `lengths` (int64 [B]) sample b's hours past lengths[b] are padding. With `causal`,
+        hour t's features come from hours [0, t] only (the online probe)."""
         if encoder not in ("target", "context"):
             raise ValueError(f"embed: encoder must be 'target' or 'context', got {encoder!r}")
         module = self.target_encoder if encoder == "target" else self.encoder
-        return module(values, observed, delta, lengths=lengths)
+        return module(values, observed, delta, lengths=lengths, causal=causal)
 
     @torch.no_grad()
     def momentum_update(self, momentum: float | Tensor) -> None:
@@ -175,6 +201,26 @@ class JEPA(nn.Module):
         out = super()._apply(*args, **kwargs)
         self._ema_reset()
         return out
+
+
+def _valid(index: Tensor, lengths: Tensor) -> Tensor:
+    """bool [B, L]: True at the real (not padding) entries of a left-packed index [B, L]."""
+    return torch.arange(index.shape[1], device=index.device)[None, :] < lengths[:, None]
+
+
+def vicreg_terms(x: Tensor, valid: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """VICReg's variance and covariance terms (Bardes et al. 2022) over the valid tokens of x
+    [B, L, D] (valid bool [B, L]): mean_d relu(1 - sqrt(var_d + eps)), and the sum of squared
+    off-diagonal covariances / D. Masked sums rather than indexing, so shapes stay static."""
+    m = valid[..., None].to(x.dtype)
+    n = m.sum().clamp(min=2.0)
+    mean = (x * m).sum((0, 1)) / n
+    xc = ((x - mean) * m).reshape(-1, x.shape[-1])
+    cov = xc.T @ xc / (n - 1)
+    var = torch.diagonal(cov)
+    variance = F.relu(1.0 - torch.sqrt(var + eps)).mean()
+    covariance = (cov.pow(2).sum() - var.pow(2).sum()) / x.shape[-1]
+    return variance, covariance
 
 
 def _ema_reset_after_load(model: JEPA, incompatible_keys) -> None:
