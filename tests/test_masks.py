@@ -180,3 +180,57 @@ def test_uniform_lengths_give_the_fixed_window_masks():
     same = sample_masks(cfg, 29, 8, np.random.default_rng(5), lengths=np.full(8, 29))
     for k in fixed:
         assert torch.equal(fixed[k], same[k]), k
+
+
+# ---- masks over variables (mask.hide_features) -----------------------------------------------
+
+
+def _items(B=6, T=24, F=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(B):
+        observed = (torch.rand(T, F, generator=g) < 0.3).float()
+        items.append({"values": torch.randn(T, F, generator=g), "observed": observed,
+                      "delta": torch.zeros(T, F), "stay": torch.tensor(i), "start": torch.tensor(0)})
+    return items
+
+
+def _hours(index, lengths, b):
+    return set(index[b, :int(lengths[b])].tolist())
+
+
+@pytest.mark.parametrize("kind", ["future", "multiblock"])
+def test_hide_features_hides_a_fraction_and_targets_the_hidden_measurements(kind):
+    base = dict(kind=kind, context_hours=18, target_hours=6, target_block_hours=(3, 5), min_context=4)
+    items = _items()
+    plain = MaskCollator(MaskConfig(**base), 24, seed=3)(items)
+    hidden = MaskCollator(MaskConfig(**base, hide_features=0.5), 24, seed=3)(items)
+    assert "feature_mask" not in plain  # off by default: the batch is as before
+    fm = hidden["feature_mask"]
+    assert fm.shape == (6, 10) and fm.dtype == torch.float32
+    assert (fm.sum(1) == 5).all()  # round(0.5 x 10) hidden per sample ...
+    assert len({tuple(r.tolist()) for r in fm}) > 1  # ... drawn per sample
+    # the hour masks are the ones without hide_features; the targets grow by exactly the context
+    # hours in which a hidden feature was observed
+    assert torch.equal(plain["context_index"], hidden["context_index"])
+    for b in range(6):
+        context = _hours(plain["context_index"], plain["context_lengths"], b)
+        seen_hidden = {t for t in range(24)
+                       if bool((items[b]["observed"][t] * (1 - fm[b])).sum() > 0)}
+        want = _hours(plain["target_index"], plain["target_lengths"], b) | (context & seen_hidden)
+        assert _hours(hidden["target_index"], hidden["target_lengths"], b) == want
+        t = hidden["target_index"][b, :int(hidden["target_lengths"][b])]
+        assert bool((t[1:] > t[:-1]).all())  # ascending, as every index
+    again = MaskCollator(MaskConfig(**base, hide_features=0.5), 24, seed=3)(items)
+    assert torch.equal(again["feature_mask"], fm)  # seeded like the hour masks
+    assert torch.equal(again["target_index"], hidden["target_index"])
+
+
+def test_hide_features_keeps_one_feature_and_is_checked():
+    fm = MaskCollator(MaskConfig(hide_features=0.99, context_hours=18), 24, seed=0)(_items(F=3))["feature_mask"]
+    assert (fm.sum(1) == 1).all()  # at most F - 1 hidden
+    fm = MaskCollator(MaskConfig(hide_features=0.01, context_hours=18), 24, seed=0)(_items(F=3))["feature_mask"]
+    assert (fm.sum(1) == 2).all()  # at least one hidden
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="hide_features"):
+            MaskConfig(hide_features=bad)

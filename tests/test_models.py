@@ -362,3 +362,122 @@ def test_a_ragged_sample_loses_the_same_as_alone():
         for b, n in enumerate(lengths.tolist()):
             alone = model.targets(*(batch[k][b:b + 1, :n] for k in ("values", "observed", "delta")))
             torch.testing.assert_close(h[b, :n], alone[0], atol=1e-5, rtol=1e-5)
+
+
+# ---- options against the copy-the-present shortcut, and the VICReg terms ---------------------
+
+
+def test_new_options_are_off_by_default_and_checked():
+    c = ModelConfig()
+    assert (c.target_min_observed, c.target_inputs, c.vicreg_var, c.vicreg_cov) == (0, "filled", 0.0, 0.0)
+    for kw, field in [({"target_min_observed": -1}, "target_min_observed"),
+                      ({"target_inputs": "raw"}, "target_inputs"),
+                      ({"vicreg_on": "target"}, "vicreg_on"), ({"vicreg_var": -1.0}, "vicreg")]:
+        with pytest.raises(ValueError, match=field):
+            ModelConfig(**kw)
+
+
+def test_target_min_observed_counts_only_measured_target_hours():
+    batch = make_batch()
+    base_loss, base_stats = micro()(batch)
+    assert int(base_stats["n_targets"]) == int(batch["target_lengths"].sum())
+    loss, stats = micro(target_min_observed=3)(batch)
+    measured = torch.gather(batch["observed"].sum(-1), 1, batch["target_index"])  # [B, Lt]
+    valid = torch.arange(batch["target_index"].shape[1])[None, :] < batch["target_lengths"][:, None]
+    keep = valid & (measured >= 3)
+    assert 0 < int(keep.sum()) < int(valid.sum())  # the test data has some of both
+    assert int(stats["n_targets"]) == int(keep.sum())
+    # the loss is the mean over the kept hours of the per-hour errors the plain model computes
+    model = micro(target_min_observed=3)
+    with torch.no_grad():
+        h = model.targets(batch["values"], batch["observed"], batch["delta"])
+        target = torch.gather(h, 1, batch["target_index"][..., None].expand(-1, -1, h.shape[-1]))
+        z = model.encoder(batch["values"], batch["observed"], batch["delta"], batch["context_index"],
+                          batch["context_lengths"])
+        pred = model.predictor(z, batch["context_index"], batch["context_lengths"],
+                               batch["target_index"], batch["target_lengths"])
+        err = torch.nn.functional.smooth_l1_loss(pred, target, reduction="none").mean(-1)
+    assert float(loss) == pytest.approx(float(err[keep].mean()), rel=1e-5)
+    assert not torch.isclose(loss, base_loss)
+
+
+def _encoder_inputs(model, batch):
+    """(context encoder's inputs, target encoder's inputs) of one forward pass."""
+    seen = {}
+    for name in ("encoder", "target_encoder"):
+        getattr(model, name).register_forward_pre_hook(
+            lambda m, args, kwargs, name=name: seen.setdefault(name, args[:3]) and None,
+            with_kwargs=True)
+    model(batch)
+    return seen["encoder"], seen["target_encoder"]
+
+
+def test_target_inputs_observed_feeds_the_target_encoder_each_hours_own_values():
+    batch = make_batch()
+    context, target = _encoder_inputs(micro(), batch)
+    assert torch.equal(target[0], batch["values"]) and torch.equal(context[0], batch["values"])
+    context, target = _encoder_inputs(micro(target_inputs="observed"), batch)
+    assert torch.equal(target[0], batch["values"] * batch["observed"])  # no forward fill
+    assert torch.equal(target[1], batch["observed"]) and torch.equal(target[2], batch["delta"])
+    assert torch.equal(context[0], batch["values"])  # the context encoder keeps the filled values
+
+
+def test_feature_mask_hides_features_from_the_context_encoder_only():
+    batch = make_batch()
+    visible = torch.ones(4, F_)
+    visible[:, 1] = 0
+    visible[0, 3] = 0
+    batch["feature_mask"] = visible
+    context, target = _encoder_inputs(micro(), batch)
+    for x in context:  # value, observed and delta all 0 where hidden, as they were elsewhere
+        assert (x[:, :, 1] == 0).all() and (x[0, :, 3] == 0).all()
+        assert torch.equal(x[1:, :, 3], x[1:, :, 3])
+    assert torch.equal(context[0][:, :, 0], batch["values"][:, :, 0])
+    assert torch.equal(target[0], batch["values"])  # the target encoder sees every feature
+    # the loss depends on a hidden feature's values only through the targets
+    model = micro()
+    x = dict(batch)
+    x["values"] = batch["values"].clone()
+    x["values"][:, :, 1] += 5.0
+    with torch.no_grad():
+        z1 = model.encoder(*(t * visible[:, None, :] for t in (batch["values"], batch["observed"], batch["delta"])),
+                           batch["context_index"], batch["context_lengths"])
+        z2 = model.encoder(*(t * visible[:, None, :] for t in (x["values"], x["observed"], x["delta"])),
+                           batch["context_index"], batch["context_lengths"])
+    assert torch.equal(z1, z2)
+
+
+def test_vicreg_terms_measure_spread_and_ignore_padding():
+    from ehrjepa.models.jepa import vicreg_terms
+
+    g = torch.Generator().manual_seed(0)
+    spread = torch.randn(8, 64, 16, generator=g) * 2.0
+    valid = torch.ones(8, 64, dtype=torch.bool)
+    var, cov = vicreg_terms(spread, valid)
+    assert float(var) == pytest.approx(0.0, abs=1e-6)  # std ~2 > 1 in every dimension
+    assert float(cov) < 0.5
+    collapsed = torch.ones(8, 64, 16) * 3.0
+    var, cov = vicreg_terms(collapsed, valid)
+    assert float(var) == pytest.approx(1.0 - 1e-2, abs=1e-3) and float(cov) == pytest.approx(0.0, abs=1e-6)
+    correlated = torch.randn(8, 64, 1, generator=g).expand(-1, -1, 16)
+    assert float(vicreg_terms(correlated, valid)[1]) > 10 * float(vicreg_terms(spread / 2, valid)[1])
+    # padding: garbage past the valid tokens changes nothing
+    valid[:, 40:] = False
+    noisy = spread.clone()
+    noisy[:, 40:] = 1e3
+    assert torch.allclose(torch.stack(vicreg_terms(spread, valid)), torch.stack(vicreg_terms(noisy, valid)))
+
+
+@pytest.mark.parametrize("on", ["encoder", "predictor"])
+def test_vicreg_adds_its_terms_to_the_loss_with_gradients(on):
+    batch = make_batch()
+    plain, _ = micro()(batch)
+    model = micro(vicreg_var=0.5, vicreg_cov=0.1, vicreg_on=on)
+    loss, stats = model(batch)
+    assert float(stats["jepa_loss"]) == pytest.approx(float(plain), rel=1e-6)
+    want = stats["jepa_loss"] + 0.5 * stats["vicreg_var"] + 0.1 * stats["vicreg_cov"]
+    assert float(loss) == pytest.approx(float(want), rel=1e-5)
+    assert float(stats["vicreg_var"]) > 0
+    loss.backward()
+    grads = [p.grad for p in model.encoder.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)

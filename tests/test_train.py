@@ -346,3 +346,123 @@ def test_whole_stay_resume_is_exact_across_an_epoch(tmp_path, data_dir):
     np.testing.assert_allclose([b[s] for s in b], [a[s] for s in a], rtol=0, atol=1e-6)
     position = torch.load(split / "checkpoints" / "last.pt", weights_only=True)["data_position"]
     assert position["epoch"] >= 1  # the run crossed an epoch (new crops, new batches)
+
+
+# ---- checkpoint selection (train.select) and the collapse guard --------------------------------
+
+
+def _validation(run):
+    with open(run / "validation.csv", newline="") as f:
+        return [{k: (float(v) if v else None) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _best_step(run):
+    return load_checkpoint(run / "checkpoints" / "best.pt")["step"]
+
+
+@pytest.mark.parametrize("select", ["loss", "rankme"])
+def test_best_pt_is_the_validation_step_with_the_best_measure(tmp_path, data_dir, select):
+    run = tmp_path / "run"
+    cfg = micro(data_dir, "train.max_steps=80", "train.warmup_steps=5", "train.val_every=20",
+                f"train.select={select}")
+    summary = train(cfg, run, progress=False)
+    rows = _validation(run)
+    assert [r["step"] for r in rows] == [20, 40, 60, 80]
+    assert all(r["val_probe"] is None for r in rows)  # no probe unless select=probe
+    key = (lambda r: -r["val_loss"]) if select == "loss" else (lambda r: r["rankme"])
+    best = max(rows, key=key)
+    assert _best_step(run) == int(best["step"])
+    # best marks each step where best.pt was written: every new best so far
+    running = -math.inf
+    for r in rows:
+        assert r["best"] == float(key(r) > running)
+        running = max(running, key(r))
+    assert summary["best_select"] == {"by": select, "value": pytest.approx(key(best))}
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["best_select"]["by"] == select
+
+
+def test_select_probe_keeps_the_best_validation_auroc_of_the_sweeps_probe(tmp_path, data_dir, monkeypatch):
+    """train.select=probe scores each validation step with the sweep's ProbeScorer (train and val
+    splits only); planted values make the choice known."""
+    from ehrjepa.sweep import objective
+
+    made, planted = [], iter([0.61, 0.74, 0.70, 0.72])
+
+    class Planted:
+        def __init__(self, data_dir_, task, hours, **kw):
+            made.append((str(data_dir_), task, hours))
+
+        def score(self, model):
+            assert model.training is False or model.training is True
+            return next(planted)
+
+    monkeypatch.setattr(objective, "ProbeScorer", Planted)
+    run = tmp_path / "run"
+    cfg = micro(data_dir, "train.max_steps=80", "train.warmup_steps=5", "train.val_every=20",
+                "train.select=probe")
+    summary = train(cfg, run, progress=False)
+    assert made == [(str(data_dir), "mortality_hosp", cfg.data.length)]  # built once; hours = length
+    assert [r["val_probe"] for r in _validation(run)] == [0.61, 0.74, 0.70, 0.72]
+    assert _best_step(run) == 40
+    assert summary["best_select"] == {"by": "probe", "value": 0.74}
+
+
+def test_select_probe_scores_a_real_probe_or_falls_back_to_rankme(tmp_path, data_dir, capsys):
+    """The real ProbeScorer where the data has the label; a task the data lacks: one line, RankMe."""
+    run = tmp_path / "run"
+    cfg = micro(data_dir, "train.max_steps=40", "train.warmup_steps=5", "train.val_every=20",
+                "train.select=probe", "train.select_hours=24")
+    train(cfg, run, progress=True)
+    rows = _validation(run)
+    out = capsys.readouterr().out
+    if "best.pt is chosen by RankMe" in out:  # too few positives in this small synthetic set
+        assert all(r["val_probe"] is None for r in rows)
+    else:
+        assert all(0.0 <= r["val_probe"] <= 1.0 for r in rows)
+        assert _best_step(run) == int(max(rows, key=lambda r: r["val_probe"])["step"])
+    run = tmp_path / "run2"
+    cfg = micro(data_dir, "train.max_steps=40", "train.warmup_steps=5", "train.val_every=20",
+                "train.select=probe", "train.select_task=phenotype_nothing_like_it")
+    train(cfg, run, progress=True)
+    out = capsys.readouterr().out
+    assert out.count("best.pt is chosen by RankMe instead") == 1
+    rows = _validation(run)
+    assert _best_step(run) == int(max(rows, key=lambda r: r["rankme"])["step"])
+    assert load_config(run / "config.yaml").train.select == "probe"  # the config as asked
+
+
+def test_select_config_is_checked():
+    from ehrjepa.config import ConfigError
+
+    assert load_config(MICRO).train.select == "probe"
+    with pytest.raises(ConfigError, match="train.select"):
+        load_config(MICRO, ["train.select=best"])
+    with pytest.raises(ConfigError, match="collapse_rankme"):
+        load_config(MICRO, ["train.collapse_rankme=5"])
+
+
+def test_collapse_guard_says_so_on_stderr_once_per_drop(capsys):
+    state, t = loop.RunState(), load_config(MICRO).train  # collapse_rankme 0.15: 9.6 of 64
+    v = lambda rank: {"rankme": rank, "target_std": 0.5, "_width": 64, "_rows": 1000}  # noqa: E731
+    for step, rank in [(100, 30.0), (200, 8.0), (300, 5.0), (400, 4.0), (500, 20.0), (600, 9.0)]:
+        loop.collapse_guard(state, step, v(rank), t)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == ""
+    assert len(lines) == 2  # the drop at 200 and, after the recovery at 500, the one at 600
+    assert lines[0].startswith("warning: step 200: possible representation collapse: RankMe 8.0 < 9.6")
+    assert lines[1].startswith("warning: step 600:")
+    assert [w.split(":")[0] for w in state.warnings] == ["step 200", "step 600"]
+
+
+def test_a_collapsing_run_says_so_while_it_trains(tmp_path, data_dir, capfd):
+    """A threshold no micro run reaches: the first validation warns on stderr, the later ones
+    (still below) do not repeat it."""
+    cfg = micro(data_dir, "train.max_steps=60", "train.warmup_steps=5", "train.val_every=20",
+                "train.collapse_rankme=0.99", "train.select=rankme")
+    summary = train(cfg, tmp_path / "run", progress=False)
+    err = capfd.readouterr().err
+    assert err.count("possible representation collapse") == 1
+    assert "warning: step 20:" in err
+    assert len(summary["warnings"]) == 1
