@@ -32,10 +32,10 @@ class Block(nn.Module):
         self.fc2 = nn.Linear(hidden, width)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor, causal: bool = False) -> Tensor:
         B, L, D = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        a = attention(q, k, v, lengths, backend=self.backend)  # [B, H, L, D/H]
+        a = attention(q, k, v, lengths, backend=self.backend, causal=causal)  # [B, H, L, D/H]
         x = x + self.dropout(self.proj(a.transpose(1, 2).reshape(B, L, D)))
         x = x + self.dropout(self.fc2(F.gelu(self.fc1(self.norm2(x)))))
         return x
@@ -50,11 +50,13 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, dropout, backend) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
 
-    def forward(self, x: Tensor, lengths: Tensor, last_k: int = 0) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """The normed output; with last_k > 0, also the raw outputs of the last k blocks."""
+    def forward(self, x: Tensor, lengths: Tensor, last_k: int = 0,
+                causal: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """The normed output; with last_k > 0, also the raw outputs of the last k blocks; with
+        causal, each token attends to itself and the tokens before it only."""
         outputs = []
         for i, block in enumerate(self.blocks):
-            x = block(x, lengths)
+            x = block(x, lengths, causal)
             if i >= len(self.blocks) - last_k:
                 outputs.append(x)
         return (self.norm(x), outputs) if last_k else self.norm(x)
@@ -70,14 +72,17 @@ class Encoder(nn.Module):
         self.transformer = Transformer(width, depth, heads, mlp_ratio, dropout, backend)
 
     def forward(self, values: Tensor, observed: Tensor, delta: Tensor, index: Tensor | None = None,
-                lengths: Tensor | None = None, last_k: int = 0) -> Tensor | tuple[Tensor, list[Tensor]]:
+                lengths: Tensor | None = None, last_k: int = 0,
+                causal: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         """values, observed, delta [B, T, F]; index int64 [B, L] (ascending, padded), lengths int64 [B].
         Returns [B, L, width] ([B, T, width] without index); with last_k > 0, also the raw
-        outputs of the last k blocks (see Transformer.forward)."""
+        outputs of the last k blocks (see Transformer.forward). With causal, token t's output
+        depends on tokens [0, t] only (the hour embedding is per hour), so one pass gives every
+        prefix's last token."""
         x = self.embed(values, observed, delta, index)
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
-        return self.transformer(x, lengths, last_k)
+        return self.transformer(x, lengths, last_k, causal)
 
 
 class Predictor(nn.Module):
