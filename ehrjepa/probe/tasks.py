@@ -18,6 +18,14 @@ for stays of 24 h or more, so that a death during the observed hours cannot leak
 - `aki_24_72h`: acute kidney injury, KDIGO stage >= 1 by creatinine, in hours [24, 72) of the stay,
   among stays without it in hours [0, 24); computed from the processed creatinine itself
   (OUT/mean.npy), so it works on any data (`aki.py` holds the definition).
+- `sepsis_after_24h` (data with the PhysioNet 2019 challenge's hourly labels): the stay's hourly
+  sepsis label is 1 at some hour >= 24, among the stays whose labels are all 0 in hours [0, 24)
+  (a stay labelled earlier is left out: its answer is in the hours embedded). From stays.parquet's
+  `sepsis` and `sepsis_onset_hour` (the first labelled hour + 6). Not the literature's label
+  (Raindrop, ViTST: one label per patient, sepsis at any hour, from the whole record or its
+  first hours, on both hospitals' sets): docs/usage.md says how they differ.
+- `sepsis_hourly` (same data): the online task, a prediction at every hour from the hours before
+  it (`online.py`); it is not labelled here (ONLINE_TASKS).
 
 The readmission and phenotype labels are int8 columns written by `ehrjepa preprocess` (1 yes, 0 no,
 -1 unknown or excluded). A label is NaN where its source is unknown (-1, a null, a stay excluded
@@ -44,6 +52,13 @@ STAY_TASKS = ("mortality_hosp", "los_gt_3d", "los_gt_7d")
 READMIT_TASKS = ("readmit_icu", "readmit_30d")
 LAB_TASKS = ("aki_24_72h",)
 TASKS = STAY_TASKS + READMIT_TASKS + LAB_TASKS
+# The 2019 challenge's tasks, only where the data has its sepsis columns (so not in TASKS, whose
+# every task any data labels or says why): the stay-level one, labelled by labels_by_split, and
+# the online one, a prediction at every hour of the stay (online.py). Known to --tasks.
+SEPSIS_TASKS = ("sepsis_after_24h",)
+ONLINE_TASKS = ("sepsis_hourly",)
+KNOWN_TASKS = TASKS + SEPSIS_TASKS + ONLINE_TASKS
+SEPSIS_AFTER_HOURS = 24  # sepsis_after_24h: predicted from hours [0, 24), labelled from hour 24 on
 PHENOTYPE_PREFIX = "phenotype_"
 PHENOTYPES = "phenotypes"            # --tasks shorthand for every phenotype task, and their skip key
 PHENOTYPE_MACRO = "phenotype_macro"  # the mean over the phenotype tasks scored (macro.py)
@@ -61,6 +76,8 @@ OUTCOMES = {
     "phenotype_heart_failure": ("no heart failure diagnosis", "heart failure diagnosis"),
     "phenotype_shock": ("no shock diagnosis", "shock diagnosis"),
     "aki_24_72h": ("no AKI in hours 24-72", "AKI (KDIGO >= 1) in hours 24-72"),
+    "sepsis_after_24h": ("no sepsis label after hour 24", "sepsis label at some hour >= 24"),
+    "sepsis_hourly": ("hour not labelled sepsis", "hour labelled sepsis (6 h before onset on)"),
 }
 
 # A task is skipped when a split has fewer positives (or negatives) than this: logistic regression
@@ -127,6 +144,19 @@ def flag_labels(stays, rows: np.ndarray, column: str) -> np.ndarray:
     return np.where(y < 0, np.nan, y)
 
 
+def sepsis_after_labels(stays, rows: np.ndarray, after: int = SEPSIS_AFTER_HOURS) -> np.ndarray:
+    """sepsis_after_24h's labels float64 [len(rows)]: 1 where the first hour labelled sepsis is >=
+    `after`, 0 where no hour is, NaN where one is before `after` or the stay's labels are unknown
+    (`sepsis` -1 or null). The first labelled hour is sepsis_onset_hour - 6 (utility.LABEL_LEAD)."""
+    from ehrjepa.probe.utility import LABEL_LEAD
+
+    rows = np.asarray(rows, dtype=np.int64)
+    sepsis = _float_column(stays, "sepsis")[rows]
+    first = _float_column(stays, "sepsis_onset_hour")[rows] - LABEL_LEAD
+    y = np.where(sepsis == 1, np.where(first >= after, 1.0, np.nan), 0.0)
+    return np.where(np.isnan(sepsis) | (sepsis < 0) | ((sepsis == 1) & np.isnan(first)), np.nan, y)
+
+
 def labels_by_split(processed, rows: dict[str, np.ndarray], hours: int = HOURS):
     """({task: {split: labels}}, {task: why it cannot be labelled}) for every task of TASKS and every
     phenotype column of the data.
@@ -135,6 +165,20 @@ def labels_by_split(processed, rows: dict[str, np.ndarray], hours: int = HOURS):
     cannot be computed on this data (no creatinine, another unit) or whose label hours overlap the
     `hours` embedded (aki_24_72h looks from hour 24 on) is left out of the labels and given a reason
     instead; the phenotype tasks, when the data has none, under the one key PHENOTYPES."""
+    from ehrjepa.probe import aki
+
+    stays = processed.stays
+    labels, unavailable = _labels_by_split(processed, rows, hours)
+    if {"sepsis", "sepsis_onset_hour"} <= set(stays.column_names):  # the 2019 challenge's data only
+        if hours > SEPSIS_AFTER_HOURS:
+            unavailable["sepsis_after_24h"] = (f"the {hours} hours embedded overlap its label hours (from hour "
+                                               f"{SEPSIS_AFTER_HOURS} on); use --hours {SEPSIS_AFTER_HOURS} or fewer")
+        else:
+            labels["sepsis_after_24h"] = {split: sepsis_after_labels(stays, r) for split, r in rows.items()}
+    return labels, unavailable
+
+
+def _labels_by_split(processed, rows: dict[str, np.ndarray], hours: int = HOURS):
     from ehrjepa.probe import aki
 
     stays = processed.stays
@@ -166,12 +210,13 @@ def labels_by_split(processed, rows: dict[str, np.ndarray], hours: int = HOURS):
 
 def parse_tasks(text: str, option: str = "--tasks") -> list[str]:
     """"mortality_hosp, phenotypes" -> ["mortality_hosp", "phenotypes"]; ValueError (one line, listing
-    the known tasks) for a name that is no task on any data: not in TASKS, not PHENOTYPES, not
+    the known tasks) for a name that is no task on any data: not in KNOWN_TASKS, not PHENOTYPES, not
     phenotype_<name>. Whether a phenotype exists in the data is `select_tasks`'s question."""
     names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [t for t in names if t not in TASKS and t != PHENOTYPES and not is_phenotype(t)]
+    unknown = [t for t in names if t not in KNOWN_TASKS and t != PHENOTYPES and not is_phenotype(t)]
     if unknown or not names:
-        raise ValueError(f"{option}: {', '.join(unknown) or 'none given'}: choose from {', '.join(TASKS)}, "
+        raise ValueError(f"{option}: {', '.join(unknown) or 'none given'}: choose from "
+                         f"{', '.join(KNOWN_TASKS)}, "
                          f"{PHENOTYPES} (every phenotype task) or {PHENOTYPE_PREFIX}<name>")
     return list(dict.fromkeys(names))
 

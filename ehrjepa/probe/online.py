@@ -1,0 +1,430 @@
+"""Online tasks: a prediction at every hour t of a stay from hours [0, t] only (`sepsis_hourly`).
+
+The PhysioNet/CinC 2019 challenge's question, asked every hour: is sepsis coming (its hourly
+SepsisLabel, `sepsis_label` in OUT/hour_labels.npy: 1 from 6 hours before the onset on)? Every
+hour of every stay of a split with a known label is one example, so a stay of 40 hours gives 40.
+
+Inputs at hour t, per method:
+- `jepa` / `random_init`: the frozen encoder run once over the whole stay with a causal attention
+  mask (`JEPA.embed(..., causal=True)`): the output at hour t depends on hours [0, t] alone (the
+  hour embedding is per hour, attention sees no later key), so one pass gives every prefix, in
+  O(T) tokens per stay instead of the O(T^2) of re-embedding each prefix. The features are that
+  hour's output and the running mean of the outputs of hours [0, t] (2 x width), fed to the same
+  logistic probe as the stay tasks (C by validation AUROC). The encoders were pretrained with
+  bidirectional attention: the causal mask is a change of attention pattern they did not see,
+  the price of one pass (exact prefix embeddings would cost sum T^2 / 2 tokens: 60 x more on this
+  data).
+- `raw_gbdt`: gradient-boosted trees (fit.fit_gbdt) on `hourly_features` (running summaries of
+  each feature, the demographics, ICULOS).
+Hours past the model's position table (a checkpoint pretrained on shorter windows) get the same
+fixed sinusoid extended (it is a function of the position, not a learned table); a note says the
+encoder never saw them.
+
+Scores on the test split: hourly AUROC and AUPRC over all (stay, hour) pairs, the challenge's
+normalised utility (`utility.py`) at the alarm threshold that maximises it on the validation split,
+the per-stay view (`utility.stay_view`), with 95 % intervals from a bootstrap over test stays (an
+hour is not independent of its stay's other hours), paired between methods. Label fractions
+subsample the train and val stays (by subject, as label_efficiency.py does), and report
+`utility_mean`, `utility_sd` beside `auroc_mean`; the paired intervals of jepa against raw_gbdt
+at each fraction compare the means over the repeats on the same test-stay resamples.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ehrjepa.data.processed import SPLITS
+from ehrjepa.probe.metrics import percentile_ci, ranked_metrics
+from ehrjepa.probe.tasks import class_counts, skip_reason
+from ehrjepa.probe.utility import LABEL_LEAD, best_threshold, stay_utilities, stay_view, utility_totals
+
+ONLINE_TASKS = ("sepsis_hourly",)
+HOUR_LABEL = {"sepsis_hourly": "sepsis_label"}
+ONLINE_METHODS = ("jepa", "random_init", "raw_gbdt")
+TOKENS_PER_BATCH = 16384  # embedding batches: stays sorted by length, padded tokens <= this
+PAIRS = (("jepa", "random_init"), ("jepa", "raw_gbdt"))
+
+
+class Hours:
+    """The (stay, hour) examples of one split: `rows` (stay rows of processed.stays), per hour `pos`
+    (index into rows), `hour`, `y` (float64 0/1, NaN unknown), per stay `onset` (t_sepsis in the
+    stay's hours, NaN never septic; from the hourly labels: first labelled hour + 6), `subject`."""
+
+    def __init__(self, processed, split: str, label: str):
+        from ehrjepa.probe.hourly_features import stay_hours
+
+        stays = processed.stays
+        self.rows = processed.split_indices(split).astype(np.int64)
+        self.pos, self.hour = stay_hours(processed, self.rows)
+        offset = stays.column("offset").to_numpy()[self.rows].astype(np.int64)
+        labels = np.asarray(processed.hour_label(label))[offset[self.pos] + self.hour]
+        self.y = np.where(labels < 0, np.nan, labels.astype(np.float64))
+        first = np.full(len(self.rows), np.inf)
+        hit = labels == 1
+        np.minimum.at(first, self.pos[hit], self.hour[hit].astype(np.float64))
+        self.onset = np.where(np.isfinite(first), first + LABEL_LEAD, np.nan)
+        self.subject = stays.column("subject_id").to_numpy()[self.rows]
+        self.known = ~np.isnan(self.y)
+
+    def __len__(self) -> int:
+        return len(self.hour)
+
+    def select(self, stay_mask: np.ndarray) -> np.ndarray:
+        """The hours (indices) of the stays picked by boolean `stay_mask` [len(rows)] with a known label."""
+        return np.flatnonzero(stay_mask[self.pos] & self.known)
+
+
+def extend_positions(model, hours: int) -> bool:
+    """Make `model`'s encoders' fixed sinusoidal position tables cover `hours` positions (the first
+    rows are unchanged); True when they were shorter."""
+    from ehrjepa.models.embedding import sinusoid
+
+    grown = False
+    for enc in (model.encoder, model.target_encoder):
+        pos = enc.embed.pos
+        if pos.shape[0] < hours:
+            enc.embed.pos = sinusoid(hours, pos.shape[1]).to(pos.device)
+            grown = True
+    return grown
+
+
+def causal_embeddings(model, processed, rows: np.ndarray, encoder: str = "target", device="cpu",
+                      tokens_per_batch: int = TOKENS_PER_BATCH, progress: bool = False,
+                      desc: str = "embed") -> np.ndarray:
+    """float32 [sum of n_hours of rows, 2 x width]: for every hour t of every stay (stay by stay, hour
+    order: hourly_features.stay_hours), [the causal encoder output at t, the mean of the outputs at
+    hours 0..t], from one causal pass over each whole stay."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from ehrjepa.data.windows import fill_window
+
+    rows = np.asarray(rows, dtype=np.int64)
+    stays = processed.stays
+    offset = stays.column("offset").to_numpy()[rows].astype(np.int64)
+    n_hours = stays.column("n_hours").to_numpy()[rows].astype(np.int64)
+    starts = np.cumsum(n_hours) - n_hours
+    mean = np.load(processed.path / "mean.npy", mmap_mode="r")
+    norm_mean = np.asarray(processed.norm_mean, dtype=np.float32)
+    norm_std = np.asarray(processed.norm_std, dtype=np.float32)
+    n_features = len(processed.features)
+    model = model.to(device).eval()
+    extend_positions(model, int(n_hours.max()) if len(n_hours) else 1)
+    width = model.encoder.embed.norm.normalized_shape[0]
+    out = np.zeros((int(n_hours.sum()), 2 * width), dtype=np.float32)
+    order = np.argsort(n_hours, kind="stable")
+    batches, i = [], 0
+    while i < len(order):
+        longest = max(int(n_hours[order[i]]), 1)
+        j = i + 1
+        while j < len(order) and (j - i + 1) * max(int(n_hours[order[j]]), 1) <= tokens_per_batch:
+            j += 1
+        batches.append(order[i:j])
+        i = j
+    with torch.inference_mode():
+        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+            length = max(int(n_hours[batch].max()), 1)
+            shape = (len(batch), length, n_features)
+            values, observed, delta = (np.zeros(shape, np.float32) for _ in range(3))
+            for b, s in enumerate(batch):
+                n = int(n_hours[s])
+                fill_window(mean, offset[s], 0, n, norm_mean, norm_std, 48.0,
+                            values[b, :n], observed[b, :n], delta[b, :n])
+            lengths = torch.as_tensor(n_hours[batch], dtype=torch.long, device=device)
+            h = model.embed(torch.from_numpy(values).to(device), torch.from_numpy(observed).to(device),
+                            torch.from_numpy(delta).to(device), encoder=encoder, lengths=lengths, causal=True)
+            h = h.float()
+            running = h.cumsum(dim=1) / torch.arange(1, length + 1, device=h.device, dtype=h.dtype)[None, :, None]
+            both = torch.cat([h, running], dim=-1).cpu().numpy()
+            for b, s in enumerate(batch):
+                n = int(n_hours[s])
+                out[starts[s]:starts[s] + n] = both[b, :n]
+    return out
+
+
+class _Columns:
+    """A fitted model that reads only some columns of its input."""
+
+    def __init__(self, model, keep: np.ndarray):
+        self.model, self.keep = model, keep
+
+    def decision_function(self, x):
+        return self.model.decision_function(x[:, self.keep])
+
+
+def _fit(method, x_train, y_train, x_val, y_val, seed):
+    """fit.fit_method; for the trees, columns never observed in the train hours (EtCO2 in set A)
+    are left out: scikit-learn cannot bin a column with no value."""
+    from ehrjepa.probe.fit import GBDT_METHODS, fit_method
+
+    if method in GBDT_METHODS:
+        keep = np.isfinite(x_train).any(axis=0)
+        if not keep.all():
+            model, params, val_auroc, converged = fit_method(method, x_train[:, keep], y_train, x_val[:, keep],
+                                                             y_val, seed=seed)
+            return _Columns(model, keep), params | {"columns_unused": int((~keep).sum())}, val_auroc, converged
+    return fit_method(method, x_train, y_train, x_val, y_val, seed=seed)
+
+
+def score_one(method, x, hours, train_idx, val_idx, seed: int = 0):
+    """Fit `method` on hours train_idx of x["train"], choose the alarm threshold on val_idx of
+    x["val"]; returns (test scores over the known test hours, params dict)."""
+    h_tr, h_va, h_te = hours["train"], hours["val"], hours["test"]
+    model, params, val_auroc, converged = _fit(method, x["train"][train_idx], h_tr.y[train_idx].astype(np.int64),
+                                               x["val"][val_idx], h_va.y[val_idx].astype(np.int64), seed)
+    val_score = model.decision_function(x["val"][val_idx])
+    threshold, val_utility = best_threshold(val_score, h_va.hour[val_idx], h_va.onset[h_va.pos[val_idx]])
+    test_idx = np.flatnonzero(h_te.known)
+    test_score = model.decision_function(x["test"][test_idx])
+    return test_score, {**params, "val_auroc": val_auroc, "converged": converged, "threshold": threshold,
+                        "val_utility": val_utility}
+
+
+def test_metrics(score, threshold, h_te) -> dict:
+    """AUROC, AUPRC, normalised utility and the stay view of test scores (over the known test hours)."""
+    idx = np.flatnonzero(h_te.known)
+    y, hour, pos = h_te.y[idx].astype(np.int64), h_te.hour[idx], h_te.pos[idx]
+    auroc, auprc, _ = ranked_metrics(y, score)
+    alarm = score >= threshold
+    util = utility_totals(alarm, hour, h_te.onset[pos])
+    return {"auroc": float(auroc[0]), "auprc": float(auprc[0]), "utility": util["normalized"],
+            "stay_view": stay_view(alarm, pos, hour, h_te.onset)}
+
+
+class StayBootstrap:
+    """Resamples of the test stays (with replacement), shared by every method: AUROC and AUPRC over
+    the resampled stays' hours (each hour weighted by its stay's count) and the normalised utility
+    from per-stay sums."""
+
+    def __init__(self, h_te: Hours, n_bootstrap: int, seed: int, chunk: int = 25):
+        self.idx = np.flatnonzero(h_te.known)
+        self.pos = h_te.pos[self.idx]
+        self.h_te = h_te
+        rng = np.random.default_rng(seed)
+        n = len(h_te.rows)
+        self.counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_bootstrap)]) \
+            if n_bootstrap else np.zeros((0, n), dtype=np.int64)
+        self.chunk = chunk
+
+    def sample(self, score, threshold) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(auroc, auprc, utility) [n_bootstrap] of one method's test scores; NaN where a resample has one class."""
+        y = self.h_te.y[self.idx].astype(np.int64)
+        aurocs, auprcs = [], []
+        for lo in range(0, len(self.counts), self.chunk):
+            w = self.counts[lo:lo + self.chunk][:, self.pos]
+            a, p, _ = ranked_metrics(y, score, w)
+            aurocs.append(a)
+            auprcs.append(p)
+        got, none, best = stay_utilities(score >= threshold, self.pos, self.h_te.hour[self.idx],
+                                         self.h_te.onset[self.pos], len(self.h_te.rows))
+        wc = self.counts.astype(np.float64)
+        span = wc @ best - wc @ none
+        with np.errstate(invalid="ignore", divide="ignore"):
+            util = np.where(span > 0, (wc @ got - wc @ none) / span, np.nan)
+        cat = (lambda parts: np.concatenate(parts) if parts else np.zeros(0))
+        return cat(aurocs), cat(auprcs), util
+
+
+def _ci(samples) -> list[float]:
+    samples = np.asarray(samples, dtype=np.float64)
+    return percentile_ci(samples[np.isfinite(samples)])
+
+
+def online_labels(processed, task: str):
+    """{split: Hours} of an online task, or (None, why) where the data has no such hourly label."""
+    label = HOUR_LABEL[task]
+    if label not in getattr(processed, "hour_label_names", []):
+        known = ", ".join(getattr(processed, "hour_label_names", [])) or "none"
+        return None, (f"the data has no hourly label {label!r} (OUT/hour_labels.npy; hourly labels here: {known}); "
+                      f"preprocess the PhysioNet 2019 challenge with --physionet2019")
+    return {split: Hours(processed, split, label) for split in SPLITS}, None
+
+
+def method_descriptions(encoder: str, seed: int) -> dict[str, str]:
+    from ehrjepa.probe.fit import GBDT_LEAVES, GBDT_MAX_TREES, GBDT_PATIENCE
+
+    return {"jepa": f"logistic regression on the {encoder} encoder's output at hour t and the mean of its outputs "
+                    "over hours [0, t], one causal pass over each stay (attention sees no later hour)",
+            "random_init": f"the same on an untrained encoder of the same architecture (seed {seed})",
+            "raw_gbdt": f"gradient-boosted trees ({' or '.join(map(str, GBDT_LEAVES))} leaves by validation AUROC, up to "
+                        f"{GBDT_MAX_TREES} trees early-stopped after {GBDT_PATIENCE}) on causal per-hour features: each "
+                        "feature's last value, hours since observed, running mean, min, max and count over hours [0, t], "
+                        "age, sex, unit, hospital-admission hours, the hour and ICULOS"}
+
+
+def online_inputs(processed, hours: dict, models: dict, methods, encoder, device, progress) -> dict:
+    """{method: {split: float32 [hours of the split, d]}} for the online methods asked for."""
+    from ehrjepa.probe.hourly_features import hourly_features
+
+    x = {}
+    for method in methods:
+        if method in models:
+            x[method] = {s: causal_embeddings(models[method], processed, hours[s].rows, encoder, device,
+                                              progress=progress, desc=f"causal embed {method} {s}") for s in SPLITS}
+        elif method == "raw_gbdt":
+            x[method] = {s: hourly_features(processed, hours[s].rows) for s in SPLITS}
+    return x
+
+
+def evaluate_online(x: dict, hours: dict, n_bootstrap: int = 1000, seed: int = 0, progress: bool = False):
+    """Fit every method on the full train split, threshold on val, score on test. Returns
+    (results {method: metrics}, comparisons {"a - b": ...}, curves {method: (y, score)}) or raises
+    nothing: a split with too few positive or negative hours gives (None, reason, None)."""
+    y = {s: hours[s].y[hours[s].known] for s in SPLITS}
+    reason = skip_reason(y)
+    if reason is not None:
+        return None, f"too few in a class: {reason}", None
+    h_te = hours["test"]
+    boot = StayBootstrap(h_te, n_bootstrap, seed)
+    results, samples, curves = {}, {}, {}
+    train_idx, val_idx = np.flatnonzero(hours["train"].known), np.flatnonzero(hours["val"].known)
+    for method in x:
+        score, params = score_one(method, x[method], hours, train_idx, val_idx, seed)
+        m = test_metrics(score, params["threshold"], h_te)
+        a, p, u = boot.sample(score, params["threshold"])
+        samples[method] = (a, p, u)
+        n, pos, _ = class_counts(h_te.y)
+        results[method] = {"auroc": m["auroc"], "auroc_ci": _ci(a), "auprc": m["auprc"], "auprc_ci": _ci(p),
+                           "n": n, "positives": pos, "utility": m["utility"], "utility_ci": _ci(u),
+                           "stays": int(len(h_te.rows)), "septic_stays": int((~np.isnan(h_te.onset)).sum()),
+                           "n_train": int(len(train_idx)), **params, "stay_view": m["stay_view"],
+                           "bootstrap": "test stays"}
+        curves[method] = (h_te.y[h_te.known].astype(np.int64), score)
+    comparisons = {}
+    for a_, b_ in PAIRS:
+        if a_ in samples and b_ in samples:
+            d = [samples[a_][k] - samples[b_][k] for k in range(3)]
+            comparisons[f"{a_} - {b_}"] = {
+                "auroc_diff": results[a_]["auroc"] - results[b_]["auroc"], "auroc_diff_ci": _ci(d[0]),
+                "auprc_diff": results[a_]["auprc"] - results[b_]["auprc"], "auprc_diff_ci": _ci(d[1]),
+                "utility_diff": results[a_]["utility"] - results[b_]["utility"], "utility_diff_ci": _ci(d[2])}
+    return results, comparisons, curves
+
+
+def _sd(values) -> float:
+    return float(np.std(values, ddof=1)) if len(values) >= 2 else float("nan")
+
+
+def online_label_efficiency(x: dict, hours: dict, fractions, repeats: int = 5, seed: int = 0,
+                            n_bootstrap: int = 1000, progress: bool = False):
+    """({method: {fraction key: {auroc_mean, auroc_sd, auprc_mean, auprc_sd, utility_mean, utility_sd,
+    n_train, positives_train, n_val, positives_val (stays; septic stays), hours_train, repeats,
+    repeats_skipped, skip_reasons}}}, {"jepa - raw_gbdt": {fraction key: paired diffs}}).
+
+    The train and val stays are subsampled by subject (label_efficiency.subsample_masks: nested,
+    seeded per repeat); a subsample with too few positive or negative hours in train or val
+    (tasks.MIN_CLASS_COUNT) is skipped; at fraction 1 (the full splits) each method is fit once."""
+    from tqdm.auto import tqdm
+
+    from ehrjepa.probe.label_efficiency import fraction_key, subsample_masks, too_few
+
+    fractions = sorted(fractions)
+    subjects = {s: hours[s].subject for s in SPLITS}
+    masks = subsample_masks(subjects, fractions, repeats, seed)
+    h_te = hours["test"]
+    boot = StayBootstrap(h_te, n_bootstrap, seed)
+    out = {m: {} for m in x}
+    paired = {f"{a} - {b}": {} for a, b in PAIRS if a in x and b in x}
+    bar = tqdm(total=len(fractions) * repeats, desc="hourly label fractions", unit="subsample", disable=not progress)
+    for f in fractions:
+        key = fraction_key(f)
+        runs = {m: [] for m in x}   # (auroc, auprc, utility, bootstrap samples) per fitted repeat
+        counts, reasons = [], []
+        whole_done = {}
+        for r in range(repeats):
+            bar.update(1)
+            idx = {s: hours[s].select(masks[(f, r)][s]) for s in ("train", "val")}
+            sub = {s: hours[s].y[idx[s]] for s in ("train", "val")}
+            reason = too_few(sub)
+            if reason is not None:
+                reasons.append(f"repeat {r}: {reason} (hours)")
+                continue
+            counts.append([[masks[(f, r)][s].sum(), (~np.isnan(hours[s].onset[masks[(f, r)][s]])).sum()]
+                           for s in ("train", "val")] + [[len(idx["train"]), np.nansum(sub["train"])]])
+            whole = all(masks[(f, r)][s].all() for s in ("train", "val"))
+            for method in x:
+                if whole and method in whole_done:
+                    runs[method].append(whole_done[method])
+                    continue
+                score, params = score_one(method, x[method], hours, idx["train"], idx["val"], seed)
+                m = test_metrics(score, params["threshold"], h_te)
+                run = (m["auroc"], m["auprc"], m["utility"], boot.sample(score, params["threshold"]))
+                runs[method].append(run)
+                if whole:
+                    whole_done[method] = run
+        mc = np.mean(counts, axis=0) if counts else np.full((3, 2), np.nan)
+        for method in x:
+            vals = runs[method]
+            col = (lambda k: [v[k] for v in vals])
+            out[method][key] = {
+                "auroc_mean": float(np.mean(col(0))) if vals else float("nan"), "auroc_sd": _sd(col(0)),
+                "auprc_mean": float(np.mean(col(1))) if vals else float("nan"), "auprc_sd": _sd(col(1)),
+                "utility_mean": float(np.mean(col(2))) if vals else float("nan"), "utility_sd": _sd(col(2)),
+                "n_train": float(mc[0, 0]), "positives_train": float(mc[0, 1]),
+                "n_val": float(mc[1, 0]), "positives_val": float(mc[1, 1]),
+                "hours_train": float(mc[2, 0]), "positive_hours_train": float(mc[2, 1]),
+                "repeats": len(vals), "repeats_skipped": len(reasons), "skip_reasons": reasons}
+        for a, b in PAIRS:
+            if a in x and b in x and runs[a] and runs[b]:
+                diff = {}
+                for k, name in enumerate(("auroc", "auprc", "utility")):
+                    mean_a = np.mean([v[3][k] for v in runs[a]], axis=0)
+                    mean_b = np.mean([v[3][k] for v in runs[b]], axis=0)
+                    diff[f"{name}_diff"] = out[a][key][f"{name}_mean"] - out[b][key][f"{name}_mean"]
+                    diff[f"{name}_diff_ci"] = _ci(mean_a - mean_b)
+                paired[f"{a} - {b}"][key] = diff
+    bar.close()
+    return out, paired
+
+
+def positions_note(models: dict, hours: dict) -> str | None:
+    """A note when the stays are longer than a model's pretrained position table, else None."""
+    longest = max((int(hours[s].hour.max()) + 1 for s in SPLITS if len(hours[s])), default=0)
+    for model in models.values():
+        table = getattr(model, "max_hours", None)
+        if table is not None and longest > table:
+            return (f"sepsis_hourly: stays run to {longest} hours, past the model's {table}-hour position table; the "
+                    f"fixed sinusoid was extended, so hours {table}-{longest - 1} sit at positions the encoder never "
+                    f"saw in pretraining")
+    return None
+
+
+def run_online(processed, models: dict, methods, encoder: str = "target", device="cpu", n_bootstrap: int = 1000,
+               seed: int = 0, progress: bool = False, label_fractions=None, repeats: int = 5,
+               task: str = "sepsis_hourly") -> dict:
+    """The online task end to end: {"tasks": {task: results}, "comparisons": {task: ...}, "skipped":
+    {task: why}, "label_efficiency": {task: ...}, "label_efficiency_comparisons": {task: ...}, "labels",
+    "methods", "notes"}; models: {"jepa": JEPA, "random_init": JEPA} (those asked for). Methods other
+    than ONLINE_METHODS are not fit on the online task (a note says which)."""
+    out = {"tasks": {}, "comparisons": {}, "skipped": {}, "notes": [], "methods": {}}
+    hours, why = online_labels(processed, task)
+    if hours is None:
+        out["skipped"][task] = why
+        return out
+    used = [m for m in ONLINE_METHODS if m in methods]
+    left = [m for m in methods if m not in ONLINE_METHODS]
+    if left:
+        out["notes"].append(f"{task}: {', '.join(left)} not fit on the online task (its methods: "
+                            f"{', '.join(ONLINE_METHODS)})")
+    if not used:
+        out["skipped"][task] = f"none of its methods ({', '.join(ONLINE_METHODS)}) asked for"
+        return out
+    note = positions_note({m: models[m] for m in used if m in models}, hours)
+    if note:
+        out["notes"].append(note)
+    x = online_inputs(processed, hours, {m: models[m] for m in used if m in models}, used, encoder, device, progress)
+    results, comparisons, curves = evaluate_online(x, hours, n_bootstrap, seed, progress)
+    out["labels"] = {task: {s: {"hours": int(hours[s].known.sum()), "positive_hours": int(np.nansum(hours[s].y)),
+                                "stays": int(len(hours[s].rows)),
+                                "septic_stays": int((~np.isnan(hours[s].onset)).sum())} for s in SPLITS}}
+    out["methods"] = {m: d for m, d in method_descriptions(encoder, seed).items() if m in used}
+    if results is None:
+        out["skipped"][task] = comparisons
+        return out
+    out["tasks"][task] = results
+    out["comparisons"][task] = comparisons
+    out["curves"] = {task: curves}
+    if label_fractions is not None:
+        eff, paired = online_label_efficiency(x, hours, label_fractions, repeats, seed, n_bootstrap, progress=progress)
+        out["label_efficiency"] = {task: eff}
+        out["label_efficiency_comparisons"] = {task: paired}
+    return out

@@ -1,0 +1,307 @@
+"""The online task sepsis_hourly (ehrjepa/probe/online.py): causal attention, one-pass causal
+embeddings that later hours cannot move, the causal per-hour features, the task end to end on a
+small generated set of the 2019 challenge's files, and the stay-level sepsis_after_24h labels."""
+from __future__ import annotations
+
+import io
+import math
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ehrjepa.data.build import build
+from ehrjepa.data.physionet2019 import COLUMNS, Physionet2019Source
+from ehrjepa.data.processed import open_processed
+from ehrjepa.models.attention import attention, reference_attention
+
+HEADER = "|".join(COLUMNS)
+
+
+def _row(iculos, label, **values):
+    cells = dict(values, Age=60.0, Gender=1, Unit1=1, Unit2=0, HospAdmTime=-2.0, ICULOS=iculos, SepsisLabel=label)
+    return "|".join("NaN" if cells.get(c) is None or (isinstance(cells.get(c), float) and math.isnan(cells[c]))
+                    else str(cells[c]) for c in COLUMNS)
+
+
+def generated_files(n_stays: int = 240, seed: int = 0) -> dict:
+    """{stay id: .psv text}: stays of 8-60 hours, a quarter septic; heart rate and lactate rise
+    in the hours before a septic stay's labels start (a signal a probe can find)."""
+    rng = np.random.default_rng(seed)
+    files = {}
+    for sid in range(1, n_stays + 1):
+        n = int(rng.integers(8, 61))
+        first_label = int(rng.integers(2, n + 4)) if rng.random() < 0.25 else None
+        rows = []
+        for h in range(n):
+            ramp = 0.0 if first_label is None else max(0.0, 1.0 - (first_label - h) / 12.0)
+            values = {"HR": round(float(rng.normal(80 + 30 * ramp, 5)), 1), "Resp": round(float(rng.normal(18, 2)), 1)}
+            if rng.random() < 0.2:
+                values["Lactate"] = round(float(rng.normal(1.5 + 3 * ramp, 0.3)), 2)
+            label = int(first_label is not None and h >= first_label)
+            rows.append(_row(h + 1, label, **values))
+        files[sid] = HEADER + "\n" + "".join(r + "\n" for r in rows)
+    return files
+
+
+def write_tar(path: Path, files: dict) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for sid, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"training_setA/p{sid:06d}.psv")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def p19(tmp_path_factory):
+    root = tmp_path_factory.mktemp("p19")
+    archive = write_tar(root / "set.tar.gz", generated_files())
+    out = build(Physionet2019Source([str(archive)]), root / "out", progress=False)
+    return open_processed(out)
+
+
+def tiny_model(max_hours: int = 64, seed: int = 0):
+    from ehrjepa.config import load_config
+    from ehrjepa.models import build_model
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "micro.yaml")
+    cfg.data.max_hours = max_hours
+    torch.manual_seed(seed)
+    return build_model(cfg, 34).eval()
+
+
+# -------------------------------------------------------------------------------------------------
+# causal attention and the causal encoder
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "triton"])
+def test_causal_attention_matches_the_reference(backend):
+    """sdpa with causal=True against the plain math in float64; triton falls back to sdpa for causal."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    lengths = torch.tensor([7, 4, 0])
+    got = attention(q, k, v, lengths, backend=backend, causal=True)
+    want = reference_attention(q, k, v, lengths, causal=True)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    # the first query sees only the first key: its output is v[0]
+    torch.testing.assert_close(got[:2, :, 0], v[:2, :, 0], rtol=1e-10, atol=1e-10)
+    # without causal the outputs differ (later keys count)
+    assert not torch.allclose(attention(q, k, v, lengths, backend="sdpa"), got)
+
+
+def test_causal_embed_ignores_later_hours():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(1)
+    values, observed, delta = torch.randn(2, 20, 34, generator=g), torch.ones(2, 20, 34), torch.zeros(2, 20, 34)
+    lengths = torch.tensor([20, 13])
+    with torch.inference_mode():
+        before = model.embed(values, observed, delta, lengths=lengths, causal=True)
+        changed = values.clone()
+        changed[:, 10:] += 5.0
+        after = model.embed(changed, observed, delta, lengths=lengths, causal=True)
+        bidirectional = model.embed(changed, observed, delta, lengths=lengths)
+        bidirectional_before = model.embed(values, observed, delta, lengths=lengths)
+    torch.testing.assert_close(after[:, :10], before[:, :10], rtol=0, atol=1e-6)
+    assert not torch.allclose(after[:, 10:13], before[:, 10:13])
+    assert not torch.allclose(bidirectional[:, :10], bidirectional_before[:, :10], atol=1e-4)
+    # the output at hour t is the last token of the stay's first t + 1 hours, embedded alone
+    with torch.inference_mode():
+        prefix = model.embed(values[:1, :6], observed[:1, :6], delta[:1, :6], causal=True)
+    torch.testing.assert_close(prefix[0, 5], before[0, 5], rtol=1e-5, atol=1e-5)
+
+
+# -------------------------------------------------------------------------------------------------
+# the inputs of each hour: later hours cannot move them
+
+
+def _with_later_hours_changed(p19, tmp_path, cut: int):
+    """A copy of the processed folder in which every stay's hours from `cut` on hold other values."""
+    copy = tmp_path / "changed"
+    shutil.copytree(p19.path, copy)
+    mean = np.load(copy / "mean.npy")
+    offset = p19.stays.column("offset").to_numpy()
+    n_hours = p19.stays.column("n_hours").to_numpy()
+    rng = np.random.default_rng(5)
+    for o, n in zip(offset, n_hours):
+        if n > cut:
+            block = mean[o + cut:o + n]
+            mean[o + cut:o + n] = np.where(rng.random(block.shape) < 0.5, np.nan, rng.normal(100, 30, block.shape))
+    np.save(copy / "mean.npy", mean)
+    return open_processed(copy)
+
+
+def test_earlier_hours_do_not_move_when_later_hours_change(p19, tmp_path):
+    from ehrjepa.probe.hourly_features import hourly_features, stay_hours
+    from ehrjepa.probe.online import causal_embeddings
+
+    cut = 9
+    changed = _with_later_hours_changed(p19, tmp_path, cut)
+    rows = p19.split_indices("train")
+    _, hour = stay_hours(p19, rows)
+    early, late = hour < cut, hour >= cut
+    model = tiny_model()
+    a = causal_embeddings(model, p19, rows, tokens_per_batch=256)
+    b = causal_embeddings(model, changed, rows, tokens_per_batch=256)
+    np.testing.assert_allclose(a[early], b[early], rtol=0, atol=1e-5)
+    assert not np.allclose(a[late], b[late], atol=1e-3)
+    fa, fb = hourly_features(p19, rows), hourly_features(changed, rows)
+    np.testing.assert_array_equal(fa[early], fb[early])
+    assert not np.array_equal(fa[late], fb[late])
+    # the embeddings do not depend on how the stays are batched
+    c = causal_embeddings(model, p19, rows, tokens_per_batch=10**6)
+    np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-5)
+
+
+def test_probe_predictions_before_the_change_do_not_move(p19, tmp_path):
+    """Fit the frozen probe and the trees once; their predictions at hours before `cut` are the same
+    on the data whose later hours were changed."""
+    from ehrjepa.probe.online import Hours, online_inputs, score_one
+
+    cut = 9
+    changed = _with_later_hours_changed(p19, tmp_path, cut)
+    hours = {s: Hours(p19, s, "sepsis_label") for s in ("train", "val", "test")}
+    models = {"jepa": tiny_model()}
+    x = online_inputs(p19, hours, models, ["jepa", "raw_gbdt"], "target", "cpu", False)
+    x2 = online_inputs(changed, hours, models, ["jepa", "raw_gbdt"], "target", "cpu", False)
+    from ehrjepa.probe.online import _fit
+
+    h = hours["train"]
+    idx = np.flatnonzero(h.known)
+    early = h.hour[idx] < cut
+    for method in ("jepa", "raw_gbdt"):
+        model, _, _, _ = _fit(method, x[method]["train"][idx], h.y[idx].astype(np.int64),
+                              x[method]["val"][hours["val"].known], hours["val"].y[hours["val"].known].astype(np.int64), 0)
+        s1 = model.decision_function(x[method]["train"][idx])
+        s2 = model.decision_function(x2[method]["train"][idx])
+        np.testing.assert_allclose(s1[early], s2[early], rtol=1e-5, atol=1e-5)
+    assert callable(score_one)
+
+
+def test_hourly_features_by_hand(p19):
+    from ehrjepa.probe.hourly_features import hourly_feature_names, hourly_features, stay_hours
+
+    rows = np.array([0])
+    x = hourly_features(p19, rows)
+    names = hourly_feature_names(p19.features)
+    n = int(p19.stays.column("n_hours").to_numpy()[0])
+    assert x.shape == (n, len(names))
+    f = p19.features.index("heart_rate")
+    raw = np.asarray(p19.mean[:n, f], dtype=np.float64)
+    z = (raw - p19.norm_mean[f]) / p19.norm_std[f]
+    col = {name: names.index(f"heart_rate.{name}") for name in ("last", "since", "mean", "min", "max", "count")}
+    for t in range(n):
+        seen = z[:t + 1][~np.isnan(z[:t + 1])]
+        if len(seen):
+            assert x[t, col["mean"]] == pytest.approx(seen.mean(), rel=1e-4, abs=1e-4)
+            assert x[t, col["min"]] == pytest.approx(seen.min(), rel=1e-4, abs=1e-4)
+            assert x[t, col["max"]] == pytest.approx(seen.max(), rel=1e-4, abs=1e-4)
+            last = max(i for i in range(t + 1) if not np.isnan(z[i]))
+            assert x[t, col["last"]] == pytest.approx(z[last], rel=1e-4, abs=1e-4)
+            assert x[t, col["since"]] == t - last
+        assert x[t, col["count"]] == len(seen)
+    assert np.array_equal(x[:, names.index("hour")], np.arange(n))
+    assert np.array_equal(x[:, names.index("iculos")], np.arange(n) + 1)
+    assert np.all(x[:, names.index("age")] == 60.0)
+    which, hour = stay_hours(p19, np.array([1, 0]))
+    n1 = int(p19.stays.column("n_hours").to_numpy()[1])
+    assert list(which) == [0] * n1 + [1] * n and list(hour) == list(range(n1)) + list(range(n))
+
+
+def test_hours_and_onsets(p19):
+    from ehrjepa.probe.online import Hours
+
+    h = Hours(p19, "train", "sepsis_label")
+    onset = p19.stays.column("sepsis_onset_hour").to_numpy(zero_copy_only=False)[h.rows]
+    np.testing.assert_array_equal(np.isnan(h.onset), np.isnan(onset))
+    np.testing.assert_allclose(h.onset[~np.isnan(onset)], onset[~np.isnan(onset)])
+    assert len(h) == int(p19.stays.column("n_hours").to_numpy()[h.rows].sum())
+
+
+# -------------------------------------------------------------------------------------------------
+# the task end to end
+
+
+def test_run_online_end_to_end(p19):
+    from ehrjepa.probe.online import run_online
+
+    models = {"jepa": tiny_model(seed=0), "random_init": tiny_model(seed=1)}
+    out = run_online(p19, models, ["jepa", "random_init", "raw_features", "raw_gbdt"], n_bootstrap=20,
+                     label_fractions=[0.5, 1.0], repeats=2)
+    assert not out["skipped"], out["skipped"]
+    res = out["tasks"]["sepsis_hourly"]
+    assert set(res) == {"jepa", "random_init", "raw_gbdt"}
+    for r in res.values():
+        assert 0.0 <= r["auroc"] <= 1.0 and 0.0 <= r["auprc"] <= 1.0
+        assert r["utility"] <= 1.0 + 1e-9
+        assert r["auroc_ci"][0] <= r["auroc_ci"][1] and r["utility_ci"][0] <= r["utility_ci"][1]
+        assert {"warned_6_12h", "false_alarms_per_100_stay_days"} <= set(r["stay_view"])
+        assert r["n"] == out["labels"]["sepsis_hourly"]["test"]["hours"]
+    # the generated signal is easy: the trees find it
+    assert res["raw_gbdt"]["auroc"] > 0.8
+    assert "raw_features not fit" in out["notes"][0]
+    eff = out["label_efficiency"]["sepsis_hourly"]
+    for method in res:
+        for key in ("0.5", "1"):
+            row = eff[method][key]
+            assert {"auroc_mean", "auroc_sd", "utility_mean", "utility_sd", "auprc_mean"} <= set(row)
+        # at fraction 1 every repeat is the same full fit
+        assert eff[method]["1"]["auroc_mean"] == pytest.approx(res[method]["auroc"])
+        assert eff[method]["1"]["utility_mean"] == pytest.approx(res[method]["utility"])
+    paired = out["label_efficiency_comparisons"]["sepsis_hourly"]["jepa - raw_gbdt"]["0.5"]
+    assert paired["utility_diff_ci"][0] <= paired["utility_diff"] + 1e-9 or np.isnan(paired["utility_diff"])
+
+
+def test_without_hourly_labels_the_task_is_skipped(p19, monkeypatch):
+    from ehrjepa.probe.online import run_online
+
+    monkeypatch.setattr(type(p19), "hour_label_names", property(lambda self: []), raising=False)
+    out = run_online(p19, {}, ["raw_gbdt"], n_bootstrap=10)
+    assert "sepsis_label" in out["skipped"]["sepsis_hourly"]
+
+
+def test_positions_past_the_table_are_extended(p19):
+    from ehrjepa.models.embedding import sinusoid
+    from ehrjepa.probe.online import causal_embeddings
+
+    model = tiny_model(max_hours=16)
+    rows = p19.split_indices("val")
+    x = causal_embeddings(model, p19, rows)
+    assert np.isfinite(x).all()
+    pos = model.target_encoder.embed.pos
+    assert pos.shape[0] >= 16
+    torch.testing.assert_close(pos[:16], sinusoid(16, pos.shape[1]))
+
+
+# -------------------------------------------------------------------------------------------------
+# the stay-level task
+
+
+def test_sepsis_after_24h_labels(p19):
+    from ehrjepa.probe.tasks import labels_by_split, parse_tasks
+
+    rows = {s: p19.split_indices(s) for s in ("train", "val", "test")}
+    labels, unavailable = labels_by_split(p19, rows, 24)
+    assert "sepsis_after_24h" in labels and "sepsis_after_24h" not in unavailable
+    offset = p19.stays.column("offset").to_numpy()
+    n_hours = p19.stays.column("n_hours").to_numpy()
+    hourly = np.asarray(p19.hour_label("sepsis_label"))
+    seen = {0.0: 0, 1.0: 0, "nan": 0}
+    for split, r in rows.items():
+        for i, y in zip(r, labels["sepsis_after_24h"][split]):
+            h = hourly[offset[i]:offset[i] + n_hours[i]]
+            if h[:24].any():
+                assert np.isnan(y)          # labelled in the hours embedded: left out
+                seen["nan"] += 1
+            else:
+                assert y == float(h[24:].any())
+                seen[y] += 1
+    assert min(seen.values()) > 0
+    # embedding past hour 24 would see the label hours
+    _, unavailable = labels_by_split(p19, rows, 30)
+    assert "--hours 24" in unavailable["sepsis_after_24h"]
+    assert parse_tasks("sepsis_hourly,sepsis_after_24h") == ["sepsis_hourly", "sepsis_after_24h"]
