@@ -1,5 +1,6 @@
-"""The physionet2019 benchmark's baselines agree with `ehrjepa preprocess --physionet2019` on a
-small random archive (values, counts and hourly labels), and the CLI's challenge formats.
+"""The challenge benchmarks' baselines agree with `ehrjepa preprocess --physionet2019` on a
+small random archive (values, counts and hourly labels) and with `--physionet2012` on small
+random set tarballs (means, sums, last values, counts), and the CLI's challenge formats.
 
     python -m pytest -q bench/test_bench_physionet.py
 """
@@ -65,8 +66,8 @@ def test_challenge_format_cli(tmp_path):
                                "--workdir", str(tmp_path)], capture_output=True, text=True,
                               cwd=REPO, timeout=120)
 
-    r = bench("--format", "physionet2012")
-    assert r.returncode == 2 and "--format physionet2012: not benchmarked yet" in r.stderr
+    r = bench("--format", "physionet2012", "--input", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "nope: not found" in r.stderr
     r = bench("--format", "physionet2019,csv")
     assert r.returncode == 2 and "runs on its own" in r.stderr
     r = bench("--format", "physionet2019", "--input", str(tmp_path / "nope.tar.gz"))
@@ -95,3 +96,35 @@ def test_benchmark_end_to_end(tmp_path):
     rows = list(csv.DictReader(results.open()))
     assert sorted(row["tool"] for row in rows) == ["ehrjepa", "pandas", "polars"]
     assert all(row["case"] == "physionet2019" and row["status"] == "ok" for row in rows)
+
+
+@pytest.mark.parametrize("tool", sorted(RUNNERS["physionet2012"]))
+def test_baseline_agrees_2012(tmp_path, tool):
+    """Random 2012 stays (every parameter, 48:00, Weight descriptors and Weight lines) in two set
+    tarballs: the baseline's hourly aggregation is ehrjepa's, group by group."""
+    pytest.importorskip(tool)
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_physionet2012 import descriptors, write_set
+
+    from ehrjepa.data.catalog import load_catalog
+    from ehrjepa.data.physionet2012 import Physionet2012Source
+
+    rng = np.random.default_rng(3)
+    params = list(load_catalog().params("physionet2012"))
+    src = tmp_path / "src"
+    for name, first in (("a", 110000), ("b", 120000)):
+        stays = {}
+        for rid in range(first, first + 15):
+            lines = descriptors(rid, weight=float(rng.choice([-1, 70.5])))
+            for m in np.sort(rng.integers(0, 48 * 60 + 1, 60)).tolist():
+                lines.append((f"{m // 60:02d}:{m % 60:02d}", str(rng.choice(params)),
+                              float(np.round(rng.normal(40, 50), 2))))
+            stays[rid] = lines
+        write_set(src, name, stays, tarball=True)
+    ours = build(Physionet2012Source([src]), tmp_path / "ours", progress=False)
+    theirs = tmp_path / tool
+    theirs.mkdir()
+    info = RUNNERS["physionet2012"][tool](src, theirs, None)
+    check = compare_aggregations(ours, theirs / "agg.parquet")
+    assert check["agree"], check
+    assert check["groups_ehrjepa"] == info["groups"] > 0

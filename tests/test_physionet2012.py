@@ -244,7 +244,7 @@ def test_file_level_faults(tmp_path):
                    tarball=True)
     tb.write_bytes(tb.read_bytes()[:200])
     done = cli("--physionet2012", tb, "--out", tmp_path / "out")
-    assert done.returncode == 1 and "truncated or corrupt" in done.stderr
+    assert done.returncode == 1 and "truncated archive" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 

@@ -45,24 +45,26 @@ from .build import Run, StayTable
 from .catalog import Catalog
 from .events import REASONS, fold_events
 from .readers import MISSING
+from .readers.archive import read_files
 from .readers.fields import parse_float
 from .stays import Stays
 
 HOURS = 48
 DESCRIPTORS = ("RecordID", "Age", "Gender", "Height", "ICUType", "Weight")
 HEADER = b"Time,Parameter,Value"
-# per-line status codes of parse_lines (0: an event or a descriptor)
+# per-line status codes of the line parser (S_OK: an event or a descriptor), and the faults of a
+# file that scan_set reports
 (S_OK, S_BAD_LINE, S_BAD_TIME, S_LATE, S_NO_NAME, S_UNKNOWN, S_BAD_VALUE, S_NO_VALUE,
- S_HEADER) = range(9)
+ S_HEADER, S_NO_HEADER, S_REPEATED, S_RECORD) = range(12)
 PROBLEMS = {S_BAD_LINE: "not a `hh:mm,parameter,value` line", S_BAD_TIME: "time is not hh:mm",
             S_LATE: "time past 48:00", S_NO_NAME: "empty parameter name",
-            S_UNKNOWN: "unknown parameter", S_BAD_VALUE: "value is not a number"}
-# drop reasons of the time-series lines, in the manifest
-DROPS = ("bad_line", "outside_stay", "unknown_parameter", "no_value", "out_of_range",
-         "count_saturated", "repeated_descriptor")
-STATUS_DROP = {S_BAD_LINE: "bad_line", S_BAD_TIME: "bad_line", S_BAD_VALUE: "bad_line",
-               S_LATE: "outside_stay", S_NO_NAME: "unknown_parameter",
-               S_UNKNOWN: "unknown_parameter", S_NO_VALUE: "no_value"}
+            S_UNKNOWN: "unknown parameter", S_BAD_VALUE: "value is not a number",
+            S_NO_VALUE: "empty value", S_REPEATED: "descriptor given twice"}
+# drop reasons of the lines, in the manifest (scan_set counts the first five; fold_events the rest)
+DROPS = ("bad_line", "outside_stay", "unknown_parameter", "no_value", "repeated_descriptor",
+         "out_of_range", "count_saturated")
+D_BAD_LINE, D_OUTSIDE, D_UNKNOWN, D_NO_VALUE, D_REPEATED = range(5)
+WEIGHT = DESCRIPTORS.index("Weight")
 SET_NAME = re.compile(r"set-([A-Za-z0-9]+)")
 RECORD_FILE = re.compile(r"(\d+)\.txt")
 
@@ -133,82 +135,17 @@ def _set_input(p: Path) -> SetInput:
 
 
 def read_set(s: SetInput) -> SetText:
-    """The RecordID.txt files of a set folder or tarball, in RecordID order: one buffer and each
-    file's [start, end) in it (a tarball's members are used where they lie in it, uncopied)."""
-    if s.path.is_dir():
-        parts = [(f.name, f.read_bytes()) for f in s.path.iterdir() if RECORD_FILE.fullmatch(f.name)]
-        lengths = np.array([len(b) for _, b in parts], np.int64)
-        ends = np.cumsum(lengths)
-        buf = np.frombuffer(b"".join(b for _, b in parts), np.uint8)
-        names, starts = [n for n, _ in parts], ends - lengths
-    else:
-        buf, names, starts, ends = tar_members(s.path)
-    if not names:
+    """The RecordID.txt files of a set folder or tarball (readers/archive.py: a tarball is read
+    in memory, its members used where they lie in it), in RecordID order."""
+    f = read_files(s.path, lambda member: RECORD_FILE.fullmatch(member.rsplit("/", 1)[-1])
+                   is not None)
+    if not f.members:
         raise ValueError(f"{s.path}: empty set (no RecordID.txt files)")
+    names = [m.rsplit("/", 1)[-1] for m in f.members]
     record = np.array([int(RECORD_FILE.fullmatch(n).group(1)) for n in names], np.int64)
     order = np.argsort(record, kind="stable")
-    return SetText(s.name, s.path, record[order], [names[i] for i in order.tolist()], buf,
-                   np.asarray(starts, np.int64)[order], np.asarray(ends, np.int64)[order])
-
-
-def tar_members(path: Path) -> tuple[np.ndarray, list[str], list[int], list[int]]:
-    """(the tarball's bytes, and per RecordID.txt member its file name, start and end there).
-
-    The tarball is decompressed into memory in one go (isal's gzip where installed) and its
-    512-byte headers are walked here (ustar, GNU long names, pax headers skipped), which is many
-    times faster than tarfile's member objects; a truncated or corrupt tarball is an error."""
-    try:
-        raw = _decompress(path)
-    except (EOFError, OSError, ValueError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise ValueError(f"{path}: truncated or corrupt tarball ({e or type(e).__name__}); "
-                         "download it again") from None
-    buf = np.frombuffer(raw, np.uint8)
-    names, starts, ends = [], [], []
-    pos, long_name = 0, None
-    while pos + 512 <= len(raw):
-        header = raw[pos:pos + 512]
-        if header.count(0) == 512:  # the end-of-archive blocks
-            return buf, names, starts, ends
-        try:
-            size = int(header[124:136].rstrip(b"\0 ").decode() or "0", 8)
-        except ValueError:
-            raise ValueError(f"{path}: corrupt tarball (bad member header at byte {pos}); "
-                             "download it again") from None
-        kind = header[156:157]
-        data = pos + 512
-        if data + size > len(raw):
-            break
-        if kind == b"L":  # GNU long name: the next member's name
-            long_name = raw[data:data + size].rstrip(b"\0").decode(errors="replace")
-        elif kind in (b"0", b"\0", b"7"):
-            name = long_name or (header[345:500].rstrip(b"\0") + b"/" * bool(header[345])
-                                 + header[:100].rstrip(b"\0")).decode(errors="replace")
-            long_name = None
-            name = name.rsplit("/", 1)[-1]
-            if RECORD_FILE.fullmatch(name):
-                names.append(name)
-                starts.append(data)
-                ends.append(data + size)
-        else:
-            long_name = None if kind not in (b"x",) else long_name
-        pos = data + (size + 511) // 512 * 512
-    raise ValueError(f"{path}: truncated tarball (it ends inside a member); download it again")
-
-
-def _decompress(path: Path) -> bytes:
-    data = path.read_bytes()
-    if not path.name.endswith((".gz", ".tgz")):
-        return data
-    try:
-        from isal import igzip
-
-        return igzip.decompress(data)
-    except ImportError:  # isal is a requirement; plain gzip where it cannot be installed
-        import gzip
-
-        return gzip.decompress(data)
+    return SetText(s.name, s.path, record[order], [names[i] for i in order.tolist()], f.buf,
+                   f.starts[order], f.ends[order])
 
 
 # -------------------------------------------------------------------------------------------------
@@ -262,16 +199,24 @@ def _name_index(buf, s, e, data, starts, ends, slots):
 
 
 @nb.njit(cache=True, nogil=True)
-def parse_lines(buf, starts, ends, data, nstarts, nends, slots, out_file, out_line, out_minute,
-                out_param, out_value, out_status):
-    """Every line of every file: (file, line number, minutes since admission, parameter index,
-    value, status S_*); the header line `Time,Parameter,Value` gets S_HEADER. Returns the count.
-    Blank lines are skipped. A line is `hh:mm,name,value` with hh:mm <= 48:00."""
-    n = 0
+def scan_set(buf, starts, ends, record, data, nstarts, nends, slots, col, add, mul, skip_bad,
+             ev_file, ev_hour, ev_feat, ev_val, desc, first_weight, dropped, fault):
+    """Every line of every file of a set, in one pass: the descriptors into desc[k] (RecordID,
+    Age, Gender, Height, ICUType: the file's first line of each; Weight: its first line at
+    00:00), the time series as events (file, hour, feature column, converted value) with 48:00
+    in hour 47, the first positive time-series Weight per file, and bad lines dropped by reason
+    (skip_bad) or reported: fault = (file, line, status) of the first problem, and the scan
+    stops. A missing header line and a RecordID that disagrees with the file's name always stop
+    it. Returns (events, lines read without the headers, descriptor lines)."""
+    n_ev = 0
+    n_lines = 0
+    n_desc = 0
+    seen = np.zeros(WEIGHT + 1, np.bool_)
     for k in range(starts.shape[0]):
         i = starts[k]
         end = ends[k]
         line_no = 0
+        seen[:] = False
         while i < end:
             j = i
             while j < end and buf[j] != 10:
@@ -280,22 +225,57 @@ def parse_lines(buf, starts, ends, data, nstarts, nends, slots, out_file, out_li
             if e > i and buf[e - 1] == 13:
                 e -= 1
             line_no += 1
-            if e > i:
-                out_file[n] = k
-                out_line[n] = line_no
-                out_minute[n] = -1
-                out_param[n] = -1
-                out_value[n] = np.nan
-                out_status[n] = _parse_line(buf, i, e, line_no, data, nstarts, nends, slots,
-                                            out_minute, out_param, out_value, n)
-                n += 1
+            s = i
             i = j + 1
-    return n
+            if e <= s:
+                continue
+            status, minute, p, v = _parse_line(buf, s, e, line_no, data, nstarts, nends, slots)
+            if status == S_HEADER:
+                continue
+            if line_no == 1:
+                fault[0], fault[1], fault[2] = k, line_no, S_NO_HEADER
+                return n_ev, n_lines, n_desc
+            n_lines += 1
+            if status != S_OK:
+                if not skip_bad:
+                    fault[0], fault[1], fault[2] = k, line_no, status
+                    return n_ev, n_lines, n_desc
+                if status == S_LATE:
+                    dropped[D_OUTSIDE] += 1
+                elif status == S_NO_NAME or status == S_UNKNOWN:
+                    dropped[D_UNKNOWN] += 1
+                elif status == S_NO_VALUE:
+                    dropped[D_NO_VALUE] += 1
+                else:
+                    dropped[D_BAD_LINE] += 1
+                continue
+            if p < WEIGHT or (p == WEIGHT and minute == 0 and not seen[WEIGHT]):
+                if seen[p]:
+                    if not skip_bad:
+                        fault[0], fault[1], fault[2] = k, line_no, S_REPEATED
+                        return n_ev, n_lines, n_desc
+                    dropped[D_REPEATED] += 1
+                    continue
+                seen[p] = True
+                desc[k, p] = v
+                n_desc += 1
+                if p == 0 and v != record[k]:
+                    fault[0], fault[1], fault[2], fault[3] = k, line_no, S_RECORD, np.int64(v)
+                    return n_ev, n_lines, n_desc
+                continue
+            if p == WEIGHT and v > 0 and first_weight[k] != first_weight[k]:
+                first_weight[k] = v
+            ev_file[n_ev] = k
+            ev_hour[n_ev] = min(minute // 60, HOURS - 1)
+            ev_feat[n_ev] = col[p]
+            ev_val[n_ev] = (v + add[p]) * mul[p]
+            n_ev += 1
+    return n_ev, n_lines, n_desc
 
 
 @nb.njit(cache=True, inline="always")
-def _parse_line(buf, s, e, line_no, data, nstarts, nends, slots, out_minute, out_param, out_value,
-                n):
+def _parse_line(buf, s, e, line_no, data, nstarts, nends, slots):
+    """(status, minutes since admission, parameter index, value) of the line buf[s:e]."""
     c1 = s
     while c1 < e and buf[c1] != 44:
         c1 += 1
@@ -303,49 +283,46 @@ def _parse_line(buf, s, e, line_no, data, nstarts, nends, slots, out_minute, out
     while c2 < e and buf[c2] != 44:
         c2 += 1
     if c1 >= e or c2 >= e:
-        return S_BAD_LINE
+        return S_BAD_LINE, -1, -1, np.nan
     for t in range(c2 + 1, e):
         if buf[t] == 44:
-            return S_BAD_LINE
+            return S_BAD_LINE, -1, -1, np.nan
     if line_no == 1 and c1 - s == 4 and buf[s] == 84:  # "Time,..." : the header
-        return S_HEADER
+        return S_HEADER, -1, -1, np.nan
     # hh:mm
     colon = s
     while colon < c1 and buf[colon] != 58:
         colon += 1
     if colon == s or colon >= c1 - 1 or c1 - colon - 1 != 2:
-        return S_BAD_TIME
+        return S_BAD_TIME, -1, -1, np.nan
     hh = 0
     for t in range(s, colon):
         d = buf[t] - 48
         if d < 0 or d > 9:
-            return S_BAD_TIME
+            return S_BAD_TIME, -1, -1, np.nan
         hh = hh * 10 + d
     mm = 0
     for t in range(colon + 1, c1):
         d = buf[t] - 48
         if d < 0 or d > 9:
-            return S_BAD_TIME
+            return S_BAD_TIME, -1, -1, np.nan
         mm = mm * 10 + d
     if mm > 59 or hh > 99:
-        return S_BAD_TIME
+        return S_BAD_TIME, -1, -1, np.nan
     minute = hh * 60 + mm
-    out_minute[n] = minute
-    if minute > 48 * 60:
-        return S_LATE
+    if minute > HOURS * 60:
+        return S_LATE, minute, -1, np.nan
     if c2 == c1 + 1:
-        return S_NO_NAME
+        return S_NO_NAME, minute, -1, np.nan
     p = _name_index(buf, c1 + 1, c2, data, nstarts, nends, slots)
-    out_param[n] = p
     if p < 0:
-        return S_UNKNOWN
+        return S_UNKNOWN, minute, p, np.nan
     if c2 + 1 >= e:
-        return S_NO_VALUE
+        return S_NO_VALUE, minute, p, np.nan
     v = parse_float(buf, c2 + 1, e)
     if v != v:
-        return S_BAD_VALUE
-    out_value[n] = v
-    return S_OK
+        return S_BAD_VALUE, minute, p, np.nan
+    return S_OK, minute, p, v
 
 
 # -------------------------------------------------------------------------------------------------
@@ -353,16 +330,17 @@ def _parse_line(buf, s, e, line_no, data, nstarts, nends, slots, out_minute, out
 
 
 @dataclass
-class _Parsed:
+class _Scanned:
+    """What scan_set found in one set."""
     text: SetText
-    n: int
-    file: np.ndarray
-    line: np.ndarray
-    minute: np.ndarray
-    param: np.ndarray
+    lines: int  # lines read (headers aside)
+    n_desc: int  # descriptor lines
+    file: np.ndarray  # per event
+    hour: np.ndarray
+    feature: np.ndarray
     value: np.ndarray
-    status: np.ndarray
-    descriptor: np.ndarray  # bool per line: a descriptor line of the file's first block
+    desc: np.ndarray  # float64 [files, 6]: DESCRIPTORS' values, NaN where a file lacks one
+    first_weight: np.ndarray  # float64 per file: the first positive time-series Weight
     dropped: dict = field(default_factory=dict)
 
 
@@ -379,13 +357,15 @@ class Physionet2012Source:
 
     def read_stays(self, catalog: Catalog, run: Run) -> StayTable:
         params = catalog.params(self.name)
-        self.param_names = list(DESCRIPTORS) + [p for p in params if p not in DESCRIPTORS]
-        table = parameter_table(self.param_names)
+        names = list(DESCRIPTORS) + [p for p in params if p not in DESCRIPTORS]
+        col = np.full(len(names), -1, np.int64)
+        add, mul = np.zeros(len(names)), np.ones(len(names))
+        for k, name in enumerate(names):
+            if name in params:
+                col[k], add[k], mul[k] = params[name]
+        table = parameter_table(names)
         t0 = time.perf_counter()
-        self.parsed = []
-        for s in self.sets:
-            text = read_set(s)
-            self.parsed.append(self._parse(text, table))
+        self.parsed = [self._scan(read_set(s), table, col, add, mul) for s in self.sets]
         run.seconds["read"] = time.perf_counter() - t0
         record = np.concatenate([p.text.record for p in self.parsed])
         set_of = np.concatenate([np.full(len(p.text.record), k) for k, p in enumerate(self.parsed)])
@@ -418,73 +398,43 @@ class Physionet2012Source:
         p = self.parsed[k]
         return f"{p.text.path}:{p.text.names[flat - offset]}"
 
-    def _parse(self, text: SetText, table) -> _Parsed:
+    def _scan(self, text: SetText, table, col, add, mul) -> _Scanned:
         n_lines = int(np.count_nonzero(text.buf == 10)) + len(text.starts)
-        out = (np.empty(n_lines, np.int64), np.empty(n_lines, np.int64),
-               np.empty(n_lines, np.int64), np.empty(n_lines, np.int64),
-               np.empty(n_lines, np.float64), np.empty(n_lines, np.int8))
-        n = parse_lines(text.buf, text.starts, text.ends, *table, *out)
-        file, line, minute, param, value, status = (a[:n] for a in out)
-        # the header line of each file; a file without it is an error
-        header = status == S_HEADER
-        has_header = np.zeros(len(text.starts), bool)
-        has_header[file[header]] = True
-        if not has_header.all():
-            k = int(np.flatnonzero(~has_header)[0])
-            raise ValueError(f"{text.path}:{text.names[k]}: line 1 is not `Time,Parameter,Value`")
-        bad = (status != S_OK) & (status != S_HEADER)
-        if self.on_bad_lines == "error" and bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{text.path}:{text.names[file[i]]}: line {line[i]}: "
-                             f"{PROBLEMS.get(int(status[i]), 'empty value')}; fix the file or "
-                             "pass --on-bad-lines skip to count such lines")
-        # descriptors: the first RecordID, Age, Gender, Height and ICUType line of a file, and its
-        # first Weight line at 00:00 (the challenge lists them at 00:00, among the first lines,
-        # sometimes between time-series lines of 00:00); later Weight lines are the time series
-        is_desc = (status == S_OK) & (param >= 0) & (param < len(DESCRIPTORS))
-        weight = DESCRIPTORS.index("Weight")
-        cand = np.flatnonzero(is_desc & ((param != weight) | (minute == 0)))
-        order = cand[np.lexsort((line[cand], param[cand], file[cand]))]
-        first = np.ones(len(order), bool)
-        first[1:] = (file[order][1:] != file[order][:-1]) | (param[order][1:] != param[order][:-1])
-        descriptor = np.zeros(n, bool)
-        descriptor[order[first]] = True
-        repeated = is_desc & ~descriptor & (param != weight)
-        if self.on_bad_lines == "error" and repeated.any():
-            i = int(np.flatnonzero(repeated)[0])
-            raise ValueError(f"{text.path}:{text.names[file[i]]}: line {line[i]}: descriptor "
-                             f"{self.param_names[param[i]]} given twice")
-        p = _Parsed(text, n, file, line, minute, param, value, status, descriptor)
-        # RecordID lines must name the file's own record
-        rid = descriptor & (param == 0)
-        wrong = rid & (value != text.record[file])
-        if wrong.any():
-            i = int(np.flatnonzero(wrong)[0])
-            raise ValueError(f"{text.path}:{text.names[file[i]]}: line {line[i]}: RecordID "
-                             f"{value[i]:g} disagrees with the file's name")
-        p.dropped = {r: 0 for r in DROPS}
-        for code, reason in STATUS_DROP.items():
-            p.dropped[reason] += int((status == code).sum())
-        p.dropped["repeated_descriptor"] = int(repeated.sum())
-        return p
+        ev_file, ev_hour = np.empty(n_lines, np.int64), np.empty(n_lines, np.int64)
+        ev_feat, ev_val = np.empty(n_lines, np.int32), np.empty(n_lines, np.float64)
+        desc = np.full((len(text.starts), len(DESCRIPTORS)), np.nan)
+        first_weight = np.full(len(text.starts), np.nan)
+        dropped = np.zeros(D_REPEATED + 1, np.int64)
+        fault = np.full(4, -1, np.int64)
+        n, lines, n_desc = scan_set(text.buf, text.starts, text.ends, text.record, *table, col,
+                                    add, mul, self.on_bad_lines == "skip", ev_file, ev_hour,
+                                    ev_feat, ev_val, desc, first_weight, dropped, fault)
+        if fault[0] >= 0:
+            where = f"{text.path}:{text.names[fault[0]]}"
+            status = int(fault[2])
+            if status == S_NO_HEADER:
+                raise ValueError(f"{where}: line 1 is not `Time,Parameter,Value`")
+            if status == S_RECORD:
+                raise ValueError(f"{where}: line {fault[1]}: RecordID {fault[3]} disagrees with "
+                                 "the file's name")
+            raise ValueError(f"{where}: line {fault[1]}: {PROBLEMS[status]}; fix the file or pass "
+                             "--on-bad-lines skip to count such lines")
+        return _Scanned(text, lines, n_desc, ev_file[:n], ev_hour[:n], ev_feat[:n], ev_val[:n],
+                        desc, first_weight, dict(zip(DROPS, (int(d) for d in dropped))))
 
     def _descriptors(self, stays: Stays, run: Run) -> dict[str, np.ndarray]:
         n = len(stays)
         cols = {c: np.full(n, np.nan) for c in ("age", "sex", "height_cm", "weight_kg",
                                                   "icu_type")}
-        first_weight = np.full(n, np.nan)
-        weight = self.param_names.index("Weight")
         for k, p in enumerate(self.parsed):
             rows = self.row_of_file[k]
             for name, col in (("Age", "age"), ("Gender", "sex"), ("Height", "height_cm"),
                               ("Weight", "weight_kg"), ("ICUType", "icu_type")):
-                sel = p.descriptor & (p.param == DESCRIPTORS.index(name)) & (p.value != -1)
-                cols[col][rows[p.file[sel]]] = p.value[sel]
-            # the first Weight line of the time series, for stays whose descriptor is -1
-            sel = np.flatnonzero((p.status == S_OK) & (p.param == weight) & ~p.descriptor
-                                 & (p.value > 0))[::-1]  # reversed: the first one is written last
-            first_weight[rows[p.file[sel]]] = p.value[sel]
-        cols["weight_kg"] = np.where(np.isnan(cols["weight_kg"]), first_weight, cols["weight_kg"])
+                v = p.desc[:, DESCRIPTORS.index(name)]
+                cols[col][rows] = np.where(v == -1, np.nan, v)
+            # the first Weight line of the time series, for stays whose descriptor is unknown
+            w = cols["weight_kg"][rows]
+            cols["weight_kg"][rows] = np.where(np.isnan(w), p.first_weight, w)
         for c in ("sex", "icu_type"):
             ok = np.isin(cols[c], (0, 1) if c == "sex" else (1, 2, 3, 4))
             bad = ~np.isnan(cols[c]) & ~ok
@@ -534,39 +484,25 @@ class Physionet2012Source:
 
     def fold_events(self, catalog: Catalog, table: StayTable, sums: np.ndarray,
                     counts: np.ndarray, run: Run) -> None:
-        params = catalog.params(self.name)
-        col = np.full(len(self.param_names), -1, np.int64)
-        add = np.zeros(len(self.param_names))
-        mul = np.ones(len(self.param_names))
-        for k, name in enumerate(self.param_names):
-            if name in params:
-                col[k], add[k], mul[k] = params[name]
         low, high = catalog.valid_ranges()
         agg = catalog.aggregation_codes()
         total_read = total_kept = 0
         total_dropped = {r: 0 for r in DROPS}
         for k, p in enumerate(self.parsed):
-            event = (p.status == S_OK) & ~p.descriptor & (p.param >= 0) \
-                & (col[np.maximum(p.param, 0)] >= 0)
-            idx = np.flatnonzero(event)
-            # lines in file order: the files are in RecordID order and each file in line order,
+            # events in file order: the files are in RecordID order and each file in line order,
             # so `last` keeps an hour's last line
-            hour = np.minimum(p.minute[idx] // 60, HOURS - 1)
-            row = table.stays.offset[self.row_of_file[k][p.file[idx]]] + hour
-            feat = col[p.param[idx]]
-            val = (p.value[idx] + add[p.param[idx]]) * mul[p.param[idx]]
+            row = table.stays.offset[self.row_of_file[k][p.file]] + p.hour
             dropped = np.zeros(len(REASONS), np.int64)
-            kept = fold_events(row, feat, val, len(idx), agg, low, high, sums, counts, dropped)
+            kept = fold_events(row, p.feature, p.value, len(row), agg, low, high, sums, counts,
+                               dropped)
             drops = dict(p.dropped)
             drops["out_of_range"] = int(dropped[REASONS.index("out_of_range")])
             drops["count_saturated"] = int(dropped[REASONS.index("count_saturated")])
-            n_desc = int(p.descriptor.sum())
-            read = p.n - int((p.status == S_HEADER).sum())
-            entry = run.account(f"set-{p.text.name}", p.text.path, read, kept + n_desc, drops)
-            entry |= {"files": len(p.text.record), "descriptor_lines": n_desc,
+            entry = run.account(f"set-{p.text.name}", p.text.path, p.lines, kept + p.n_desc, drops)
+            entry |= {"files": len(p.text.record), "descriptor_lines": p.n_desc,
                       "events_kept": int(kept)}
-            total_read += read
-            total_kept += kept + n_desc
+            total_read += p.lines
+            total_kept += kept + p.n_desc
             for r, v in drops.items():
                 total_dropped[r] += v
         run.manifest["total"] = {"rows_read": total_read, "rows_kept": total_kept,
