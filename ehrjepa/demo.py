@@ -167,54 +167,62 @@ def main(args: argparse.Namespace) -> int:
     if args.physionet2012 is not None:
         return main_physionet2012(args, overrides, cli)
     t_all = time.perf_counter()
-
-    t = _stage(f"1/4 synth: {args.patients} synthetic patients in the MIMIC-IV v2.2 schema -> {mimic}")
-    rc = cli(["synth", "--out", str(mimic), "--patients", str(args.patients), "--seed", str(args.seed)])
-    if rc:
-        return rc
-    print(f"({time.perf_counter() - t:.1f} s)")
-
-    t = _stage(f"2/4 preprocess: hourly per-stay arrays -> {data}")
-    rc = cli(["preprocess", "--mimic-dir", str(mimic), "--out", str(data), "--seed", str(args.seed)])
-    if rc:
-        return rc
-    from ehrjepa.data import open_processed
-
-    print(summarise(open_processed(data)))
-    print(f"({time.perf_counter() - t:.1f} s)")
-
-    t = _stage(f"3/4 train: micro JEPA pretraining on CPU -> {run}")
-    train_args = ["train", "--config", str(args.config), "--data", str(data), "--run-dir", str(run)]
-    for override in overrides:
-        train_args += ["--set", override]
-    rc = cli(train_args)
-    if rc:
-        return rc
-    print(f"({time.perf_counter() - t:.1f} s)")
-
+    steps = [(f"1/4 synth: {args.patients} synthetic patients in the MIMIC-IV v2.2 schema -> {mimic}",
+              ["synth", "--out", str(mimic), "--patients", str(args.patients), "--seed", str(args.seed)]),
+             (f"2/4 preprocess: hourly per-stay arrays -> {data}",
+              ["preprocess", "--mimic-dir", str(mimic), "--out", str(data), "--seed", str(args.seed)]),
+             (f"3/4 train: micro JEPA pretraining on CPU -> {run}", train_argv(args, overrides, data, run))]
     if not args.skip_probe:
-        t = _stage(f"4/4 probe: frozen embeddings vs random init vs raw features vs gradient-boosted trees, "
-                   f"with all labels and with 5 % and 25 % of them -> {report}")
-        rc = cli(["probe", "--run", str(run), "--data", str(data), "--out", str(report), "--device", "cpu",
-                  "--tasks", ",".join(DEMO_TASKS), "--label-fractions", "0.05,0.25,1", "--repeats", "2",
-                  "--label-tasks", ",".join(DEMO_LABEL_TASKS)])
-        if rc:
-            return rc
-        print(f"({time.perf_counter() - t:.1f} s)")
+        steps.append((f"4/4 probe: frozen embeddings vs random init vs raw features vs gradient-boosted trees, "
+                      f"with all labels and with 5 % and 25 % of them -> {report}",
+                      ["probe", "--run", str(run), "--data", str(data), "--out", str(report), "--device", "cpu",
+                       "--tasks", ",".join(DEMO_TASKS), "--label-fractions", "0.05,0.25,1", "--repeats", "2",
+                       "--label-tasks", ",".join(DEMO_LABEL_TASKS)]))
+    rc = run_steps(cli, steps, data)
+    if rc:
+        return rc
+    if not args.skip_probe:
         hint = few_stays_hint(report / "report.json", args.patients)
         if hint:
             print(f"\n{hint}")
+    print_listing(out, t_all, [(mimic, "synthetic MIMIC-IV tables (hosp/, icu/)")], data, run,
+                  None if args.skip_probe else report)
+    return 0
 
+
+def train_argv(args: argparse.Namespace, overrides: list[str], data: Path, run: Path) -> list[str]:
+    argv = ["train", "--config", str(args.config), "--data", str(data), "--run-dir", str(run)]
+    for override in overrides:
+        argv += ["--set", override]
+    return argv
+
+
+def run_steps(cli, steps: list[tuple[str, list[str]]], data: Path) -> int:
+    """Each (title, command line) in turn through the CLI, timed; after preprocess, what it
+    made (summarise). Returns the first non-zero exit code, else 0."""
+    for title, argv in steps:
+        t = _stage(title)
+        rc = cli(argv)
+        if rc:
+            return rc
+        if argv[0] == "preprocess":
+            from ehrjepa.data import open_processed
+
+            print(summarise(open_processed(data)))
+        print(f"({time.perf_counter() - t:.1f} s)")
+    return 0
+
+
+def print_listing(out: Path, t_all: float, first: list[tuple[Path, str]], data: Path, run: Path,
+                  report: Path | None) -> None:
     print(f"\ndemo done in {time.perf_counter() - t_all:.0f} s. Everything is under {out}/:")
-    listing = [(mimic, "synthetic MIMIC-IV tables (hosp/, icu/)"),
-               (data, "stays.parquet, mean.npy, count.npy, features.json, manifest.json"),
-               (run, "config.yaml, metrics.csv, tb/, checkpoints/")]
-    if not args.skip_probe:
+    listing = first + [(data, "stays.parquet, mean.npy, count.npy, features.json, manifest.json"),
+                       (run, "config.yaml, metrics.csv, tb/, checkpoints/")]
+    if report is not None:
         listing.append((report, "report.json, report.md, *.png"))
     width = max(len(f"{path}/") for path, _ in listing)
     for path, what in listing:
         print(f"  {f'{path}/':<{width}}  {what}")
-    return 0
 
 
 def main_physionet2012(args: argparse.Namespace, overrides: list[str], cli) -> int:
@@ -223,55 +231,31 @@ def main_physionet2012(args: argparse.Namespace, overrides: list[str], cli) -> i
     splits, data, run, report = out / "splits" / "challenge.csv", out / "processed", out / "run", out / "probe"
     t_all = time.perf_counter()
     both = (src / "Outcomes-a.txt").is_file() and (src / "Outcomes-b.txt").is_file()
+    steps = []
     if both:
-        t = _stage(f"1/4 splits: the challenge's protocol (train and validation set-a, test set-b) -> {splits}")
-        rc = cli(["splits", "--physionet2012", str(src), "--protocol", "challenge", "--seed",
-                  str(args.seed), "--out", str(splits)])
-        if rc:
-            return rc
-        print(f"({time.perf_counter() - t:.1f} s)")
+        steps.append((f"1/4 splits: the challenge's protocol (train and validation set-a, test set-b) -> {splits}",
+                      ["splits", "--physionet2012", str(src), "--protocol", "challenge", "--seed", str(args.seed),
+                       "--out", str(splits)]))
     else:
         _stage("1/4 splits: no Outcomes-a.txt and Outcomes-b.txt side by side: the seeded 80/10/10 "
                "subject split instead of the challenge's")
-
-    t = _stage(f"2/4 preprocess: the challenge's sets -> hourly per-stay arrays -> {data}")
-    rc = cli(["preprocess", "--physionet2012", str(src), "--out", str(data), "--seed", str(args.seed)]
-             + (["--splits", str(splits)] if both else []))
+    steps += [(f"2/4 preprocess: the challenge's sets -> hourly per-stay arrays -> {data}",
+               ["preprocess", "--physionet2012", str(src), "--out", str(data), "--seed", str(args.seed)]
+               + (["--splits", str(splits)] if both else [])),
+              (f"3/4 train: JEPA pretraining on CPU ({args.config.name}) -> {run}",
+               train_argv(args, overrides, data, run))]
+    if not args.skip_probe:
+        steps.append(("4/4 probe: in-hospital death and length of stay from the 48 hours, static descriptors "
+                      "with every method; frozen embeddings vs random init vs raw features vs gradient-boosted "
+                      f"trees vs SAPS-I, with all labels and with 5 % and 20 % of them -> {report}",
+                      ["probe", "--run", str(run), "--data", str(data), "--out", str(report), "--device", "cpu",
+                       "--hours", "48", "--static", "--tasks", ",".join(DEMO_2012_TASKS),
+                       "--methods", "jepa,random_init,raw_features,raw_gbdt,clinical_score",
+                       "--label-fractions", "0.05,0.2,1", "--repeats", "2", "--label-tasks", "mortality_hosp"]))
+    rc = run_steps(cli, steps, data)
     if rc:
         return rc
-    from ehrjepa.data import open_processed
-
-    print(summarise(open_processed(data)))
-    print(f"({time.perf_counter() - t:.1f} s)")
-
-    t = _stage(f"3/4 train: JEPA pretraining on CPU ({args.config.name}) -> {run}")
-    train_args = ["train", "--config", str(args.config), "--data", str(data), "--run-dir", str(run)]
-    for override in overrides:
-        train_args += ["--set", override]
-    rc = cli(train_args)
-    if rc:
-        return rc
-    print(f"({time.perf_counter() - t:.1f} s)")
-
-    if not args.skip_probe:
-        t = _stage("4/4 probe: in-hospital death and length of stay from the 48 hours, static descriptors "
-                   "with every method; frozen embeddings vs random init vs raw features vs gradient-boosted "
-                   f"trees vs SAPS-I, with all labels and with 5 % and 20 % of them -> {report}")
-        rc = cli(["probe", "--run", str(run), "--data", str(data), "--out", str(report), "--device", "cpu",
-                  "--hours", "48", "--static", "--tasks", ",".join(DEMO_2012_TASKS),
-                  "--methods", "jepa,random_init,raw_features,raw_gbdt,clinical_score",
-                  "--label-fractions", "0.05,0.2,1", "--repeats", "2", "--label-tasks", "mortality_hosp"])
-        if rc:
-            return rc
-        print(f"({time.perf_counter() - t:.1f} s)")
-
-    print(f"\ndemo done in {time.perf_counter() - t_all:.0f} s. Everything is under {out}/:")
-    listing = [(splits.parent, "challenge.csv (stay_id, split)" if both else "(none: the subject split)"),
-               (data, "stays.parquet, mean.npy, count.npy, features.json, manifest.json"),
-               (run, "config.yaml, metrics.csv, tb/, checkpoints/")]
-    if not args.skip_probe:
-        listing.append((report, "report.json, report.md, *.png"))
-    width = max(len(f"{path}/") for path, _ in listing)
-    for path, what in listing:
-        print(f"  {f'{path}/':<{width}}  {what}")
+    print_listing(out, t_all, [(splits.parent, "challenge.csv (stay_id, split)" if both
+                                else "(none: the subject split)")], data, run,
+                  None if args.skip_probe else report)
     return 0
