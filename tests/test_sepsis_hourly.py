@@ -305,3 +305,64 @@ def test_sepsis_after_24h_labels(p19):
     _, unavailable = labels_by_split(p19, rows, 30)
     assert "--hours 24" in unavailable["sepsis_after_24h"]
     assert parse_tasks("sepsis_hourly,sepsis_after_24h") == ["sepsis_hourly", "sepsis_after_24h"]
+
+
+# -------------------------------------------------------------------------------------------------
+# through `ehrjepa probe`
+
+
+def _make_run(run_dir: Path, n_features: int):
+    from ehrjepa.config import config_to_dict, load_config
+    from ehrjepa.models import build_model, save_checkpoint
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "physionet2019.yaml")
+    torch.manual_seed(3)
+    model = build_model(cfg, n_features)
+    save_checkpoint({"model": model.state_dict(), "optimizer": {}, "step": 7, "config": config_to_dict(cfg),
+                     "n_features": n_features, "best_val_loss": 0.5}, run_dir / "checkpoints" / "last.pt")
+
+
+def _cli(argv):
+    import argparse
+
+    from ehrjepa.probe import cli as probe_cli
+
+    parser = argparse.ArgumentParser(prog="ehrjepa probe")
+    probe_cli.configure(parser)
+    return probe_cli.main(parser.parse_args(argv))
+
+
+def test_probe_cli_sepsis_tasks(p19, tmp_path, capsys):
+    import json
+
+    _make_run(tmp_path / "run", len(p19.features))
+    rc = _cli(["--run", str(tmp_path / "run"), "--data", str(p19.path), "--out", str(tmp_path / "rep"),
+               "--tasks", "sepsis_hourly,sepsis_after_24h", "--methods", "jepa,random_init,raw_gbdt",
+               "--label-fractions", "0.5,1", "--repeats", "2", "--bootstrap", "20", "--no-progress", "--device", "cpu"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert "sepsis_hourly" in report["tasks"]
+    # the small generated set has few septic stays unlabelled by hour 24 in val: scored or skipped as such
+    assert "sepsis_after_24h" in report["tasks"] or "too few" in report["skipped"]["sepsis_after_24h"]
+    for method in ("jepa", "random_init", "raw_gbdt"):
+        row = report["label_efficiency"]["sepsis_hourly"][method]["0.5"]
+        assert {"utility_mean", "utility_sd", "auroc_mean"} <= set(row)
+        assert "utility" in report["tasks"]["sepsis_hourly"][method]
+    assert "sepsis_hourly" in report["label_efficiency_setup"]["tasks"]
+    assert report["labels"]["sepsis_hourly"]["test"]["n"] == report["tasks"]["sepsis_hourly"]["jepa"]["n"]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "sepsis_hourly: the challenge's utility" in md and "jepa - raw_gbdt at 0.5" in md
+    assert "warned 6-12 h" in out.out
+
+
+def test_probe_cli_sepsis_hourly_on_data_without_hourly_labels(tmp_path, capsys, monkeypatch, p19):
+    monkeypatch.setattr(type(p19), "hour_label_names", property(lambda self: []), raising=False)
+    import ehrjepa.probe.run as run
+
+    monkeypatch.setattr(run, "open_data", lambda d: p19)
+    _make_run(tmp_path / "run", len(p19.features))
+    rc = _cli(["--run", str(tmp_path / "run"), "--data", str(p19.path), "--out", str(tmp_path / "rep"),
+               "--tasks", "sepsis_hourly", "--no-progress", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "hour_labels.npy: no task 'sepsis_hourly'" in err[0]

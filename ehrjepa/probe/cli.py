@@ -13,6 +13,9 @@ default), and reports test AUROC/AUPRC with bootstrap intervals in
 REPORT/report.{json,md} and PNGs. With --label-fractions, every method is also refit on that
 fraction of the train and val subjects, --repeats times, and scored on the full test split.
 --tasks picks the tasks (default: every task the data has; `phenotypes` for all phenotype tasks).
+On the PhysioNet 2019 challenge's data, `sepsis_hourly` predicts at every hour of every stay from
+the hours before it (online.py: one causal pass of the encoders, raw_gbdt on running summaries;
+the challenge's utility beside AUROC) and `sepsis_after_24h` is a stay-level task.
 With --labels DIR, the tasks are those of DIR's MEDS label files instead (`label_probe.py`).
 Any fault is one line naming its file.
 """
@@ -22,7 +25,7 @@ import argparse
 import sys
 
 from ehrjepa.probe.fit import DEFAULT_METHODS, METHODS
-from ehrjepa.probe.tasks import HOURS, PHENOTYPE_PREFIX, PHENOTYPES, TASKS
+from ehrjepa.probe.tasks import HOURS, KNOWN_TASKS, PHENOTYPE_PREFIX, PHENOTYPES
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +46,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the bootstrap, probes and random_init (default: %(default)s)")
     parser.add_argument("--tasks", default=None, metavar="T,...",
-                        help="comma-separated tasks to probe, some of " + ", ".join(TASKS) + f", {PHENOTYPE_PREFIX}<name> "
+                        help="comma-separated tasks to probe, some of " + ", ".join(KNOWN_TASKS) + f", {PHENOTYPE_PREFIX}<name> "
                              f"for each phenotype column of the data, or {PHENOTYPES} for all of them (default: "
                              "every task the data has)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
@@ -110,6 +113,10 @@ def main(args: argparse.Namespace) -> int:
         return 1
     print(f"\nprobe of {report['checkpoint']} (step {report['step']}); embeddings: {report['pooling']}\n")
     print(results_table(report))
+    from ehrjepa.probe.online import online_markdown
+
+    for line in online_markdown(report):
+        print(line)
     if "label_files" in report:
         print()
         print(placement_table(report))

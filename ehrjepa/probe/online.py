@@ -30,6 +30,8 @@ at each fraction compare the means over the repeats on the same test-stay resamp
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ehrjepa.data.processed import SPLITS
@@ -427,4 +429,89 @@ def run_online(processed, models: dict, methods, encoder: str = "target", device
         eff, paired = online_label_efficiency(x, hours, label_fractions, repeats, seed, n_bootstrap, progress=progress)
         out["label_efficiency"] = {task: eff}
         out["label_efficiency_comparisons"] = {task: paired}
+    return out
+
+
+def check_online_tasks(processed, tasks, data_dir) -> list[str]:
+    """The online tasks to probe: those of `tasks` (None: each one the data has the hourly label of).
+    ValueError, one line naming the data's hour_labels.npy, for one asked for that the data lacks."""
+    names = list(getattr(processed, "hour_label_names", []) or [])
+    if tasks is None:
+        return [t for t in ONLINE_TASKS if HOUR_LABEL[t] in names]
+    for task in tasks:
+        if task in ONLINE_TASKS and HOUR_LABEL[task] not in names:
+            raise ValueError(f"{data_dir}/hour_labels.npy: no task {task!r} in this data: it needs the hourly label "
+                             f"{HOUR_LABEL[task]!r} (hourly labels here: {', '.join(names) or 'none'}; the PhysioNet "
+                             f"2019 challenge's data has it: ehrjepa preprocess --physionet2019)")
+    return [t for t in tasks if t in ONLINE_TASKS]
+
+
+def merge_online(report: dict, online: dict, curves: dict, task: str, label_fractions, repeats: int) -> list[str]:
+    """Put run_online's answer for `task` into a probe report (tasks, skipped, comparisons, labels,
+    label_efficiency and its setup, "online_methods", "online_comparisons_by_fraction") and the ROC
+    curves; returns its notes."""
+    report["tasks"].update(online["tasks"])
+    report["skipped"].update(online["skipped"])
+    report["comparisons"].update(online["comparisons"])
+    curves.update(online.get("curves", {}))
+    if task in online.get("labels", {}):
+        counts = online["labels"][task]
+        report["labels"][task] = {s: {"n": c["hours"], "positives": c["positive_hours"], "unknown": 0, **c}
+                                  for s, c in counts.items()}
+    if online.get("methods"):
+        report.setdefault("online_methods", {})[task] = online["methods"]
+    if "label_efficiency" in online:
+        report.setdefault("label_efficiency", {}).update(online["label_efficiency"])
+        setup = report.setdefault("label_efficiency_setup", {"fractions": sorted(label_fractions), "repeats": repeats,
+                                                              "tasks": [], "subsampled": ["train", "val"],
+                                                              "by": "subject_id"})
+        setup["tasks"] = list(setup.get("tasks", [])) + [task]
+        report.setdefault("label_efficiency_comparisons", {}).update(online["label_efficiency_comparisons"])
+    return online.get("notes", [])
+
+
+def _f(x, digits: int = 3) -> str:
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def online_markdown(report: dict) -> list[str]:
+    """report.md's lines on the online tasks: utility and the per-stay view per method, the paired
+    differences by label fraction; [] without an online task."""
+    out = []
+    for task in ONLINE_TASKS:
+        res = report.get("tasks", {}).get(task)
+        if not res:
+            continue
+        out += [f"## {task}: the challenge's utility and the per-stay view", "",
+                "Hourly AUROC/AUPRC over every (stay, hour) of the test split; normalised utility (Reyna et al. 2020) "
+                "at the alarm threshold chosen on the validation split; intervals from a bootstrap over test stays. "
+                "Warned 6-12 h: share of septic test stays with an alarm in [t_sepsis - 12, t_sepsis - 6]; false "
+                "alarms: episodes of consecutive alarm hours starting outside [t_sepsis - 12, t_sepsis + 3], per "
+                "100 stay-days.", "",
+                "| method | AUROC [95% CI] | AUPRC [95% CI] | utility [95% CI] | val utility | warned 6-12 h | "
+                "warned by onset | false alarms / 100 stay-days |", "|---|---|---|---|---|---|---|---|"]
+        for method, r in res.items():
+            v = r["stay_view"]
+            out.append(f"| {method} | {_f(r['auroc'])} [{_f(r['auroc_ci'][0])}, {_f(r['auroc_ci'][1])}] | "
+                       f"{_f(r['auprc'])} [{_f(r['auprc_ci'][0])}, {_f(r['auprc_ci'][1])}] | {_f(r['utility'])} "
+                       f"[{_f(r['utility_ci'][0])}, {_f(r['utility_ci'][1])}] | {_f(r['val_utility'])} | "
+                       f"{_f(v['warned_6_12h'])} | {_f(v['warned_before_onset'])} | "
+                       f"{_f(v['false_alarms_per_100_stay_days'], 1)} |")
+        out.append("")
+        eff = report.get("label_efficiency", {}).get(task)
+        if eff:
+            out += [f"Label fractions ({task}): test utility mean ± sd over the repeats (AUROC in the table above).", "",
+                    "| method | " + " | ".join(f"utility at {k}" for k in next(iter(eff.values()))) + " |",
+                    "|---|" + "---|" * len(next(iter(eff.values())))]
+            for method, fr in eff.items():
+                out.append(f"| {method} | " + " | ".join(
+                    f"{_f(r['utility_mean'])} ± {_f(r['utility_sd'])}" if r["repeats"] else "-" for r in fr.values()) + " |")
+            out.append("")
+            for pair, by_fraction in report.get("label_efficiency_comparisons", {}).get(task, {}).items():
+                for key, d in by_fraction.items():
+                    out.append(f"- {pair} at {key}: AUROC {d['auroc_diff']:+.3f} [{d['auroc_diff_ci'][0]:+.3f}, "
+                               f"{d['auroc_diff_ci'][1]:+.3f}], utility {d['utility_diff']:+.3f} "
+                               f"[{d['utility_diff_ci'][0]:+.3f}, {d['utility_diff_ci'][1]:+.3f}] (paired over test stays, "
+                               f"means over repeats)")
+            out.append("")
     return out

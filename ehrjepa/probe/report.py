@@ -200,6 +200,9 @@ def markdown(report: dict) -> str:
            f"with 95 % percentile bootstrap intervals ({report.get('n_bootstrap')} resamples, seed "
            f"{report.get('seed')}); subject-level splits from preprocessing",
            cohort_line(report), "", "## Results", "", results_table(report), ""]
+    from ehrjepa.probe.online import online_markdown
+
+    out += online_markdown(report)  # the online tasks' utility and per-stay view (sepsis_hourly)
     if PHENOTYPE_MACRO in report:
         scored = next(iter(report[PHENOTYPE_MACRO].values()))["tasks"]
         out += [f"{PHENOTYPE_MACRO}: each method's mean test AUROC (AUPRC) over the {len(scored)} phenotype tasks "

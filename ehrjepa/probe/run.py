@@ -262,9 +262,17 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
         labels, unavailable = labels_by_split(processed, rows, hours)
     except ValueError as e:
         raise ValueError(one_line(Path(data_dir) / "stays.parquet", "cannot label the tasks", e)) from e
-    labels, unavailable = select_tasks(labels, unavailable, tasks, where=str(Path(data_dir) / "stays.parquet"))
+    # the online tasks (a prediction every hour: online.py) apart from the stay-level ones
+    from ehrjepa.probe.online import check_online_tasks
+    from ehrjepa.probe.tasks import ONLINE_TASKS
+
+    online_tasks = check_online_tasks(processed, tasks, data_dir)
+    stay_tasks = None if tasks is None else [t for t in tasks if t not in ONLINE_TASKS]
+    labels, unavailable = select_tasks(labels, unavailable, stay_tasks, where=str(Path(data_dir) / "stays.parquet"))
     if label_tasks is not None:  # a label task this data does not have: before the embedding, not after it
-        select_tasks(labels, unavailable, label_tasks, where=f"--label-tasks: {Path(data_dir) / 'stays.parquet'}")
+        check_online_tasks(processed, [t for t in label_tasks if t in ONLINE_TASKS], data_dir)
+        select_tasks(labels, unavailable, [t for t in label_tasks if t not in ONLINE_TASKS],
+                     where=f"--label-tasks: {Path(data_dir) / 'stays.parquet'}")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     x = {method: {} for method in methods}
@@ -358,6 +366,13 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
         from ehrjepa.probe.aki import describe
 
         notes.append(f"aki_24_72h: {describe()}")
+    for task in online_tasks:  # every hour of every stay, from the hours before it (online.py)
+        from ehrjepa.probe.online import merge_online, run_online
+
+        online = run_online(processed, {"jepa": model, "random_init": untrained}, methods, encoder, device,
+                            n_bootstrap, seed, progress, label_fractions if in_tasks(task, label_tasks) else None,
+                            repeats, task=task)
+        notes += merge_online(report, online, curves, task, label_fractions, repeats)
     report["notes"] = notes
     write_report(report, out_dir, curves=curves, embeddings=embeddings, labels=all_labels,
                  metrics_csv=run_dir / "metrics.csv")
