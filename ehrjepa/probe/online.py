@@ -12,8 +12,8 @@ Inputs at hour t, per method:
   hour's output and the running mean of the outputs of hours [0, t] (2 x width), fed to the same
   logistic probe as the stay tasks (C by validation AUROC). The encoders were pretrained with
   bidirectional attention: the causal mask is a change of attention pattern they did not see,
-  the price of one pass (exact prefix embeddings would cost sum T^2 / 2 tokens: 60 x more on this
-  data).
+  the price of one pass (exact prefix embeddings would cost sum T(T+1)/2 tokens: 26 x more on
+  the challenge's set A, 20.8 M against 0.79 M).
 - `raw_gbdt`: gradient-boosted trees (fit.fit_gbdt) on `hourly_features` (running summaries of
   each feature, the demographics, ICULOS).
 Hours past the model's position table (a checkpoint pretrained on shorter windows) get the same
