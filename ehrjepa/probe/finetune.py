@@ -81,18 +81,23 @@ class Settings:
         return min(self.max_steps, max(self.min_steps, epochs))
 
 
+def make_head(inputs: int, width: int, head: str = "linear") -> nn.Module:
+    """The head of a fine-tuned model: a linear map of `inputs` features to one logit, or (mlp)
+    one hidden layer of the encoder's `width` first."""
+    if head == "linear":
+        return nn.Linear(inputs, 1)
+    if head == "mlp":
+        return nn.Sequential(nn.Linear(inputs, width), nn.GELU(), nn.Linear(width, 1))
+    raise ValueError(f"head must be one of {', '.join(HEADS)}, not {head!r}")
+
+
 class Classifier(nn.Module):
     """encoder -> mean over hours -> head: one logit per stay."""
 
     def __init__(self, encoder: nn.Module, width: int, head: str = "linear"):
         super().__init__()
         self.encoder = encoder
-        if head == "linear":
-            self.head = nn.Linear(width, 1)
-        elif head == "mlp":
-            self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1))
-        else:
-            raise ValueError(f"head must be one of {', '.join(HEADS)}, not {head!r}")
+        self.head = make_head(width, width, head)
 
     def forward(self, values, observed, delta):
         hidden = self.encoder(values, observed, delta)       # [B, T, D], every hour
@@ -152,45 +157,30 @@ class Finetuned:
         return scores(self.model, self.windows, np.asarray(rows, dtype=np.int64).reshape(-1), self.device)
 
 
-def finetune(encoder: nn.Module, width: int, windows: StayWindows, train_rows, y_train, val_rows, y_val,
-             settings: Settings = Settings(), seed: int = 0, device="cpu", progress: bool = False,
-             desc: str = "finetune") -> Finetuned:
-    """Train a Classifier on a copy of `encoder` (left untouched) for one task; keep the best.
+def train_loop(model: nn.Module, settings: Settings, total: int, next_loss, validate, progress: bool = False,
+               desc: str = "finetune") -> tuple[int, int, float]:
+    """The fine-tuning loop every fine-tuned method shares: AdamW (param_groups: weight decay on
+    matrices only), warmup then cosine over `total` steps, gradient clipping, the validation AUROC
+    every settings.eval_every steps and at the last, early stopping after settings.patience
+    measurements without a new best; the best weights are loaded back into `model` at the end.
 
-    train_rows/val_rows: rows of `windows`; y_train/y_val: their 0/1 labels. Seeded: the head's
-    initial weights and the batches depend on `seed` only (on CPU, the result is bit-identical).
-    """
+    next_loss(): the loss of the next training batch (a scalar tensor); validate(): the validation
+    AUROC of the model as it is (called in train mode; it switches to eval itself).
+    Returns (best step, steps run, best validation AUROC)."""
     from tqdm.auto import tqdm
 
     s = settings
-    train_rows = np.asarray(train_rows, dtype=np.int64).reshape(-1)
-    val_rows = np.asarray(val_rows, dtype=np.int64).reshape(-1)
-    y_train = torch.as_tensor(np.asarray(y_train, dtype=np.float32))
-    y_val = np.asarray(y_val, dtype=np.int64)
-    if len(train_rows) == 0 or len(val_rows) == 0:
-        raise ValueError(f"fine-tuning needs train and val stays, got {len(train_rows)} and {len(val_rows)}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Classifier(copy.deepcopy(encoder), width, s.head)
-    model = model.to(device).train()
+    model.train()
     for p in model.parameters():
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.999))
-    generator = torch.Generator().manual_seed(seed)
-    order, at = torch.randperm(len(train_rows), generator=generator).numpy(), 0
     best = (-math.inf, 0, None)   # (val AUROC, step, weights)
     since_best, step = 0, 0
-    total = s.steps_for(len(train_rows))
     bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
     while step < total:
-        if at + s.batch_size > len(order) and at > 0:   # a new epoch: reshuffle
-            order, at = torch.randperm(len(train_rows), generator=generator).numpy(), 0
-        pick = order[at:at + s.batch_size]
-        at += s.batch_size
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, s.lr, s.min_lr, min(s.warmup_steps, total), total)
-        logits = model(*windows.batch(train_rows[pick], device))
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y_train[pick].to(logits.device))
+        loss = next_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
@@ -198,7 +188,7 @@ def finetune(encoder: nn.Module, width: int, windows: StayWindows, train_rows, y
         step += 1
         bar.update(1)
         if step % s.eval_every == 0 or step == total:
-            auroc = float(ranked_metrics(y_val, scores(model, windows, val_rows, device))[0][0])
+            auroc = float(validate())
             if auroc > best[0] or best[2] is None:
                 best = (auroc, step, copy.deepcopy(model.state_dict()))
                 since_best = 0
@@ -209,7 +199,46 @@ def finetune(encoder: nn.Module, width: int, windows: StayWindows, train_rows, y
                 break
     bar.close()
     model.load_state_dict(best[2])
-    return Finetuned(model.eval(), windows, device, best_step=best[1], steps_run=step, val_auroc=best[0],
+    model.eval()
+    return best[1], step, best[0]
+
+
+def finetune(encoder: nn.Module, width: int, windows: StayWindows, train_rows, y_train, val_rows, y_val,
+             settings: Settings = Settings(), seed: int = 0, device="cpu", progress: bool = False,
+             desc: str = "finetune") -> Finetuned:
+    """Train a Classifier on a copy of `encoder` (left untouched) for one task; keep the best.
+
+    train_rows/val_rows: rows of `windows`; y_train/y_val: their 0/1 labels. Seeded: the head's
+    initial weights and the batches depend on `seed` only (on CPU, the result is bit-identical).
+    """
+    s = settings
+    train_rows = np.asarray(train_rows, dtype=np.int64).reshape(-1)
+    val_rows = np.asarray(val_rows, dtype=np.int64).reshape(-1)
+    y_train = torch.as_tensor(np.asarray(y_train, dtype=np.float32))
+    y_val = np.asarray(y_val, dtype=np.int64)
+    if len(train_rows) == 0 or len(val_rows) == 0:
+        raise ValueError(f"fine-tuning needs train and val stays, got {len(train_rows)} and {len(val_rows)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Classifier(copy.deepcopy(encoder), width, s.head)
+    model = model.to(device)
+    generator = torch.Generator().manual_seed(seed)
+    state = {"order": torch.randperm(len(train_rows), generator=generator).numpy(), "at": 0}
+
+    def next_loss():
+        if state["at"] + s.batch_size > len(state["order"]) and state["at"] > 0:   # a new epoch: reshuffle
+            state["order"], state["at"] = torch.randperm(len(train_rows), generator=generator).numpy(), 0
+        pick = state["order"][state["at"]:state["at"] + s.batch_size]
+        state["at"] += s.batch_size
+        logits = model(*windows.batch(train_rows[pick], device))
+        return F.binary_cross_entropy_with_logits(logits.float(), y_train[pick].to(logits.device))
+
+    def validate():
+        return ranked_metrics(y_val, scores(model, windows, val_rows, device))[0][0]
+
+    total = s.steps_for(len(train_rows))
+    best_step, steps_run, val_auroc = train_loop(model, s, total, next_loss, validate, progress, desc)
+    return Finetuned(model, windows, device, best_step=best_step, steps_run=steps_run, val_auroc=val_auroc,
                      steps_budget=total)
 
 

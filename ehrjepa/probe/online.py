@@ -16,6 +16,14 @@ Inputs at hour t, per method:
   the challenge's set A, 20.8 M against 0.79 M).
 - `raw_gbdt`: gradient-boosted trees (fit.fit_gbdt) on `hourly_features` (running summaries of
   each feature, the demographics, ICULOS).
+- `jepa_finetune` / `scratch`: the pretrained encoder (the checkpoint's target encoder by default,
+  as finetune.py picks it) or the untrained one (random_init's context encoder, as the stay-level
+  scratch) trained end to end with a head on the frozen probe's input (the causal output at t and
+  the running mean over [0, t]): every training stay run whole with the causal mask, binary
+  cross-entropy over its labelled hours, finetune.py's loop (`train_loop`: AdamW, warmup + cosine,
+  clipping, early stopping on the validation hourly AUROC) and budget (`Settings`, in epochs of
+  training stays; HOURLY_SETTINGS by default, sized for a CPU), batches of stays of similar
+  length. Scored like the frozen methods (the threshold on validation, the same bootstrap).
 Hours past the model's position table (a checkpoint pretrained on shorter windows) get the same
 fixed sinusoid extended (it is a function of the position, not a learned table); a note says the
 encoder never saw them.
@@ -35,15 +43,23 @@ import math
 import numpy as np
 
 from ehrjepa.data.processed import SPLITS
+from ehrjepa.probe.finetune import Settings
 from ehrjepa.probe.metrics import percentile_ci, ranked_metrics
 from ehrjepa.probe.tasks import class_counts, skip_reason
 from ehrjepa.probe.utility import LABEL_LEAD, best_threshold, stay_utilities, stay_view, utility_totals
 
 ONLINE_TASKS = ("sepsis_hourly",)
 HOUR_LABEL = {"sepsis_hourly": "sepsis_label"}
-ONLINE_METHODS = ("jepa", "random_init", "raw_gbdt")
+ONLINE_METHODS = ("jepa", "random_init", "raw_gbdt", "jepa_finetune", "scratch")
+FINETUNED = ("jepa_finetune", "scratch")
 TOKENS_PER_BATCH = 16384  # embedding batches: stays sorted by length, padded tokens <= this
-PAIRS = (("jepa", "random_init"), ("jepa", "raw_gbdt"))
+PAIRS = (("jepa", "random_init"), ("jepa", "raw_gbdt"), ("jepa_finetune", "scratch"), ("jepa_finetune", "raw_gbdt"))
+# the fine-tuning budget of jepa_finetune and scratch on the online task (finetune.Settings: steps of
+# `batch_size` whole stays, the validation AUROC over the val hours every `eval_every` steps), sized for
+# the 2-core CPU box: at most 300 steps (about 0.19 s each for micro on set A, one thread), 1.3 epochs of
+# set A's 14,644 training stays, 30 epochs of small fractions (at least 100 steps)
+HOURLY_SETTINGS = Settings(max_epochs=30.0, min_steps=100, max_steps=300, batch_size=64, lr=5e-4, min_lr=5e-5,
+                           warmup_steps=20, eval_every=50, patience=3)
 
 
 class Hours:
@@ -89,6 +105,42 @@ def extend_positions(model, hours: int) -> bool:
     return grown
 
 
+class StayFiller:
+    """The encoder's inputs of whole stays of a processed folder: values, observed, delta [B, T, F]
+    (float32, zero past each stay's hours) as the windows of pretraining give them."""
+
+    def __init__(self, processed):
+        self.mean = np.load(processed.path / "mean.npy", mmap_mode="r")
+        self.norm_mean = np.asarray(processed.norm_mean, dtype=np.float32)
+        self.norm_std = np.asarray(processed.norm_std, dtype=np.float32)
+        self.n_features = len(processed.features)
+
+    def __call__(self, offset: np.ndarray, n_hours: np.ndarray):
+        from ehrjepa.data.windows import fill_window
+
+        length = max(int(np.max(n_hours)), 1) if len(n_hours) else 1
+        shape = (len(offset), length, self.n_features)
+        values, observed, delta = (np.zeros(shape, np.float32) for _ in range(3))
+        for b, (o, n) in enumerate(zip(offset, n_hours)):
+            fill_window(self.mean, int(o), 0, int(n), self.norm_mean, self.norm_std, 48.0,
+                        values[b, :n], observed[b, :n], delta[b, :n])
+        return values, observed, delta
+
+
+def length_batches(n_hours: np.ndarray, tokens_per_batch: int) -> list[np.ndarray]:
+    """Indices into n_hours in batches of stays sorted by length, each with padded tokens <= tokens_per_batch
+    (a stay longer than that alone)."""
+    order = np.argsort(n_hours, kind="stable")
+    batches, i = [], 0
+    while i < len(order):
+        j = i + 1
+        while j < len(order) and (j - i + 1) * max(int(n_hours[order[j]]), 1) <= tokens_per_batch:
+            j += 1
+        batches.append(order[i:j])
+        i = j
+    return batches
+
+
 def causal_embeddings(model, processed, rows: np.ndarray, encoder: str = "target", device="cpu",
                       tokens_per_batch: int = TOKENS_PER_BATCH, progress: bool = False,
                       desc: str = "embed") -> np.ndarray:
@@ -98,39 +150,21 @@ def causal_embeddings(model, processed, rows: np.ndarray, encoder: str = "target
     import torch
     from tqdm.auto import tqdm
 
-    from ehrjepa.data.windows import fill_window
-
     rows = np.asarray(rows, dtype=np.int64)
     stays = processed.stays
     offset = stays.column("offset").to_numpy()[rows].astype(np.int64)
     n_hours = stays.column("n_hours").to_numpy()[rows].astype(np.int64)
     starts = np.cumsum(n_hours) - n_hours
-    mean = np.load(processed.path / "mean.npy", mmap_mode="r")
-    norm_mean = np.asarray(processed.norm_mean, dtype=np.float32)
-    norm_std = np.asarray(processed.norm_std, dtype=np.float32)
-    n_features = len(processed.features)
+    fill = StayFiller(processed)
     model = model.to(device).eval()
     extend_positions(model, int(n_hours.max()) if len(n_hours) else 1)
     width = model.encoder.embed.norm.normalized_shape[0]
     out = np.zeros((int(n_hours.sum()), 2 * width), dtype=np.float32)
-    order = np.argsort(n_hours, kind="stable")
-    batches, i = [], 0
-    while i < len(order):
-        longest = max(int(n_hours[order[i]]), 1)
-        j = i + 1
-        while j < len(order) and (j - i + 1) * max(int(n_hours[order[j]]), 1) <= tokens_per_batch:
-            j += 1
-        batches.append(order[i:j])
-        i = j
     with torch.inference_mode():
-        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-            length = max(int(n_hours[batch].max()), 1)
-            shape = (len(batch), length, n_features)
-            values, observed, delta = (np.zeros(shape, np.float32) for _ in range(3))
-            for b, s in enumerate(batch):
-                n = int(n_hours[s])
-                fill_window(mean, offset[s], 0, n, norm_mean, norm_std, 48.0,
-                            values[b, :n], observed[b, :n], delta[b, :n])
+        for batch in tqdm(length_batches(n_hours, tokens_per_batch), desc=desc, unit="batch", disable=not progress,
+                          leave=False):
+            values, observed, delta = fill(offset[batch], n_hours[batch])
+            length = values.shape[1]
             lengths = torch.as_tensor(n_hours[batch], dtype=torch.long, device=device)
             h = model.embed(torch.from_numpy(values).to(device), torch.from_numpy(observed).to(device),
                             torch.from_numpy(delta).to(device), encoder=encoder, lengths=lengths, causal=True)
@@ -143,6 +177,210 @@ def causal_embeddings(model, processed, rows: np.ndarray, encoder: str = "target
     return out
 
 
+# -------------------------------------------------------------------------------------------------
+# jepa_finetune and scratch: the encoder trained end to end on the hourly label
+
+
+class HourlyStays:
+    """Every hour of every stay of the three splits under one numbering (global hour ids), so the
+    fitting code can pass hours around like rows of a feature matrix: x[method][split] =
+    `ids(split)`. Per global stay: `offset`, `n_hours`, `start` (its first global hour id); per global
+    hour: `stay`, `y` (float64 0/1, NaN unknown)."""
+
+    def __init__(self, processed, hours: dict):
+        stays = processed.stays
+        rows = np.concatenate([hours[s].rows for s in SPLITS]).astype(np.int64)
+        self.offset = stays.column("offset").to_numpy()[rows].astype(np.int64)
+        self.n_hours = stays.column("n_hours").to_numpy()[rows].astype(np.int64)
+        self.start = np.cumsum(self.n_hours) - self.n_hours
+        self.stay = np.repeat(np.arange(len(rows)), self.n_hours)
+        self.y = np.concatenate([hours[s].y for s in SPLITS])
+        sizes = [len(hours[s]) for s in SPLITS]
+        base = np.concatenate([[0], np.cumsum(sizes)])
+        self._ids = {s: np.arange(base[i], base[i + 1], dtype=np.int64) for i, s in enumerate(SPLITS)}
+        if len(self.y) != int(self.n_hours.sum()):
+            raise RuntimeError("the hours of the splits do not match their stays' n_hours")
+        self.fill = StayFiller(processed)
+
+    def ids(self, split: str) -> np.ndarray:
+        return self._ids[split]
+
+    def inputs(self, stays: np.ndarray, device):
+        """(values, observed, delta, lengths) tensors of the global stays `stays`, whole."""
+        import torch
+
+        values, observed, delta = self.fill(self.offset[stays], self.n_hours[stays])
+        lengths = torch.as_tensor(self.n_hours[stays], dtype=torch.long)
+        return tuple(torch.from_numpy(a).to(device) for a in (values, observed, delta)) + (lengths.to(device),)
+
+    def grid(self, stays: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(global hour id [B, length] (clipped past a stay's end), valid [B, length]) of `stays`."""
+        t = np.arange(length)[None, :]
+        valid = t < self.n_hours[stays][:, None]
+        return np.where(valid, self.start[stays][:, None] + t, 0), valid
+
+
+def _hourly_model(encoder, width: int, head: str):
+    import torch
+    import torch.nn as nn
+
+    from ehrjepa.probe.finetune import make_head
+
+    class HourlyClassifier(nn.Module):
+        """encoder (causal, whole stay) -> [output at t, mean of outputs over [0, t]] -> head: one
+        logit per hour, from hours [0, t] only (the frozen probe's input, trained end to end)."""
+
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+            self.head = make_head(2 * width, width, head)
+
+        def forward(self, values, observed, delta, lengths):
+            h = self.encoder(values, observed, delta, lengths=lengths, causal=True).float()   # [B, T, D]
+            steps = torch.arange(h.shape[1], device=h.device)
+            h = torch.where((steps[None, :] < lengths[:, None])[..., None], h, torch.zeros_like(h))
+            running = h.cumsum(dim=1) / (steps + 1).to(h.dtype)[None, :, None]
+            return self.head(torch.cat([h, running], dim=-1)).squeeze(-1)                      # [B, T]
+
+    return HourlyClassifier()
+
+
+class HourlyFinetuned:
+    """A trained hourly classifier: decision_function(global hour ids) -> logits, each from one causal
+    pass over its whole stay (stays batched by length, TOKENS_PER_BATCH padded tokens)."""
+
+    def __init__(self, model, stays: HourlyStays, device, best_step: int = 0, steps_run: int = 0,
+                 val_auroc: float = float("nan"), steps_budget: int = 0, tokens_per_batch: int = TOKENS_PER_BATCH):
+        self.model, self.stays, self.device = model, stays, device
+        self.best_step, self.steps_run, self.val_auroc, self.steps_budget = best_step, steps_run, val_auroc, steps_budget
+        self.tokens_per_batch = tokens_per_batch
+
+    def decision_function(self, ids) -> np.ndarray:
+        import torch
+
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        which = np.unique(self.stays.stay[ids])
+        out = np.zeros(len(self.stays.y), dtype=np.float64)
+        was_training = self.model.training
+        self.model.eval()
+        with torch.inference_mode():
+            for batch in length_batches(self.stays.n_hours[which], self.tokens_per_batch):
+                group = which[batch]
+                logits = self.model(*self.stays.inputs(group, self.device)).float().cpu().numpy()
+                hour_id, valid = self.stays.grid(group, logits.shape[1])
+                out[hour_id[valid]] = logits[valid]
+        self.model.train(was_training)
+        return out[ids]
+
+
+def _bucketed_epoch(lengths: np.ndarray, batch_size: int, generator) -> list[np.ndarray]:
+    """One epoch of batches (indices into lengths): a random order, cut into groups of 16 batches,
+    each group sorted by length and cut into batches (little padding), the batches shuffled."""
+    import torch
+
+    perm = torch.randperm(len(lengths), generator=generator).numpy()
+    group = batch_size * 16
+    batches = []
+    for lo in range(0, len(perm), group):
+        chunk = perm[lo:lo + group]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).numpy()]
+
+
+def finetune_hourly(encoder, width: int, stays: HourlyStays, train_ids, val_ids, y_val, settings=None,
+                    seed: int = 0, device="cpu", progress: bool = False, desc: str = "finetune") -> HourlyFinetuned:
+    """Train an hourly classifier on a copy of `encoder` (left untouched): binary cross-entropy over
+    the hours `train_ids` (global hour ids; their stays are run whole, the loss counts only these
+    hours), early-stopped on the AUROC of the hours `val_ids` (labels y_val), with finetune.py's loop
+    and budget (settings.steps_for(the number of training stays)). Seeded like finetune.finetune."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from ehrjepa.probe.finetune import train_loop
+
+    s = settings or HOURLY_SETTINGS
+    train_ids = np.asarray(train_ids, dtype=np.int64).reshape(-1)
+    val_ids = np.asarray(val_ids, dtype=np.int64).reshape(-1)
+    y_val = np.asarray(y_val, dtype=np.int64)
+    if len(train_ids) == 0 or len(val_ids) == 0:
+        raise ValueError(f"fine-tuning needs train and val hours, got {len(train_ids)} and {len(val_ids)}")
+    used = np.zeros(len(stays.y), dtype=bool)
+    used[train_ids] = True
+    used &= ~np.isnan(stays.y)
+    target = np.nan_to_num(stays.y, nan=0.0).astype(np.float32)
+    train_stays = np.unique(stays.stay[train_ids])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _hourly_model(copy.deepcopy(encoder), width, s.head)
+    model = model.to(device)
+    fitted = HourlyFinetuned(model, stays, device)
+    generator = torch.Generator().manual_seed(seed)
+    queue = []
+
+    def next_loss():
+        if not queue:
+            queue.extend(_bucketed_epoch(stays.n_hours[train_stays], s.batch_size, generator))
+        group = train_stays[queue.pop(0)]
+        logits = model(*stays.inputs(group, device)).float()
+        hour_id, valid = stays.grid(group, logits.shape[1])
+        keep = torch.from_numpy(valid & used[hour_id]).to(logits.device)
+        if not bool(keep.any()):
+            return logits.sum() * 0.0
+        y = torch.from_numpy(target[hour_id]).to(logits.device)
+        return F.binary_cross_entropy_with_logits(logits[keep], y[keep])
+
+    def validate():
+        return ranked_metrics(y_val, fitted.decision_function(val_ids))[0][0]
+
+    total = s.steps_for(len(train_stays))
+    best_step, steps_run, val_auroc = train_loop(model, s, total, next_loss, validate, progress, desc)
+    fitted.best_step, fitted.steps_run, fitted.val_auroc, fitted.steps_budget = best_step, steps_run, val_auroc, total
+    return fitted
+
+
+class HourlyFinetuner:
+    """fit_method's finetuner for the online task: (x_train, y_train, x_val, y_val, seed) are global
+    hour ids of `stays` and their labels; every fit starts from a copy of the same `encoder`."""
+
+    def __init__(self, encoder, width: int, stays: HourlyStays, settings=None, device="cpu", progress: bool = False,
+                 desc: str = "finetune"):
+        self.encoder, self.width, self.stays = encoder, width, stays
+        self.settings = settings or HOURLY_SETTINGS
+        self.device, self.progress, self.desc = device, progress, desc
+
+    def __call__(self, x_train, y_train, x_val, y_val, seed: int = 0):
+        fitted = finetune_hourly(self.encoder, self.width, self.stays, x_train, x_val, y_val, self.settings, seed,
+                                 self.device, self.progress, self.desc)
+        params = {"best_step": fitted.best_step, "steps_run": fitted.steps_run, "steps_budget": fitted.steps_budget}
+        return fitted, params, fitted.val_auroc, True
+
+
+def hourly_finetuners(models: dict, methods, processed, hours: dict, encoder: str, settings=None, device="cpu",
+                      progress: bool = False) -> tuple[dict, dict]:
+    """({method: HourlyFinetuner}, {method: {split: global hour ids}}) for the fine-tuned methods
+    asked for: jepa_finetune from the checkpoint's `encoder` (as finetune.py picks it), scratch
+    from the untrained model's context encoder (as the stay-level scratch)."""
+    from ehrjepa.probe.finetune import encoder_of
+
+    asked = [m for m in FINETUNED if m in methods and m in models]
+    if not asked:
+        return {}, {}
+    stays = HourlyStays(processed, hours)
+    longest = int(stays.n_hours.max()) if len(stays.n_hours) else 1
+    fitters, x = {}, {}
+    for method in asked:
+        model = models[method]
+        extend_positions(model, longest)
+        start = encoder_of(model, encoder) if method == "jepa_finetune" else model.encoder
+        width = start.embed.norm.normalized_shape[0]
+        fitters[method] = HourlyFinetuner(start, width, stays, settings, device, progress, desc=f"{method} hourly")
+        x[method] = {s: stays.ids(s) for s in SPLITS}
+    return fitters, x
+
+
 class _Columns:
     """A fitted model that reads only some columns of its input."""
 
@@ -153,11 +391,14 @@ class _Columns:
         return self.model.decision_function(x[:, self.keep])
 
 
-def _fit(method, x_train, y_train, x_val, y_val, seed):
-    """fit.fit_method; for the trees, columns never observed in the train hours (EtCO2 in set A)
-    are left out: scikit-learn cannot bin a column with no value."""
+def _fit(method, x_train, y_train, x_val, y_val, seed, finetuners=None):
+    """fit.fit_method (finetuners: {method: HourlyFinetuner} for the fine-tuned methods); for the
+    trees, columns never observed in the train hours (EtCO2 in set A) are left out: scikit-learn
+    cannot bin a column with no value."""
     from ehrjepa.probe.fit import GBDT_METHODS, fit_method
 
+    if method in FINETUNED:
+        return fit_method(method, x_train, y_train, x_val, y_val, seed=seed, finetuners=finetuners)
     if method in GBDT_METHODS:
         keep = np.isfinite(x_train).any(axis=0)
         if not keep.all():
@@ -167,12 +408,13 @@ def _fit(method, x_train, y_train, x_val, y_val, seed):
     return fit_method(method, x_train, y_train, x_val, y_val, seed=seed)
 
 
-def score_one(method, x, hours, train_idx, val_idx, seed: int = 0):
+def score_one(method, x, hours, train_idx, val_idx, seed: int = 0, finetuners=None):
     """Fit `method` on hours train_idx of x["train"], choose the alarm threshold on val_idx of
     x["val"]; returns (test scores over the known test hours, params dict)."""
     h_tr, h_va, h_te = hours["train"], hours["val"], hours["test"]
     model, params, val_auroc, converged = _fit(method, x["train"][train_idx], h_tr.y[train_idx].astype(np.int64),
-                                               x["val"][val_idx], h_va.y[val_idx].astype(np.int64), seed)
+                                               x["val"][val_idx], h_va.y[val_idx].astype(np.int64), seed,
+                                               finetuners)
     val_score = model.decision_function(x["val"][val_idx])
     threshold, val_utility = best_threshold(val_score, h_va.hour[val_idx], h_va.onset[h_va.pos[val_idx]])
     test_idx = np.flatnonzero(h_te.known)
@@ -241,10 +483,19 @@ def online_labels(processed, task: str):
     return {split: Hours(processed, split, label) for split in SPLITS}, None
 
 
-def method_descriptions(encoder: str, seed: int) -> dict[str, str]:
+def method_descriptions(encoder: str, seed: int, settings=None) -> dict[str, str]:
     from ehrjepa.probe.fit import GBDT_LEAVES, GBDT_MAX_TREES, GBDT_PATIENCE
 
-    return {"jepa": f"logistic regression on the {encoder} encoder's output at hour t and the mean of its outputs "
+    s = settings or HOURLY_SETTINGS
+    budget = (f"a {s.head} head on the output at hour t and the mean of the outputs over hours [0, t] (one causal pass "
+              f"over each whole stay), trained end to end with binary cross-entropy over the labelled hours, AdamW "
+              f"(lr {s.lr:g}, warmup {s.warmup_steps} then cosine to {s.min_lr:g}, batches of {s.batch_size} stays of "
+              f"similar length) for up to {s.max_epochs:g} epochs of the training stays ({min(s.min_steps, s.max_steps)} "
+              f"to {s.max_steps} steps), early-stopped on the validation hourly AUROC (every {s.eval_every} steps, "
+              f"patience {s.patience})")
+    return {"jepa_finetune": f"the {encoder} encoder of the checkpoint fine-tuned with {budget}",
+            "scratch": f"the untrained encoder of random_init (seed {seed}) trained with the same budget: {budget}",
+            "jepa": f"logistic regression on the {encoder} encoder's output at hour t and the mean of its outputs "
                     "over hours [0, t], one causal pass over each stay (attention sees no later hour)",
             "random_init": f"the same on an untrained encoder of the same architecture (seed {seed})",
             "raw_gbdt": f"gradient-boosted trees ({' or '.join(map(str, GBDT_LEAVES))} leaves by validation AUROC, up to "
@@ -267,7 +518,8 @@ def online_inputs(processed, hours: dict, models: dict, methods, encoder, device
     return x
 
 
-def evaluate_online(x: dict, hours: dict, n_bootstrap: int = 1000, seed: int = 0, progress: bool = False):
+def evaluate_online(x: dict, hours: dict, n_bootstrap: int = 1000, seed: int = 0, progress: bool = False,
+                    finetuners=None):
     """Fit every method on the full train split, threshold on val, score on test. Returns
     (results {method: metrics}, comparisons {"a - b": ...}, curves {method: (y, score)}) or raises
     nothing: a split with too few positive or negative hours gives (None, reason, None)."""
@@ -280,7 +532,7 @@ def evaluate_online(x: dict, hours: dict, n_bootstrap: int = 1000, seed: int = 0
     results, samples, curves = {}, {}, {}
     train_idx, val_idx = np.flatnonzero(hours["train"].known), np.flatnonzero(hours["val"].known)
     for method in x:
-        score, params = score_one(method, x[method], hours, train_idx, val_idx, seed)
+        score, params = score_one(method, x[method], hours, train_idx, val_idx, seed, finetuners)
         m = test_metrics(score, params["threshold"], h_te)
         a, p, u = boot.sample(score, params["threshold"])
         samples[method] = (a, p, u)
@@ -307,7 +559,7 @@ def _sd(values) -> float:
 
 
 def online_label_efficiency(x: dict, hours: dict, fractions, repeats: int = 5, seed: int = 0,
-                            n_bootstrap: int = 1000, progress: bool = False):
+                            n_bootstrap: int = 1000, progress: bool = False, finetuners=None):
     """({method: {fraction key: {auroc_mean, auroc_sd, auprc_mean, auprc_sd, utility_mean, utility_sd,
     n_train, positives_train, n_val, positives_val (stays; septic stays), hours_train, repeats,
     repeats_skipped, skip_reasons}}}, {"jepa - raw_gbdt": {fraction key: paired diffs}}).
@@ -347,7 +599,7 @@ def online_label_efficiency(x: dict, hours: dict, fractions, repeats: int = 5, s
                 if whole and method in whole_done:
                     runs[method].append(whole_done[method])
                     continue
-                score, params = score_one(method, x[method], hours, idx["train"], idx["val"], seed)
+                score, params = score_one(method, x[method], hours, idx["train"], idx["val"], seed, finetuners)
                 m = test_metrics(score, params["threshold"], h_te)
                 run = (m["auroc"], m["auprc"], m["utility"], boot.sample(score, params["threshold"]))
                 runs[method].append(run)
@@ -392,11 +644,13 @@ def positions_note(models: dict, hours: dict) -> str | None:
 
 def run_online(processed, models: dict, methods, encoder: str = "target", device="cpu", n_bootstrap: int = 1000,
                seed: int = 0, progress: bool = False, label_fractions=None, repeats: int = 5,
-               task: str = "sepsis_hourly") -> dict:
+               task: str = "sepsis_hourly", finetune_settings=None) -> dict:
     """The online task end to end: {"tasks": {task: results}, "comparisons": {task: ...}, "skipped":
     {task: why}, "label_efficiency": {task: ...}, "label_efficiency_comparisons": {task: ...}, "labels",
-    "methods", "notes"}; models: {"jepa": JEPA, "random_init": JEPA} (those asked for). Methods other
-    than ONLINE_METHODS are not fit on the online task (a note says which)."""
+    "methods", "notes"}; models: {"jepa": JEPA, "random_init": JEPA, "jepa_finetune": the pretrained
+    JEPA, "scratch": the untrained JEPA} (those asked for). finetune_settings: the budget of
+    jepa_finetune and scratch (default HOURLY_SETTINGS). Methods other than ONLINE_METHODS are not
+    fit on the online task (a note says which)."""
     out = {"tasks": {}, "comparisons": {}, "skipped": {}, "notes": [], "methods": {}}
     hours, why = online_labels(processed, task)
     if hours is None:
@@ -410,15 +664,21 @@ def run_online(processed, models: dict, methods, encoder: str = "target", device
     if not used:
         out["skipped"][task] = f"none of its methods ({', '.join(ONLINE_METHODS)}) asked for"
         return out
+    missing = [m for m in used if m not in models and m != "raw_gbdt"]
+    if missing:
+        raise ValueError(f"{task}: no model given for {', '.join(missing)}")
     note = positions_note({m: models[m] for m in used if m in models}, hours)
     if note:
         out["notes"].append(note)
-    x = online_inputs(processed, hours, {m: models[m] for m in used if m in models}, used, encoder, device, progress)
-    results, comparisons, curves = evaluate_online(x, hours, n_bootstrap, seed, progress)
+    frozen = {m: models[m] for m in used if m in models and m not in FINETUNED}
+    x = online_inputs(processed, hours, frozen, [m for m in used if m not in FINETUNED], encoder, device, progress)
+    finetuners, x_ft = hourly_finetuners(models, used, processed, hours, encoder, finetune_settings, device, progress)
+    x = {m: (x_ft[m] if m in x_ft else x[m]) for m in used}   # ONLINE_METHODS order
+    results, comparisons, curves = evaluate_online(x, hours, n_bootstrap, seed, progress, finetuners)
     out["labels"] = {task: {s: {"hours": int(hours[s].known.sum()), "positive_hours": int(np.nansum(hours[s].y)),
                                 "stays": int(len(hours[s].rows)),
                                 "septic_stays": int((~np.isnan(hours[s].onset)).sum())} for s in SPLITS}}
-    out["methods"] = {m: d for m, d in method_descriptions(encoder, seed).items() if m in used}
+    out["methods"] = {m: d for m, d in method_descriptions(encoder, seed, finetune_settings).items() if m in used}
     if results is None:
         out["skipped"][task] = comparisons
         return out
@@ -426,7 +686,8 @@ def run_online(processed, models: dict, methods, encoder: str = "target", device
     out["comparisons"][task] = comparisons
     out["curves"] = {task: curves}
     if label_fractions is not None:
-        eff, paired = online_label_efficiency(x, hours, label_fractions, repeats, seed, n_bootstrap, progress=progress)
+        eff, paired = online_label_efficiency(x, hours, label_fractions, repeats, seed, n_bootstrap, progress=progress,
+                                              finetuners=finetuners)
         out["label_efficiency"] = {task: eff}
         out["label_efficiency_comparisons"] = {task: paired}
     return out

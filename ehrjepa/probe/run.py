@@ -298,7 +298,7 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
         static_x, static_names = static_features(processed, rows)
         with_static(x, static_x, STATIC_METHODS)
     finetuners = None
-    if any(m in FINETUNE_METHODS for m in methods):
+    if labels and any(m in FINETUNE_METHODS for m in methods):  # stay-level tasks to fine-tune on
         from ehrjepa.probe.finetune import Finetuner, Settings, StayWindows, encoder_of
 
         windows, positions = StayWindows.from_datasets(datasets)
@@ -369,9 +369,10 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
     for task in online_tasks:  # every hour of every stay, from the hours before it (online.py)
         from ehrjepa.probe.online import merge_online, run_online
 
-        online = run_online(processed, {"jepa": model, "random_init": untrained}, methods, encoder, device,
+        online = run_online(processed, {"jepa": model, "random_init": untrained, "jepa_finetune": model,
+                                        "scratch": untrained}, methods, encoder, device,
                             n_bootstrap, seed, progress, label_fractions if in_tasks(task, label_tasks) else None,
-                            repeats, task=task)
+                            repeats, task=task, finetune_settings=finetune_settings)
         notes += merge_online(report, online, curves, task, label_fractions, repeats)
     report["notes"] = notes
     write_report(report, out_dir, curves=curves, embeddings=embeddings, labels=all_labels,
