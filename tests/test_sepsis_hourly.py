@@ -366,3 +366,92 @@ def test_probe_cli_sepsis_hourly_on_data_without_hourly_labels(tmp_path, capsys,
                "--tasks", "sepsis_hourly", "--no-progress", "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "hour_labels.npy: no task 'sepsis_hourly'" in err[0]
+
+
+# -------------------------------------------------------------------------------------------------
+# jepa_finetune and scratch on the online task
+
+
+def _tiny_settings():
+    from ehrjepa.probe.finetune import Settings
+
+    return Settings(max_epochs=5, min_steps=10, max_steps=20, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=4,
+                    eval_every=10, patience=2)
+
+
+def test_finetuned_predictions_before_the_change_do_not_move(p19, tmp_path):
+    """Train the hourly classifier a few steps; scored on the data whose hours from `cut` on hold
+    other values, its predictions at hours before `cut` are the same (and later ones move)."""
+    from ehrjepa.probe.online import Hours, HourlyFinetuned, HourlyStays, hourly_finetuners
+
+    cut = 9
+    changed = _with_later_hours_changed(p19, tmp_path, cut)
+    hours = {s: Hours(p19, s, "sepsis_label") for s in ("train", "val", "test")}
+    fitters, x = hourly_finetuners({"jepa_finetune": tiny_model()}, ["jepa_finetune"], p19, hours, "target",
+                                   _tiny_settings())
+    tr, va = hours["train"], hours["val"]
+    ids = {s: x["jepa_finetune"][s][hours[s].known] for s in ("train", "val", "test")}
+    fitted, params, val_auroc, _ = fitters["jepa_finetune"](ids["train"], tr.y[tr.known], ids["val"],
+                                                            va.y[va.known].astype(np.int64), 0)
+    assert 1 <= params["best_step"] <= params["steps_run"] <= params["steps_budget"] == 20
+    assert 0.0 <= val_auroc <= 1.0
+    on_changed = HourlyFinetuned(fitted.model, HourlyStays(changed, hours), "cpu")
+    te = hours["test"]
+    early, late = te.hour[te.known] < cut, te.hour[te.known] >= cut
+    a, b = fitted.decision_function(ids["test"]), on_changed.decision_function(ids["test"])
+    np.testing.assert_allclose(a[early], b[early], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(a[late], b[late], atol=1e-3)
+    # a stay's predictions do not depend on which other stays are scored with it (batching)
+    one = np.flatnonzero(HourlyStays(p19, hours).stay[ids["test"]] == HourlyStays(p19, hours).stay[ids["test"][0]])
+    np.testing.assert_allclose(fitted.decision_function(ids["test"][one]), a[one], rtol=1e-4, atol=1e-5)
+
+
+def test_finetune_hourly_is_seeded_and_leaves_its_encoder_alone(p19):
+    from ehrjepa.probe.online import Hours, hourly_finetuners
+
+    hours = {s: Hours(p19, s, "sepsis_label") for s in ("train", "val", "test")}
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.target_encoder.state_dict().items()}
+    fitters, x = hourly_finetuners({"scratch": model}, ["scratch"], p19, hours, "target", _tiny_settings())
+    ids = {s: x["scratch"][s][hours[s].known] for s in ("train", "val", "test")}
+    args = (ids["train"], hours["train"].y[hours["train"].known], ids["val"],
+            hours["val"].y[hours["val"].known].astype(np.int64))
+    s1 = fitters["scratch"](*args, seed=3)[0].decision_function(ids["test"])
+    s2 = fitters["scratch"](*args, seed=3)[0].decision_function(ids["test"])
+    np.testing.assert_allclose(s1, s2, rtol=1e-6, atol=1e-6)
+    for k, v in model.target_encoder.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+
+
+def test_probe_cli_sepsis_hourly_finetuned(p19, tmp_path, capsys, monkeypatch):
+    """jepa_finetune and scratch through `ehrjepa probe --tasks sepsis_hourly`: utility, the per-stay
+    view, label fractions with utility_mean/sd and the paired jepa_finetune - scratch differences."""
+    import json
+
+    import ehrjepa.probe.online as online
+
+    monkeypatch.setattr(online, "HOURLY_SETTINGS", _tiny_settings())
+    _make_run(tmp_path / "run", len(p19.features))
+    rc = _cli(["--run", str(tmp_path / "run"), "--data", str(p19.path), "--out", str(tmp_path / "rep"),
+               "--tasks", "sepsis_hourly", "--methods", "jepa_finetune,scratch", "--label-fractions", "0.5,1",
+               "--repeats", "1", "--bootstrap", "20", "--no-progress", "--device", "cpu"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    res = report["tasks"]["sepsis_hourly"]
+    assert set(res) == {"jepa_finetune", "scratch"}
+    for method, r in res.items():
+        assert 0.0 <= r["auroc"] <= 1.0 and r["utility"] <= 1.0 + 1e-9
+        assert r["utility_ci"][0] <= r["utility_ci"][1]
+        assert 1 <= r["best_step"] <= r["steps_run"] <= r["steps_budget"] == 20
+        assert "warned_6_12h" in r["stay_view"]
+        row = report["label_efficiency"]["sepsis_hourly"][method]
+        assert {"utility_mean", "utility_sd", "auroc_mean"} <= set(row["0.5"])
+        assert row["1"]["utility_mean"] == pytest.approx(r["utility"], abs=1e-9)
+        assert "early-stopped on the validation hourly AUROC" in report["online_methods"]["sepsis_hourly"][method]
+    assert "jepa_finetune - scratch" in report["comparisons"]["sepsis_hourly"]
+    assert "0.5" in report["label_efficiency_comparisons"]["sepsis_hourly"]["jepa_finetune - scratch"]
+    assert not any("not fit on the online task" in n for n in report["notes"])
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| jepa_finetune |" in md and "jepa_finetune - scratch at 0.5" in md
+    assert "warned 6-12 h" in out.out
