@@ -226,3 +226,26 @@ def test_probe_report_and_finetune_cli(planted, tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc == rc_want and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_head_learns_at_its_own_rate():
+    """train_loop gives the head lr x head_lr_scale and the encoder lr: Adam's first step moves each
+    weight by about its rate."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.encoder, model.head = nn.Linear(4, 3, bias=False), nn.Linear(3, 1, bias=False)
+    x, y = torch.randn(16, 4), torch.rand(16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    s = ft.Settings(lr=1e-3, min_lr=1e-3, warmup_steps=0, weight_decay=0.0, grad_clip=1e9, eval_every=1,
+                    head_lr_scale=10.0)
+    best_step, steps_run, auroc = ft.train_loop(
+        model, s, 1, lambda: ((model.head(model.encoder(x)).squeeze(-1) - y) ** 2).mean(), lambda: 0.5)
+    assert (best_step, steps_run, auroc) == (1, 1, 0.5)
+    moved = {k: (v - before[k]).abs() for k, v in model.state_dict().items()}
+    np.testing.assert_allclose(moved["encoder.weight"].numpy(), 1e-3, rtol=1e-2)
+    np.testing.assert_allclose(moved["head.weight"].numpy(), 1e-2, rtol=1e-2)
+    with pytest.raises(ValueError, match="head_lr_scale"):
+        ft.Settings(head_lr_scale=0.0)

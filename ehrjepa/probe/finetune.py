@@ -59,6 +59,7 @@ class Settings:
     eval_every: int = 25
     patience: int = 4            # validation measurements without a new best AUROC before stopping
     head: str = "linear"
+    head_lr_scale: float = 1.0   # the head's learning rate is lr x this (the encoder's is lr)
 
     def __post_init__(self):
         if self.head not in HEADS:
@@ -70,6 +71,8 @@ class Settings:
             raise ValueError(f"max_epochs must be > 0, not {self.max_epochs}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, not {self.lr}")
+        if not self.head_lr_scale > 0:
+            raise ValueError(f"head_lr_scale must be > 0, not {self.head_lr_scale}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -160,7 +163,8 @@ class Finetuned:
 def train_loop(model: nn.Module, settings: Settings, total: int, next_loss, validate, progress: bool = False,
                desc: str = "finetune") -> tuple[int, int, float]:
     """The fine-tuning loop every fine-tuned method shares: AdamW (param_groups: weight decay on
-    matrices only), warmup then cosine over `total` steps, gradient clipping, the validation AUROC
+    matrices only; the head's learning rate settings.head_lr_scale x the encoder's), warmup then cosine
+    over `total` steps, gradient clipping, the validation AUROC
     every settings.eval_every steps and at the last, early stopping after settings.patience
     measurements without a new best; the best weights are loaded back into `model` at the end.
 
@@ -173,13 +177,19 @@ def train_loop(model: nn.Module, settings: Settings, total: int, next_loss, vali
     model.train()
     for p in model.parameters():
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(param_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.999))
+    if hasattr(model, "encoder") and hasattr(model, "head"):
+        groups = ([dict(g, lr_scale=1.0) for g in param_groups(model.encoder, s.weight_decay)]
+                  + [dict(g, lr_scale=s.head_lr_scale) for g in param_groups(model.head, s.weight_decay)])
+    else:
+        groups = [dict(g, lr_scale=1.0) for g in param_groups(model, s.weight_decay)]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=s.lr, betas=(0.9, 0.999))
     best = (-math.inf, 0, None)   # (val AUROC, step, weights)
     since_best, step = 0, 0
     bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
     while step < total:
+        rate = lr_at(step, s.lr, s.min_lr, min(s.warmup_steps, total), total)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, s.lr, s.min_lr, min(s.warmup_steps, total), total)
+            group["lr"] = rate * group["lr_scale"]
         loss = next_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
