@@ -58,8 +58,9 @@ PAIRS = (("jepa", "random_init"), ("jepa", "raw_gbdt"), ("jepa_finetune", "scrat
 # `batch_size` whole stays, the validation AUROC over the val hours every `eval_every` steps), sized for
 # the 2-core CPU box: at most 300 steps (about 0.19 s each for micro on set A, one thread), 1.3 epochs of
 # set A's 14,644 training stays, 30 epochs of small fractions (at least 100 steps). The head learns at
-# 10 x the encoder's rate: with one rate (5e-4) the pretrained encoder's new head was still climbing
-# at step 300 on set A (validation hourly AUROC 0.75, where the frozen probe of the same input gets 0.82)
+# 10 x the encoder's rate (tried because with one rate, 5e-4, jepa_finetune's validation hourly AUROC
+# was 0.752 at step 300 on set A, below the frozen probe's; with 10 x it was 0.751: no gain, kept as
+# run). Untested guess at the gap: the frozen probe standardises its input (StandardScaler), this head does not
 HOURLY_SETTINGS = Settings(max_epochs=30.0, min_steps=100, max_steps=300, batch_size=64, lr=5e-4, min_lr=5e-5,
                            warmup_steps=20, eval_every=50, patience=3, head_lr_scale=10.0)
 
