@@ -379,10 +379,14 @@ def _tiny_settings():
                     eval_every=10, patience=2)
 
 
-def test_finetuned_predictions_before_the_change_do_not_move(p19, tmp_path):
+@pytest.mark.parametrize("standardize", [False, True])
+def test_finetuned_predictions_before_the_change_do_not_move(p19, tmp_path, monkeypatch, standardize):
     """Train the hourly classifier a few steps; scored on the data whose hours from `cut` on hold
     other values, its predictions at hours before `cut` are the same (and later ones move)."""
+    import ehrjepa.probe.online as online
     from ehrjepa.probe.online import Hours, HourlyFinetuned, HourlyStays, hourly_finetuners
+
+    monkeypatch.setattr(online, "HOURLY_STANDARDIZE", standardize)
 
     cut = 9
     changed = _with_later_hours_changed(p19, tmp_path, cut)

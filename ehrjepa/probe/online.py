@@ -61,6 +61,7 @@ PAIRS = (("jepa", "random_init"), ("jepa", "raw_gbdt"), ("jepa_finetune", "scrat
 # 10 x the encoder's rate (tried because with one rate, 5e-4, jepa_finetune's validation hourly AUROC
 # was 0.752 at step 300 on set A, below the frozen probe's; with 10 x it was 0.751: no gain, kept as
 # run). Untested guess at the gap: the frozen probe standardises its input (StandardScaler), this head does not
+HOURLY_STANDARDIZE = False   # standardise the head's input with the start encoder's train statistics
 HOURLY_SETTINGS = Settings(max_epochs=30.0, min_steps=100, max_steps=300, batch_size=64, lr=5e-4, min_lr=5e-5,
                            warmup_steps=20, eval_every=50, patience=3, head_lr_scale=10.0)
 
@@ -223,7 +224,7 @@ class HourlyStays:
         return np.where(valid, self.start[stays][:, None] + t, 0), valid
 
 
-def _hourly_model(encoder, width: int, head: str):
+def _hourly_model(encoder, width: int, head: str, shift=None, scale=None):
     import torch
     import torch.nn as nn
 
@@ -237,13 +238,17 @@ def _hourly_model(encoder, width: int, head: str):
             super().__init__()
             self.encoder = encoder
             self.head = make_head(2 * width, width, head)
+            # a fixed standardisation of the head's input (HOURLY_STANDARDIZE), identity by default
+            self.register_buffer("shift", torch.zeros(2 * width) if shift is None else torch.as_tensor(shift).float())
+            self.register_buffer("scale", torch.ones(2 * width) if scale is None else torch.as_tensor(scale).float())
 
         def forward(self, values, observed, delta, lengths):
             h = self.encoder(values, observed, delta, lengths=lengths, causal=True).float()   # [B, T, D]
             steps = torch.arange(h.shape[1], device=h.device)
             h = torch.where((steps[None, :] < lengths[:, None])[..., None], h, torch.zeros_like(h))
             running = h.cumsum(dim=1) / (steps + 1).to(h.dtype)[None, :, None]
-            return self.head(torch.cat([h, running], dim=-1)).squeeze(-1)                      # [B, T]
+            z = (torch.cat([h, running], dim=-1) - self.shift) * self.scale
+            return self.head(z).squeeze(-1)                                                     # [B, T]
 
     return HourlyClassifier()
 
@@ -274,6 +279,22 @@ class HourlyFinetuned:
                 out[hour_id[valid]] = logits[valid]
         self.model.train(was_training)
         return out[ids]
+
+
+def _hourly_inputs(fitted: HourlyFinetuned, which: np.ndarray) -> np.ndarray:
+    """float64 [hours of the stays `which`, 2 x width]: the head's input (before standardisation)."""
+    import torch
+
+    model, out = fitted.model.eval(), []
+    with torch.inference_mode():
+        for batch in length_batches(fitted.stays.n_hours[which], fitted.tokens_per_batch):
+            inputs = fitted.stays.inputs(which[batch], fitted.device)
+            h = model.encoder(*inputs[:3], lengths=inputs[3], causal=True).float()
+            steps = torch.arange(h.shape[1], device=h.device)
+            running = h.cumsum(dim=1) / (steps + 1).to(h.dtype)[None, :, None]
+            valid = (steps[None, :] < inputs[3][:, None]).cpu().numpy()
+            out.append(torch.cat([h, running], dim=-1).cpu().numpy()[valid])
+    return np.concatenate(out).astype(np.float64)
 
 
 def _bucketed_epoch(lengths: np.ndarray, batch_size: int, generator) -> list[np.ndarray]:
@@ -315,9 +336,15 @@ def finetune_hourly(encoder, width: int, stays: HourlyStays, train_ids, val_ids,
     used &= ~np.isnan(stays.y)
     target = np.nan_to_num(stays.y, nan=0.0).astype(np.float32)
     train_stays = np.unique(stays.stay[train_ids])
+    shift = scale = None
+    if HOURLY_STANDARDIZE:  # the start encoder's [h, running mean] statistics over (up to 512) training stays
+        probe = HourlyFinetuned(_hourly_model(encoder, width, s.head), stays, device)
+        picked = train_stays[np.random.default_rng(seed).permutation(len(train_stays))[:512]]
+        feats = _hourly_inputs(probe, picked)
+        shift, scale = feats.mean(axis=0), 1.0 / np.maximum(feats.std(axis=0), 1e-6)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _hourly_model(copy.deepcopy(encoder), width, s.head)
+        model = _hourly_model(copy.deepcopy(encoder), width, s.head, shift, scale)
     model = model.to(device)
     fitted = HourlyFinetuned(model, stays, device)
     generator = torch.Generator().manual_seed(seed)
