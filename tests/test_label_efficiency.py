@@ -204,3 +204,22 @@ def test_cli_label_fractions_end_to_end(tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "bad").exists()
+
+
+def test_paired_differences_at_a_fraction_share_the_resamples():
+    """paired_differences: the point difference of repeat-mean AUROCs, and an interval that excludes
+    0 for a method that is better on every resample-sized chunk and includes it for a copy."""
+    from ehrjepa.probe.label_efficiency import paired_differences
+    from ehrjepa.probe.metrics import ranked_metrics
+
+    rng = np.random.default_rng(4)
+    y = (rng.random(600) < 0.3).astype(np.int64)
+    good = [y + rng.normal(0, 0.8, len(y)) for _ in range(3)]
+    weak = [y + rng.normal(0, 2.5, len(y)) for _ in range(3)]
+    d = paired_differences(y, {"jepa": good, "random_init": weak, "raw_gbdt": good}, 300, seed=1)
+    want = np.mean([ranked_metrics(y, s)[0][0] for s in good]) - np.mean([ranked_metrics(y, s)[0][0] for s in weak])
+    assert d["jepa - random_init"]["auroc_diff"] == pytest.approx(want, abs=1e-9)
+    assert d["jepa - random_init"]["auroc_diff_ci"][0] > 0
+    same = d["jepa - raw_gbdt"]
+    assert same["auroc_diff"] == pytest.approx(0.0, abs=1e-12) and same["auroc_diff_ci"] == [0.0, 0.0]
+    assert "jepa - raw_features" not in d and d["jepa - random_init"]["repeats"] == 3

@@ -14,6 +14,11 @@ default probe's fit on the full splits when that is given (`full`): the same fit
 
 A (fraction, repeat) whose subsample has too few positives or negatives in train or val for the
 probe (tasks.MIN_CLASS_COUNT) is skipped for every method, counted and its reason reported.
+
+With `comparisons` (a dict) and n_bootstrap > 0, each pair of fit.COMPARISONS gets, per fraction
+below 1, the difference of the two methods' repeat-mean test AUROC and AUPRC with a 95 % interval
+from one bootstrap of the test stays shared by every repeat and method (paired: both methods are
+scored on the same resamples); at 1 the report's own comparisons hold (the full-split fits).
 """
 from __future__ import annotations
 
@@ -21,8 +26,8 @@ import math
 
 import numpy as np
 
-from ehrjepa.probe.fit import C_GRID, fit_method
-from ehrjepa.probe.metrics import ranked_metrics
+from ehrjepa.probe.fit import C_GRID, COMPARISONS, fit_method
+from ehrjepa.probe.metrics import bootstrap, percentile_ci, ranked_metrics
 from ehrjepa.probe.tasks import MIN_CLASS_COUNT, class_counts, skip_reason
 
 SUBSAMPLED = ("train", "val")
@@ -85,7 +90,8 @@ def _sd(values: list[float]) -> float:
 
 def label_efficiency(x: dict[str, dict[str, np.ndarray]], labels: dict[str, dict[str, np.ndarray]],
                      subjects: dict[str, np.ndarray], fractions, repeats: int = 5, seed: int = 0,
-                     c_grid=C_GRID, progress: bool = False, finetuners=None, full=None) -> dict:
+                     c_grid=C_GRID, progress: bool = False, finetuners=None, full=None,
+                     n_bootstrap: int = 0, comparisons: dict | None = None) -> dict:
     """Test AUROC/AUPRC of every method of every task at every label fraction, over seeded repeats.
 
     x: {method: {split: features}}; labels: {task: {split: y}} (NaN: unknown, left out);
@@ -111,6 +117,7 @@ def label_efficiency(x: dict[str, dict[str, np.ndarray]], labels: dict[str, dict
         whole = {m: (r["auroc"], r["auprc"]) for m, r in (full or {}).get(task, {}).items()}  # the full-split fits
         for f in fractions:
             runs = {method: [] for method in x}   # (auroc, auprc) per fitted repeat
+            scores = {method: [] for method in x}  # test scores per fitted repeat (below 1)
             counts, reasons = [], []
             for r in range(repeats):
                 bar.update(1)
@@ -134,6 +141,7 @@ def label_efficiency(x: dict[str, dict[str, np.ndarray]], labels: dict[str, dict
                     score = model.decision_function(np.asarray(xm["test"])[test_known])
                     auroc, auprc, _ = ranked_metrics(y_test, score)
                     runs[method].append((float(auroc[0]), float(auprc[0])))
+                    scores[method].append(score)
                     if is_whole:
                         whole[method] = runs[method][-1]
             mean_counts = np.mean(counts, axis=0) if counts else np.full((2, 2), np.nan)
@@ -146,5 +154,40 @@ def label_efficiency(x: dict[str, dict[str, np.ndarray]], labels: dict[str, dict
                     "n_train": float(mean_counts[0, 0]), "positives_train": float(mean_counts[0, 1]),
                     "n_val": float(mean_counts[1, 0]), "positives_val": float(mean_counts[1, 1]),
                     "repeats": len(aurocs), "repeats_skipped": len(reasons), "skip_reasons": reasons}
+            if comparisons is not None and n_bootstrap > 0 and f < 1.0:
+                paired = paired_differences(y_test, scores, n_bootstrap, seed)
+                for pair, d in paired.items():
+                    comparisons.setdefault(task, {}).setdefault(pair, {})[fraction_key(f)] = d
     bar.close()
+    return out
+
+
+def paired_differences(y_test: np.ndarray, scores: dict[str, list[np.ndarray]], n_bootstrap: int,
+                       seed: int = 0) -> dict[str, dict]:
+    """{"a - b": {"auroc_diff", "auroc_diff_ci", "auprc_diff", "auprc_diff_ci", "repeats"}} for the
+    pairs of COMPARISONS whose methods both have test scores from the same repeats: the
+    difference of their repeat-mean AUROC (AUPRC), and its 95 % percentile interval over one
+    bootstrap of the test stays shared by every method and repeat."""
+    pairs = [(a, b) for a, b in COMPARISONS if scores.get(a) and scores.get(b)
+             and len(scores[a]) == len(scores[b])]
+    if not pairs:
+        return {}
+    used = sorted({m for pair in pairs for m in pair})
+    keyed = {f"{m}#{r}": s for m in used for r, s in enumerate(scores[m])}
+    samples = bootstrap(y_test, keyed, n_bootstrap, seed)["samples"]
+
+    def repeat_mean(m: str, which: int) -> np.ndarray:
+        return np.mean([samples[f"{m}#{r}"][which] for r in range(len(scores[m]))], axis=0)
+
+    out = {}
+    for a, b in pairs:
+        point = {k: float(np.mean([ranked_metrics(y_test, s)[i][0] for s in scores[a]])
+                          - np.mean([ranked_metrics(y_test, s)[i][0] for s in scores[b]]))
+                 for i, k in ((0, "auroc"), (1, "auprc"))}
+        out[f"{a} - {b}"] = {
+            "auroc_diff": point["auroc"],
+            "auroc_diff_ci": percentile_ci(repeat_mean(a, 0) - repeat_mean(b, 0)),
+            "auprc_diff": point["auprc"],
+            "auprc_diff_ci": percentile_ci(repeat_mean(a, 1) - repeat_mean(b, 1)),
+            "repeats": len(scores[a])}
     return out

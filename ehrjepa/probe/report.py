@@ -165,6 +165,16 @@ def label_efficiency_notes(report: dict) -> list[str]:
                 notes.append(f"label fraction {key} of {task}: {r['repeats_skipped']} of "
                              f"{r['repeats'] + r['repeats_skipped']} repeats skipped, too few in a class "
                              f"({r['skip_reasons'][0]}{', ...' if len(r['skip_reasons']) > 1 else ''})")
+    for task, pairs in report.get("label_efficiency_comparisons", {}).items():
+        for pair, by_fraction in pairs.items():
+            for key, d in by_fraction.items():
+                if "utility_diff" in d:  # the online tasks say theirs in their own section
+                    continue
+                lo, hi = d["auroc_diff_ci"]
+                notes.append(f"{task}, {pair} at label fraction {key}: AUROC difference "
+                             f"{d['auroc_diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] (paired bootstrap of the test "
+                             f"stays, means over {d['repeats']} repeats; interval "
+                             f"{'excludes' if lo > 0 or hi < 0 else 'includes'} 0)")
     return notes
 
 

@@ -346,10 +346,14 @@ def run_probe(run_dir, data_dir, out_dir, checkpoint=None, encoder: str = "targe
         subjects = {s: processed.stays.column("subject_id").to_numpy()[rows[s]] for s in SPLITS}
         # a task skipped on the full splits stays skipped
         probed = {task: labels[task] for task in scored if in_tasks(task, label_tasks)}
+        paired: dict = {}
         efficiency = label_efficiency(x, probed, subjects, label_fractions, repeats, seed, progress=progress,
-                                      finetuners=finetuners, full=scored)
+                                      finetuners=finetuners, full=scored, n_bootstrap=n_bootstrap,
+                                      comparisons=paired)
         macro = phenotype_macro_efficiency(efficiency)
         report["label_efficiency"] = efficiency | ({PHENOTYPE_MACRO: macro} if macro else {})
+        if paired:
+            report.setdefault("label_efficiency_comparisons", {}).update(paired)
         report["label_efficiency_setup"] = {"fractions": sorted(label_fractions), "repeats": repeats,
                                             "tasks": list(probed),
                                             "subsampled": ["train", "val"], "by": "subject_id"}
