@@ -65,19 +65,38 @@ def table(reports: list[dict], task: str) -> tuple[str, list[str]]:
                 ap = cell([e.get("auprc_mean", float("nan")) for e in eff],
                           eff[0].get("auprc_sd") if one else None)
                 skipped = sum(int(e.get("repeats_skipped", 0)) for e in eff)
-                if skipped:
-                    notes.append(f"{m} at {f:g}: {skipped} repeat(s) skipped for too few positives")
+                if skipped and k == 0:  # the same repeats are skipped for every method
+                    notes.append(f"at {f:g}: {skipped} repeat(s) skipped for too few positives or "
+                                 "negatives (every method alike)")
             lines.append(f"| {f'{f:g}' if k == 0 else ''} | {m} | {au} | {ap} |")
     return "\n".join(lines), notes
+
+
+def wide(text: str, metric: str) -> str:
+    """table()'s long rows turned into one row per fraction and one column per method."""
+    rows, methods, fraction = {}, [], None
+    for line in text.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        fraction = cells[0] or fraction
+        if cells[1] not in methods:
+            methods.append(cells[1])
+        rows.setdefault(fraction, {})[cells[1]] = cells[2 if metric == "auroc" else 3]
+    out = [f"| labels | {' | '.join(methods)} |", "|---" * (len(methods) + 1) + "|"]
+    out += [f"| {f} | " + " | ".join(r.get(m, "") for m in methods) + " |" for f, r in rows.items()]
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("reports", nargs="+", type=Path)
     p.add_argument("--task", default="mortality_hosp")
+    p.add_argument("--wide", choices=("auroc", "auprc"), default=None,
+                   help="one row per label fraction, one column per method, of this metric")
     args = p.parse_args(argv)
     reports = [load(d, args.task) for d in args.reports]
     text, notes = table(reports, args.task)
+    if args.wide:
+        text = wide(text, args.wide)
     print(text)
     for n in notes:
         print(f"- {n}")
