@@ -277,8 +277,10 @@ def _floats(pa, values: np.ndarray):
 
 def _column(pa, values):
     """A stay column: float (NaN null), integer, or a list of str."""
-    if isinstance(values, list):
-        return pa.array(values, pa.string())
+    if isinstance(values, list):  # strings: through their distinct words (pa.array imports pandas)
+        words = tuple(sorted(set(values)))
+        index = {w: k for k, w in enumerate(words)}
+        return _arrow_strings(pa, np.array([index[v] for v in values], np.int64), words)
     values = np.asarray(values)
     if values.dtype.kind == "f":
         return _floats(pa, values)
