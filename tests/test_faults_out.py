@@ -6,7 +6,6 @@ second refuses at once, naming the first's PID, and a killed run (kill -9) leave
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path

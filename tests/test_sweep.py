@@ -4,7 +4,6 @@ trials, pruning stops a planted bad trial, and the probe objective never opens t
 Tiny synthetic data (60 patients; split seed 2 puts both classes of los_gt_3d in val) and micro
 runs of 4 steps with a validation step every 2.
 """
-import os
 import signal
 import sqlite3
 import subprocess

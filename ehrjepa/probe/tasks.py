@@ -165,8 +165,6 @@ def labels_by_split(processed, rows: dict[str, np.ndarray], hours: int = HOURS):
     cannot be computed on this data (no creatinine, another unit) or whose label hours overlap the
     `hours` embedded (aki_24_72h looks from hour 24 on) is left out of the labels and given a reason
     instead; the phenotype tasks, when the data has none, under the one key PHENOTYPES."""
-    from ehrjepa.probe import aki
-
     stays = processed.stays
     labels, unavailable = _labels_by_split(processed, rows, hours)
     if {"sepsis", "sepsis_onset_hour"} <= set(stays.column_names):  # the 2019 challenge's data only
