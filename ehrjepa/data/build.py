@@ -117,6 +117,11 @@ def build(source, out: str | Path, features: str | Path | Catalog | None = None,
         kept_by_feature = finish_and_write(tmp, table, split, catalog, seed, sums, counts)
         del sums, counts
         run.seconds["finalize"] = time.perf_counter() - t0
+        if "total" in run.manifest and any(f.table for f in catalog.features):
+            # MIMIC-IV items' events kept by their table (MEDS: the codes of each table's templates)
+            run.manifest["total"]["kept_by_table"] = {
+                t: int(sum(k for k, f in zip(kept_by_feature, catalog.features) if f.table == t))
+                for t in sorted({f.table for f in catalog.features if f.table})}
         manifest = {"source": source.name, "tables": run.tables} | run.manifest | {
             "warnings": run.warnings, "n_stays": len(stays), "total_hours": stays.total_hours,
             "labels": label_counts(table.labels | {"death_hosp": table.death}),

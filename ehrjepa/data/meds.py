@@ -530,11 +530,5 @@ class MedsSource:
             total_kept += kept
             bar.update()
         bar.close()
-        kept_by_feature = np.zeros(len(catalog.names), np.int64)
-        for r0 in range(0, counts.shape[0], 1 << 18):
-            kept_by_feature += counts[r0:r0 + (1 << 18)].sum(axis=0, dtype=np.int64)
-        kept_by_table = {t: int(sum(k for k, f in zip(kept_by_feature, catalog.features)
-                                    if f.table == t)) for t in ("chartevents", "labevents")}
         run.manifest["total"] = {"rows_read": total_read, "rows_kept": total_kept,
-                                 "dropped": {n: int(d) for n, d in zip(DROP_NAMES, total)},
-                                 "kept_by_table": kept_by_table}
+                                 "dropped": {n: int(d) for n, d in zip(DROP_NAMES, total)}}
