@@ -179,15 +179,14 @@ def paired_differences(y_test: np.ndarray, scores: dict[str, list[np.ndarray]], 
     def repeat_mean(m: str, which: int) -> np.ndarray:
         return np.mean([samples[f"{m}#{r}"][which] for r in range(len(scores[m]))], axis=0)
 
+    point = {m: np.mean([ranked_metrics(y_test, s)[:2] for s in scores[m]], axis=0)[:, 0]
+             for m in used}  # (repeat-mean AUROC, AUPRC), each score ranked once
     out = {}
     for a, b in pairs:
-        point = {k: float(np.mean([ranked_metrics(y_test, s)[i][0] for s in scores[a]])
-                          - np.mean([ranked_metrics(y_test, s)[i][0] for s in scores[b]]))
-                 for i, k in ((0, "auroc"), (1, "auprc"))}
         out[f"{a} - {b}"] = {
-            "auroc_diff": point["auroc"],
+            "auroc_diff": float(point[a][0] - point[b][0]),
             "auroc_diff_ci": percentile_ci(repeat_mean(a, 0) - repeat_mean(b, 0)),
-            "auprc_diff": point["auprc"],
+            "auprc_diff": float(point[a][1] - point[b][1]),
             "auprc_diff_ci": percentile_ci(repeat_mean(a, 1) - repeat_mean(b, 1)),
             "repeats": len(scores[a])}
     return out
