@@ -23,6 +23,7 @@ ATTENTION_BACKENDS = ("sdpa", "triton")
 LOSSES = ("smooth_l1", "l1")
 TARGET_INPUTS = ("filled", "observed")
 REGULARISED = ("encoder", "predictor")
+TOKENS = ("hour", "observation")
 
 
 @dataclass
@@ -43,7 +44,10 @@ class ModelConfig:
     Against collapse (off by default): `vicreg_var` and `vicreg_cov` add VICReg-style terms
     (Bardes et al. 2022) on the tokens of `vicreg_on` ("encoder": the context encoder's output
     tokens; "predictor": the predictions): vicreg_var x mean_d relu(1 - std_d) and vicreg_cov x
-    sum of the squared off-diagonal covariances / D, over the batch's valid tokens."""
+    sum of the squared off-diagonal covariances / D, over the batch's valid tokens.
+    Tokens (`tokens`): "hour" (the default) gives every hour one token of all its features
+    (models/embedding.py); "observation" gives every measured (hour, feature) its own token plus
+    one token per hour, and pools the encoder's outputs per hour (models/observation.py)."""
 
     size: str = "small"  # micro | tiny | small | base | large
     width: int | None = None
@@ -64,6 +68,7 @@ class ModelConfig:
     vicreg_var: float = 0.0  # weight of the variance term (0: off)
     vicreg_cov: float = 0.0  # weight of the covariance term (0: off)
     vicreg_on: str = "encoder"  # encoder | predictor: whose output tokens the terms see
+    tokens: str = "hour"  # hour | observation: what one encoder token is
 
     def __post_init__(self):
         if self.size not in SIZES:
@@ -82,6 +87,8 @@ class ModelConfig:
                              f"choose one of {list(TARGET_INPUTS)}")
         if self.vicreg_on not in REGULARISED:
             raise ValueError(f"model.vicreg_on: unknown {self.vicreg_on!r}; choose one of {list(REGULARISED)}")
+        if self.tokens not in TOKENS:
+            raise ValueError(f"model.tokens: unknown {self.tokens!r}; choose one of {list(TOKENS)}")
         if self.vicreg_var < 0 or self.vicreg_cov < 0:
             raise ValueError(f"model.vicreg_var and model.vicreg_cov must be >= 0, got "
                              f"{self.vicreg_var} and {self.vicreg_cov}")

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .config import ModelConfig
 from .embedding import gather_hours
+from .observation import ObservationEncoder
 from .transformer import Encoder, Predictor
 
 EMA_CHECK_EVERY = 100  # momentum_update calls between checks that the EMA plan is current
@@ -40,7 +41,8 @@ class JEPA(nn.Module):
     model.target_min_observed also the target hours with too few measurements).
     `batch["feature_mask"]` (float [B, F], optional; mask.hide_features draws it) hides features
     from the context encoder: a hidden feature reads as value 0, observed 0, delta 0 in every hour.
-    The options against the copy-the-present shortcut and the VICReg terms: ModelConfig.
+    The options against the copy-the-present shortcut, the VICReg terms and the tokens (one per
+    hour, or one per observation with model.tokens=observation): ModelConfig.
     Samples may differ in length: `batch["lengths"]` (int64 [B], optional; all T without it)
     gives each sample's hours, and the target encoder attends within [0, lengths[b]) only, so a
     sample's loss does not depend on the padding its batch adds.
@@ -60,7 +62,8 @@ class JEPA(nn.Module):
             except ImportError as e:
                 raise RuntimeError("model.attention=triton needs ehrjepa.kernels.masked_gather_attention, "
                                    f"which could not be imported: {e}; use model.attention=sdpa") from e
-        self.encoder = Encoder(n_features, max_hours, cfg.width, cfg.depth, cfg.heads,
+        encoder = ObservationEncoder if cfg.tokens == "observation" else Encoder
+        self.encoder = encoder(n_features, max_hours, cfg.width, cfg.depth, cfg.heads,
                                cfg.mlp_ratio, cfg.dropout, cfg.attention)
         self.predictor = Predictor(cfg.width, max_hours, cfg.predictor_width, cfg.predictor_depth,
                                    cfg.predictor_heads, cfg.mlp_ratio, cfg.dropout, cfg.attention)
@@ -262,7 +265,7 @@ def describe(model: JEPA) -> str:
     c, n = model.cfg, parameter_counts(model)
     return (f"JEPA {c.size}: encoder {c.width}x{c.depth}x{c.heads} "
             f"{n['encoder'] / 1e6:.2f} M ({n['encoder_blocks'] / 1e6:.2f} M blocks + "
-            f"{n['hour_embedding'] / 1e6:.2f} M hour embedding), predictor {c.predictor_width}x"
+            f"{n['hour_embedding'] / 1e6:.2f} M {c.tokens} embedding), predictor {c.predictor_width}x"
             f"{c.predictor_depth}x{c.predictor_heads} {n['predictor'] / 1e6:.2f} M, "
             f"trainable {n['trainable'] / 1e6:.2f} M, attention {c.attention}")
 
