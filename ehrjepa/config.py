@@ -41,6 +41,11 @@ class DataConfig:
     num_workers: int = 0  # DataLoader workers per process
     val_batches: int = 1  # size of the fixed validation set, in batches of batch_size
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training only; off by default
+    # more unlabelled pretraining data: other processed folders whose samples join path's train
+    # samples, features aligned by name to path's and normalised with path's statistics;
+    # validation, checkpoints' data identity and probes stay path's (ehrjepa/data/extra.py)
+    extra: list[str] = field(default_factory=list)  # `ehrjepa train --extra-data DIR` sets it
+    extra_split: str = "train"  # the extra folders' train split, or "all" their stays
 
 
 @dataclass
@@ -271,6 +276,11 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"data.min_length must be in [1, data.length={d.length}], got {d.min_length}")
     if d.crop not in ("start", "random"):
         raise ConfigError(f"data.crop: unknown crop {d.crop!r}; choose start or random")
+    if d.extra_split not in ("train", "all"):
+        raise ConfigError(f"data.extra_split: unknown {d.extra_split!r}; choose train or all")
+    for i, folder in enumerate(d.extra):
+        if not folder.strip():
+            raise ConfigError(f"data.extra[{i}]: an empty folder name")
     if d.tokens_per_batch < 0:
         raise ConfigError(f"data.tokens_per_batch must be >= 0, got {d.tokens_per_batch}")
     if 0 < d.tokens_per_batch < d.length:

@@ -16,6 +16,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                          "named, old -> new)")
     parser.add_argument("--data", help="processed data folder (the OUT of `ehrjepa preprocess`); "
                                        "sets data.path (default: the config's data.path)")
+    parser.add_argument("--extra-data", dest="extra_data", action="append", metavar="DIR",
+                        help="another processed folder whose stays join the pretraining samples "
+                             "(its train split; --set data.extra_split=all for all its stays), "
+                             "features aligned by name to --data's and normalised with its "
+                             "statistics; validation and checkpoints stay --data's (repeatable; "
+                             "sets data.extra; default: the config's data.extra, none)")
     parser.add_argument("--run-dir", required=True,
                         help="where checkpoints and logs go (required)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -90,6 +96,8 @@ def _main(args: argparse.Namespace) -> int:
         return 2
     if args.data:
         cfg.data.path = str(args.data)
+    if args.extra_data:
+        cfg.data.extra = [str(p) for p in args.extra_data]
     if master:
         print(f"ehrjepa train: config {config_path}, data {cfg.data.path or '(none)'}, run {run_dir}")
     try:

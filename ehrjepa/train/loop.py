@@ -90,26 +90,85 @@ class RunState:
 
 def open_data(cfg: Config):
     """(train samples, validation samples, number of features) from the processed data: fixed
-    windows, or whole-stay crops when data.min_length < data.length."""
+    windows, or whole-stay crops when data.min_length < data.length. With data.extra the train
+    samples also hold every extra folder's (its train split, or all its stays with
+    data.extra_split=all), its features aligned by name to data.path's and normalised with
+    data.path's statistics (ehrjepa/data/extra.py); validation is data.path's alone. The train
+    set's `extra_lines` say, one line per extra folder, what it gave."""
     from ehrjepa.data import open_processed
-    from ehrjepa.data.windows import StayCropDataset, WindowDataset
 
     if not cfg.data.path:
         raise ValueError("data.path is not set: pass --data OUT (the folder `ehrjepa preprocess` wrote)")
     processed = open_processed(cfg.data.path)
-    d = cfg.data
-    if whole_stays(cfg):
-        seed = cfg.train.seed
-        train_set = StayCropDataset(processed, "train", d.length, d.min_length, d.crop, seed,
-                                    d.max_delta, augment=d.augment)
-        val_set = StayCropDataset(processed, "val", d.length, d.min_length, d.crop, seed + 1, d.max_delta)
-    else:
-        train_set = WindowDataset(processed, "train", d.length, d.stride, d.max_delta,
-                                  augment=d.augment, seed=cfg.train.seed)
-        val_set = WindowDataset(processed, "val", d.length, d.stride, d.max_delta)
+    d, seed = cfg.data, cfg.train.seed
+    train_set = _samples(cfg, processed, "train", seed, augment=True)
+    val_set = _samples(cfg, processed, "val", seed + 1, augment=False)  # the seed: crops only
+    if d.extra:
+        train_set = _with_extra(cfg, processed, train_set)
     # what the checkpoints record of the data, so a resume or a probe can tell other data
     train_set.data_identity = (list(processed.features), int(processed.split_seed))
     return train_set, val_set, train_set.n_features
+
+
+def _samples(cfg: Config, processed, split: str | None, seed: int, augment: bool):
+    """data.path's (or an aligned extra folder's) samples of `split` (None: every stay)."""
+    from ehrjepa.data.windows import StayCropDataset, WindowDataset
+
+    d = cfg.data
+    aug = d.augment if augment else None
+    if whole_stays(cfg):
+        return StayCropDataset(processed, split, d.length, d.min_length, d.crop, seed,
+                               d.max_delta, augment=aug)
+    return WindowDataset(processed, split, d.length, d.stride, d.max_delta, augment=aug, seed=seed)
+
+
+def _with_extra(cfg: Config, processed, train_set):
+    """`train_set` followed by the samples of every data.extra folder (TrainSamples); a folder
+    that is missing, shares no feature with data.path or gives no sample is a ValueError
+    naming it."""
+    from ehrjepa.data import open_processed
+    from ehrjepa.data.extra import AlignedProcessed, TrainSamples, extra_summary
+
+    d = cfg.data
+    split = None if d.extra_split == "all" else "train"
+    primary = Path(d.path).resolve()
+    parts, stay_counts, lines, seen = [train_set], [processed.n_stays], [], {primary}
+    for k, folder in enumerate(d.extra):
+        where = Path(folder).resolve()
+        if where in seen:
+            raise ValueError(f"data.extra: {folder} is "
+                             + ("data.path itself" if where == primary else "listed twice"))
+        seen.add(where)
+        if not where.is_dir():
+            raise ValueError(f"data.extra: {folder} does not exist (or is not a folder)")
+        try:
+            aligned = AlignedProcessed(open_processed(folder), processed)
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"data.extra: {folder}: {e}") from None
+        if not aligned.shared:
+            names = aligned.source_features
+            raise ValueError(f"data.extra: {folder} shares no feature with {d.path} (its "
+                             f"features: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''})")
+        # its own seed for augmentation and random crops (the stay rows restart at 0)
+        data = _samples(cfg, aligned, split, cfg.train.seed + 1000 * (k + 1), augment=True)
+        if len(data) == 0:
+            if data.n_stays == 0:
+                why = ("it has no stays" if split is None or aligned.n_stays == 0 else
+                       f"it has no train stays (data.extra_split=all takes all {aligned.n_stays} "
+                       "of its stays)")
+            elif whole_stays(cfg):
+                why = f"none of its {data.n_stays} stays has {d.min_length} hours (data.min_length)"
+            else:
+                why = (f"none of its {data.n_stays} stays has {d.length} hours (data.length; "
+                       "whole-stay crops, data.min_length < data.length, take shorter stays)")
+            raise ValueError(f"data.extra: {folder} gives no training sample: {why}")
+        parts.append(data)
+        stay_counts.append(aligned.n_stays)
+        lines.append(extra_summary(folder, data, aligned, d.extra_split))
+    samples = TrainSamples(parts, stay_counts)
+    samples.extra_lines = lines
+    samples.n_primary = len(train_set)
+    return samples
 
 
 def whole_stays(cfg: Config) -> bool:
@@ -263,8 +322,13 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
             f"{counts['predictor'] / 1e6:.2f} M, target encoder {counts['target_encoder'] / 1e6:.2f} M "
             f"(trained: {counts['trainable'] / 1e6:.2f} M)")
         what = "crops of whole stays" if whole_stays(cfg) else "windows"
-        say(f"data: {len(train_set)} train {what} ({steps_per_epoch} {per_step} per epoch), "
+        extra = getattr(train_set, "extra_lines", [])
+        of = (f", {train_set.n_primary} from {d.path} and {len(train_set) - train_set.n_primary} "
+              "from data.extra" if extra else "")
+        say(f"data: {len(train_set)} train {what}{of} ({steps_per_epoch} {per_step} per epoch), "
             f"{len(val_set)} validation {what}, {n_features} features")
+        for line in extra:
+            say(line)
 
         # ---- resume -------------------------------------------------------------------------
         if resume:
