@@ -468,7 +468,7 @@ def test_vicreg_terms_measure_spread_and_ignore_padding():
     assert torch.allclose(torch.stack(vicreg_terms(spread, valid)), torch.stack(vicreg_terms(noisy, valid)))
 
 
-@pytest.mark.parametrize("on", ["encoder", "predictor"])
+@pytest.mark.parametrize("on", ["encoder", "predictor", "stay"])
 def test_vicreg_adds_its_terms_to_the_loss_with_gradients(on):
     batch = make_batch()
     plain, _ = micro()(batch)
@@ -481,3 +481,16 @@ def test_vicreg_adds_its_terms_to_the_loss_with_gradients(on):
     loss.backward()
     grads = [p.grad for p in model.encoder.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_vicreg_on_stay_sees_one_mean_per_sample():
+    from ehrjepa.models.jepa import vicreg_terms
+    batch = make_batch(B=6)
+    model = micro(vicreg_var=0.5, vicreg_cov=0.1, vicreg_on="stay")
+    _, stats = model(batch)
+    z = model.encoder(batch["values"], batch["observed"], batch["delta"], batch["context_index"],
+                      batch["context_lengths"])
+    pooled = torch.stack([z[b, :n].mean(0) for b, n in enumerate(batch["context_lengths"].tolist())])
+    var, cov = vicreg_terms(pooled[None], torch.ones(1, 6, dtype=torch.bool))
+    assert float(stats["vicreg_var"]) == pytest.approx(float(var), rel=1e-5)
+    assert float(stats["vicreg_cov"]) == pytest.approx(float(cov), rel=1e-4, abs=1e-7)

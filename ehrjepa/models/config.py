@@ -22,7 +22,7 @@ PREDICTOR_SIZES: dict[str, tuple[int, int, int]] = {
 ATTENTION_BACKENDS = ("sdpa", "triton")
 LOSSES = ("smooth_l1", "l1")
 TARGET_INPUTS = ("filled", "observed")
-REGULARISED = ("encoder", "predictor")
+REGULARISED = ("encoder", "predictor", "stay")
 TOKENS = ("hour", "observation")
 
 
@@ -43,8 +43,10 @@ class ModelConfig:
     - `mask.hide_features` (in MaskConfig): hide features from the context encoder's input.
     Against collapse (off by default): `vicreg_var` and `vicreg_cov` add VICReg-style terms
     (Bardes et al. 2022) on the tokens of `vicreg_on` ("encoder": the context encoder's output
-    tokens; "predictor": the predictions): vicreg_var x mean_d relu(1 - std_d) and vicreg_cov x
-    sum of the squared off-diagonal covariances / D, over the batch's valid tokens.
+    tokens; "predictor": the predictions; "stay": one vector per sample, the mean of its context
+    encoder tokens, so only the spread between stays counts, not the hour-to-hour spread within
+    a stay): vicreg_var x mean_d relu(1 - std_d) and vicreg_cov x sum of the squared
+    off-diagonal covariances / D, over the batch's valid tokens (or samples).
     Tokens (`tokens`): "hour" (the default) gives every hour one token of all its features
     (models/embedding.py); "observation" gives every measured (hour, feature) its own token plus
     one token per hour, and pools the encoder's outputs per hour (models/observation.py)."""
@@ -67,7 +69,7 @@ class ModelConfig:
     target_inputs: str = "filled"  # filled | observed: what the target encoder is fed
     vicreg_var: float = 0.0  # weight of the variance term (0: off)
     vicreg_cov: float = 0.0  # weight of the covariance term (0: off)
-    vicreg_on: str = "encoder"  # encoder | predictor: whose output tokens the terms see
+    vicreg_on: str = "encoder"  # encoder | predictor | stay: whose output the terms see
     tokens: str = "hour"  # hour | observation: what one encoder token is
 
     def __post_init__(self):

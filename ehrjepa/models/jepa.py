@@ -116,6 +116,11 @@ class JEPA(nn.Module):
         if cfg.vicreg_var or cfg.vicreg_cov:  # keep the tokens spread (against collapse)
             if cfg.vicreg_on == "encoder":
                 tokens, mask = z, _valid(context_index, context_lengths)
+            elif cfg.vicreg_on == "stay":  # one row per sample: the mean of its context tokens
+                seen = _valid(context_index, context_lengths)[..., None].to(z.dtype)
+                pooled = (z * seen).sum(1) / seen.sum(1).clamp(min=1.0)
+                tokens = pooled[None]
+                mask = (context_lengths > 0)[None]
             else:
                 tokens, mask = pred, valid
             var, cov = vicreg_terms(tokens.float(), mask)
