@@ -61,7 +61,8 @@ def pack_observations(observed: Tensor, hour_valid: Tensor) -> tuple[Tensor, Ten
     observed [B, L, F] (1 where measured) and hour_valid bool [B, L] describe L hours. The
     candidates of hour slot j are j x (F + 1) + f for its measured features f, then
     j x (F + 1) + F for its hour token; `candidate[b, :n_tokens[b]]` lists sample b's in that
-    order (hour by hour), and entries past n_tokens[b] are padding (they repeat real ones).
+    order (hour by hour), and entries past n_tokens[b] are padding: candidates that were not
+    kept (still valid positions, so gathering at them is safe; attention and pooling ignore them).
     N = max(n_tokens): one host sync per call."""
     B, L, n_features = observed.shape
     keep = torch.cat([(observed > 0.5) & hour_valid[:, :, None], hour_valid[:, :, None]], dim=2)
